@@ -1,0 +1,42 @@
+//! The API server of the AIOpsLab task executor: HTTP API, task queue on PostgreSQL or SQLite, and (with the
+//! later modules) the worker protocol and the internal worker supervisor. `main.rs` only parses the
+//! configuration and calls [`run`].
+
+pub mod config;
+pub mod error;
+pub mod params;
+pub mod routes;
+pub mod startup;
+pub mod store;
+pub mod telemetry;
+
+pub use config::Config;
+pub use startup::Application;
+
+/// Runs the server until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let app = Application::build(config).await?;
+    app.run_until_stopped(shutdown_signal()).await
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received, shutting down"),
+        _ = term => tracing::info!("SIGTERM received, shutting down"),
+    }
+}

@@ -1,0 +1,17 @@
+//! `api-server`: parses the configuration, sets up logging and runs the server (`api-server --help`).
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let config = api_server::Config::parse();
+    api_server::telemetry::init(config.log_level, config.log_format);
+    match api_server::run(config).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "api-server failed");
+            eprintln!("api-server: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! `/health` and `/ready`.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use poem_openapi::{ApiResponse, Object, OpenApi, payload::Json};
+use task_executor_shared::{TaskStatus, WorkerStatus};
+
+use super::ApiTags;
+use crate::{
+    startup::AppState,
+    store::{self, tasks, workers},
+};
+
+pub struct HealthApi {
+    pub state: AppState,
+}
+
+#[derive(Object)]
+struct DatabaseHealth {
+    connected: bool,
+    /// Round trip of a trivial query; absent when the database does not answer.
+    latency_ms: Option<f64>,
+}
+
+#[derive(Object, Default)]
+struct WorkerCounts {
+    total: i64,
+    idle: i64,
+    busy: i64,
+    offline: i64,
+    stopping: i64,
+}
+
+#[derive(Object, Default)]
+struct QueueCounts {
+    pending: i64,
+    running: i64,
+    completed: i64,
+    failed: i64,
+    timeout: i64,
+    cancelled: i64,
+}
+
+#[derive(Object)]
+struct Health {
+    /// `healthy`, or `unhealthy` when the database does not answer.
+    status: String,
+    version: String,
+    timestamp: DateTime<Utc>,
+    database: DatabaseHealth,
+    workers: WorkerCounts,
+    queue: QueueCounts,
+}
+
+#[derive(ApiResponse)]
+enum HealthResponse {
+    /// The service and its database answer.
+    #[oai(status = 200)]
+    Healthy(Json<Health>),
+    /// The database does not answer.
+    #[oai(status = 503)]
+    Unhealthy(Json<Health>),
+}
+
+#[derive(Object)]
+struct Readiness {
+    ready: bool,
+    /// The database answers.
+    database: bool,
+    /// At least one worker (internal or remote) is online.
+    workers: bool,
+}
+
+#[derive(ApiResponse)]
+enum ReadyResponse {
+    /// Ready to accept requests.
+    #[oai(status = 200)]
+    Ready(Json<Readiness>),
+    /// Not ready: the database does not answer.
+    #[oai(status = 503)]
+    NotReady(Json<Readiness>),
+}
+
+const PING_TIMEOUT: Duration = Duration::from_secs(3);
+
+impl HealthApi {
+    async fn ping(&self) -> Option<f64> {
+        let start = Instant::now();
+        match tokio::time::timeout(PING_TIMEOUT, self.state.db.ping()).await {
+            Ok(Ok(())) => Some(start.elapsed().as_secs_f64() * 1000.0),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "database ping failed");
+                None
+            }
+            Err(_) => {
+                tracing::warn!("database ping timed out");
+                None
+            }
+        }
+    }
+
+    async fn counts(&self) -> Result<(WorkerCounts, QueueCounts), store::StoreError> {
+        let mut w = WorkerCounts::default();
+        for (_, status, _) in workers::list_with_status(&self.state.db, self.state.config.heartbeat_timeout()).await? {
+            w.total += 1;
+            match status {
+                WorkerStatus::Idle => w.idle += 1,
+                WorkerStatus::Busy => w.busy += 1,
+                WorkerStatus::Offline => w.offline += 1,
+                WorkerStatus::Stopping => w.stopping += 1,
+            }
+        }
+        let c = tasks::counts_by_status(&self.state.db).await?;
+        let q = QueueCounts {
+            pending: c[&TaskStatus::Pending],
+            running: c[&TaskStatus::Running],
+            completed: c[&TaskStatus::Completed],
+            failed: c[&TaskStatus::Failed],
+            timeout: c[&TaskStatus::Timeout],
+            cancelled: c[&TaskStatus::Cancelled],
+        };
+        Ok((w, q))
+    }
+}
+
+#[OpenApi(tag = "ApiTags::Health")]
+impl HealthApi {
+    /// Health check
+    ///
+    /// Database connectivity and latency, workers by status, tasks by status.
+    #[oai(path = "/health", method = "get", operation_id = "health")]
+    async fn health(&self) -> HealthResponse {
+        let latency = self.ping().await;
+        let counts = match latency {
+            Some(_) => self.counts().await.map_err(|e| tracing::warn!(error = %e, "health counts failed")).ok(),
+            None => None,
+        };
+        let healthy = counts.is_some();
+        let (workers, queue) = counts.unwrap_or_default();
+        let body = Health {
+            status: if healthy { "healthy" } else { "unhealthy" }.to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            timestamp: store::now(),
+            database: DatabaseHealth {
+                connected: latency.is_some(),
+                latency_ms: latency,
+            },
+            workers,
+            queue,
+        };
+        if healthy {
+            HealthResponse::Healthy(Json(body))
+        } else {
+            HealthResponse::Unhealthy(Json(body))
+        }
+    }
+
+    /// Readiness check
+    ///
+    /// 200 when the service can serve requests (its database answers), else 503.
+    #[oai(path = "/ready", method = "get", operation_id = "ready")]
+    async fn ready(&self) -> ReadyResponse {
+        let database = self.ping().await.is_some();
+        let workers = database
+            && workers::list_with_status(&self.state.db, self.state.config.heartbeat_timeout())
+                .await
+                .map(|ws| ws.iter().any(|(_, s, _)| *s != WorkerStatus::Offline))
+                .unwrap_or(false);
+        let body = Readiness {
+            ready: database,
+            database,
+            workers,
+        };
+        if database {
+            ReadyResponse::Ready(Json(body))
+        } else {
+            ReadyResponse::NotReady(Json(body))
+        }
+    }
+}

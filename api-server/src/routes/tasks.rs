@@ -1,0 +1,155 @@
+//! `/api/v1/tasks`: what researchers use.
+
+use poem_openapi::{
+    ApiResponse, OpenApi,
+    param::{Header, Path, Query},
+    payload::Json,
+};
+use task_executor_shared::{
+    LogLevel, TaskStatus,
+    api::{CancelResponse, CreateTaskRequest, LogEntry, Task, TaskSummary},
+    validate,
+};
+use uuid::Uuid;
+
+use super::ApiTags;
+use crate::{
+    error::ApiError,
+    params,
+    startup::AppState,
+    store::tasks::{self, Created, ListFilter, NewTask},
+};
+
+pub struct TasksApi {
+    pub state: AppState,
+}
+
+#[derive(ApiResponse)]
+enum CreateResponse {
+    /// The task was created.
+    #[oai(status = 201)]
+    Created(Json<Task>),
+    /// A task was already created with this `Idempotency-Key` and the same body: that task.
+    #[oai(status = 200)]
+    Existing(Json<Task>),
+}
+
+fn default_limit() -> u64 {
+    100
+}
+
+fn default_log_limit() -> u64 {
+    1000
+}
+
+#[OpenApi(prefix_path = "/api/v1", tag = "ApiTags::Tasks")]
+impl TasksApi {
+    /// Create a task
+    ///
+    /// Queues one AIOpsLab problem run. `parameters.max_steps` and `parameters.timeout` (seconds) are filled in
+    /// with the server's defaults when absent. With an `Idempotency-Key` header, repeating the same request
+    /// returns the task made the first time (200) instead of a second one; the same key with another body is
+    /// a 409.
+    #[oai(path = "/tasks", method = "post", operation_id = "create_task")]
+    async fn create_task(
+        &self,
+        /// A client-chosen key (1-255 visible characters) that makes the creation safe to retry.
+        #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 255, pattern = r"^[\x21-\x7e]+$"))]
+        idempotency_key: Header<Option<String>>,
+        body: Json<CreateTaskRequest>,
+    ) -> Result<CreateResponse, ApiError> {
+        let req = body.0;
+        validate::problem_id(&req.problem_id).map_err(ApiError::validation)?;
+        let cfg = &self.state.config;
+        let parameters = params::effective(&req.parameters, cfg.default_max_steps, cfg.default_timeout_minutes)
+            .map_err(ApiError::validation)?;
+        let idempotency = idempotency_key.0.map(|k| (k, params::fingerprint(&req)));
+        let (task, created) = tasks::create(
+            &self.state.db,
+            NewTask {
+                problem_id: req.problem_id,
+                parameters,
+                priority: req.priority,
+                idempotency,
+            },
+        )
+        .await?;
+        Ok(match created {
+            Created::New => {
+                tracing::info!(task_id = %task.id, problem_id = %task.problem_id, "task created");
+                self.state.task_created.notify_waiters();
+                CreateResponse::Created(Json(task.into()))
+            }
+            Created::Existing => CreateResponse::Existing(Json(task.into())),
+        })
+    }
+
+    /// List tasks
+    ///
+    /// Newest first, optionally filtered.
+    #[oai(path = "/tasks", method = "get", operation_id = "list_tasks")]
+    async fn list_tasks(
+        &self,
+        /// Only tasks in this state.
+        status: Query<Option<TaskStatus>>,
+        /// Only tasks of this problem.
+        #[oai(validator(min_length = 1, max_length = 255))]
+        problem_id: Query<Option<String>>,
+        /// Only tasks held (or last held) by this worker.
+        #[oai(validator(min_length = 1, max_length = 128))]
+        worker_id: Query<Option<String>>,
+        /// Most tasks returned (1-1000).
+        #[oai(default = "default_limit", validator(minimum(value = "1"), maximum(value = "1000")))]
+        limit: Query<u64>,
+        /// Tasks skipped first, for paging.
+        #[oai(default, validator(maximum(value = "1000000000")))]
+        offset: Query<u64>,
+    ) -> Result<Json<Vec<TaskSummary>>, ApiError> {
+        let filter = ListFilter {
+            status: status.0,
+            problem_id: problem_id.0,
+            worker_id: worker_id.0,
+            limit: limit.0,
+            offset: offset.0,
+        };
+        let rows = tasks::list(&self.state.db, &filter).await?;
+        Ok(Json(rows.into_iter().map(Into::into).collect()))
+    }
+
+    /// Get a task
+    #[oai(path = "/tasks/:task_id", method = "get", operation_id = "get_task")]
+    async fn get_task(&self, task_id: Path<Uuid>) -> Result<Json<Task>, ApiError> {
+        Ok(Json(tasks::get(&self.state.db, task_id.0).await?.into()))
+    }
+
+    /// Cancel a task
+    ///
+    /// A pending task is cancelled at once; a running one too, and its worker is told to stop it through its
+    /// next heartbeat. A task already finished is a 409.
+    #[oai(path = "/tasks/:task_id/cancel", method = "post", operation_id = "cancel_task")]
+    async fn cancel_task(&self, task_id: Path<Uuid>) -> Result<Json<CancelResponse>, ApiError> {
+        let task = tasks::cancel(&self.state.db, task_id.0).await?;
+        tracing::info!(task_id = %task.id, "task cancelled");
+        Ok(Json(CancelResponse {
+            message: "Task cancelled successfully".to_owned(),
+            task_id: task.id,
+        }))
+    }
+
+    /// Get a task's logs
+    ///
+    /// In time order, state changes of the task and what its runner logged.
+    #[oai(path = "/tasks/:task_id/logs", method = "get", operation_id = "get_task_logs")]
+    async fn get_task_logs(
+        &self,
+        task_id: Path<Uuid>,
+        /// Only entries of this level and more severe.
+        level: Query<Option<LogLevel>>,
+        /// Most entries returned (1-10000).
+        #[oai(default = "default_log_limit", validator(minimum(value = "1"), maximum(value = "10000")))]
+        limit: Query<u64>,
+    ) -> Result<Json<Vec<LogEntry>>, ApiError> {
+        let rows = tasks::logs(&self.state.db, task_id.0, level.0, limit.0).await?;
+        Ok(Json(rows.into_iter().map(Into::into).collect()))
+    }
+}

@@ -1,0 +1,112 @@
+//! Building and running the server: [`Application::build`] connects to the database, applies migrations and
+//! binds the listener (port 0 in tests); [`Application::run_until_stopped`] serves until told to stop.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use poem::{
+    EndpointExt, Route, Server,
+    listener::{Acceptor, Listener, TcpAcceptor, TcpListener},
+};
+use poem_openapi::OpenApiService;
+use sea_orm::DatabaseConnection;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::Config,
+    error,
+    routes::{health::HealthApi, tasks::TasksApi},
+    store,
+};
+
+/// What every handler and background loop shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: DatabaseConnection,
+    pub config: Arc<Config>,
+    /// Woken when a task is created in this process, so that waiting claims look at once.
+    pub task_created: Arc<Notify>,
+}
+
+pub struct Application {
+    acceptor: TcpAcceptor,
+    port: u16,
+    state: AppState,
+}
+
+/// How long in-flight requests get to finish after the stop signal.
+const GRACEFUL_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn api_service(state: &AppState) -> OpenApiService<(HealthApi, TasksApi), ()> {
+    OpenApiService::new(
+        (
+            HealthApi { state: state.clone() },
+            TasksApi { state: state.clone() },
+        ),
+        "AIOpsLab Task Executor",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description(
+        "Queues AIOpsLab problem runs in a database and hands them to workers that execute them and report \
+         logs and results. Every error is `{detail, type, request_id}`.",
+    )
+}
+
+impl Application {
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let db = store::connect(&config.database_url, config.database_max_connections).await?;
+        let acceptor = TcpListener::bind(config.bind_addr.clone())
+            .into_acceptor()
+            .await
+            .with_context(|| format!("cannot listen on {}", config.bind_addr))?;
+        let port = acceptor
+            .local_addr()
+            .first()
+            .and_then(|a| a.as_socket_addr().map(|s| s.port()))
+            .context("the listener has no TCP address")?;
+        let state = AppState {
+            db,
+            config: Arc::new(config),
+            task_created: Arc::new(Notify::new()),
+        };
+        Ok(Application { acceptor, port, state })
+    }
+
+    /// The port actually bound (useful when the configuration asked for port 0).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves, then lets in-flight requests finish.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let stop = CancellationToken::new();
+        let api = api_service(&self.state);
+        let ui = api.swagger_ui();
+        let spec = api.spec_endpoint();
+        let app = Route::new()
+            .nest("/docs", ui)
+            .at("/openapi.json", spec)
+            .nest("/", api)
+            .around(error::edge);
+        tracing::info!(port = self.port, database = %store::redact(&self.state.config.database_url), "listening");
+        let stop_signal = stop.clone();
+        let result = Server::new_with_acceptor(self.acceptor)
+            .run_with_graceful_shutdown(
+                app,
+                async move {
+                    shutdown.await;
+                    stop_signal.cancel();
+                },
+                Some(GRACEFUL_TIMEOUT),
+            )
+            .await;
+        stop.cancel();
+        self.state.db.clone().close().await.ok();
+        result.context("server failed")
+    }
+}

@@ -1,0 +1,79 @@
+//! sea-orm entities of the three tables (see the migration for indexes).
+
+pub mod task {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "tasks")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub problem_id: String,
+        pub status: String,
+        pub priority: i32,
+        pub parameters: Json,
+        pub result: Option<Json>,
+        pub worker_id: Option<String>,
+        pub attempt: i32,
+        pub lease_expires_at: Option<DateTimeUtc>,
+        pub idempotency_key: Option<String>,
+        pub request_hash: Option<String>,
+        pub created_at: DateTimeUtc,
+        pub updated_at: DateTimeUtc,
+        pub started_at: Option<DateTimeUtc>,
+        pub completed_at: Option<DateTimeUtc>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod task_log {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "task_logs")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        pub task_id: Uuid,
+        pub timestamp: DateTimeUtc,
+        pub level: String,
+        pub severity: i16,
+        pub message: String,
+        pub context: Option<Json>,
+        pub attempt: Option<i32>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod worker {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "workers")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub backend_type: String,
+        pub status: String,
+        pub max_parallel_tasks: i32,
+        pub supported_problems: Json,
+        pub metadata: Option<Json>,
+        pub last_heartbeat: DateTimeUtc,
+        pub registered_at: DateTimeUtc,
+        pub tasks_completed: i64,
+        pub tasks_failed: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

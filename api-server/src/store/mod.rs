@@ -1,0 +1,93 @@
+//! Persistence: every SQL statement and sea-orm query of the service lives below this module, in functions
+//! that take a connection or a transaction. Handlers and background loops call these and never build queries.
+
+pub mod entity;
+pub mod tasks;
+pub mod workers;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{DateTime, SubsecRound, Utc};
+use migration::MigratorTrait;
+use sea_orm::{ConnectOptions, Database, DatabaseBackend, DatabaseConnection, DbErr};
+
+/// What went wrong in a store function, by the kinds callers branch on.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("task {0} not found")]
+    TaskNotFound(uuid::Uuid),
+    #[error("worker {0} not found")]
+    WorkerNotFound(String),
+    /// The operation does not fit the current state; `kind` is the error `type` a client sees.
+    #[error("{detail}")]
+    Conflict { kind: &'static str, detail: String },
+    /// A value that passed the HTTP layer's checks but not the store's.
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Db(#[from] DbErr),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Now, at the precision PostgreSQL keeps (microseconds), so that a value read back equals the one written.
+pub fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+/// Opens the pool and applies pending migrations.
+///
+/// SQLite (the embedded default) gets a single connection: SQLite serializes writers anyway, and one
+/// connection makes every transaction (the claim among them) free of lock upgrades and `SQLITE_BUSY`.
+pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<DatabaseConnection> {
+    let mut opts = ConnectOptions::new(url.to_owned());
+    opts.sqlx_logging(false)
+        .connect_timeout(Duration::from_secs(10))
+        .acquire_timeout(Duration::from_secs(10));
+    if url.starts_with("sqlite:") {
+        opts.max_connections(1).min_connections(1).map_sqlx_sqlite_opts(|o| {
+            o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+                .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
+                .foreign_keys(true)
+                .busy_timeout(Duration::from_secs(10))
+        });
+    } else {
+        opts.max_connections(max_connections).min_connections(1);
+    }
+    let db = Database::connect(opts)
+        .await
+        .with_context(|| format!("cannot connect to the database at {}", redact(url)))?;
+    migration::Migrator::up(&db, None)
+        .await
+        .context("cannot apply the database migrations")?;
+    Ok(db)
+}
+
+/// The URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Whether the backend is PostgreSQL (else SQLite): the few statements that differ branch on this.
+pub fn is_postgres(db: &impl sea_orm::ConnectionTrait) -> bool {
+    db.get_database_backend() == DatabaseBackend::Postgres
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(super::redact("postgres://u:secret@h:5/db"), "postgres://u:***@h:5/db");
+        assert_eq!(super::redact("sqlite://x.db?mode=rwc"), "sqlite://x.db?mode=rwc");
+    }
+}

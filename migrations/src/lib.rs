@@ -1,0 +1,16 @@
+//! The schema of the task executor. The API server applies pending migrations when it starts; the `migrate`
+//! binary of this crate applies (or inspects) them on their own: `DATABASE_URL=… migrate up`.
+//! A migration that has landed is never edited: add a new one.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261126_000001_create_tables;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261126_000001_create_tables::Migration)]
+    }
+}

@@ -1,0 +1,258 @@
+//! Request and response bodies of the HTTP API. Field names are the wire names.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use poem_openapi::Object;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::{LogLevel, TaskStatus, WorkerStatus};
+
+/// A free-form JSON object.
+pub type JsonObject = BTreeMap<String, Value>;
+
+/// The error body of every non-2xx answer.
+#[derive(Debug, Clone, Object, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What went wrong, for a person.
+    pub detail: String,
+    /// A stable machine-readable kind, e.g. `validation_error`, `not_found`, `task_not_held`.
+    #[oai(rename = "type")]
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The id of the request, also sent as the `X-Request-Id` header.
+    pub request_id: String,
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Tasks
+
+/// A new task: one AIOpsLab problem run.
+#[derive(Debug, Clone, Object, Serialize, Deserialize)]
+pub struct CreateTaskRequest {
+    /// The AIOpsLab problem id, e.g. `misconfig_app_hotel_res-detection-1`.
+    #[oai(validator(
+        min_length = 1,
+        max_length = 255,
+        pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+    ))]
+    pub problem_id: String,
+    /// Run parameters. `max_steps` (1-10000) and `timeout` (seconds, 1-604800) are filled in with the
+    /// server's defaults when absent; `agent_config` and any other key are kept as given for the runner.
+    #[oai(default)]
+    #[serde(default)]
+    pub parameters: JsonObject,
+    /// Higher runs first; default 0.
+    #[oai(default)]
+    #[serde(default)]
+    pub priority: i32,
+}
+
+/// A task with everything the service knows about it.
+#[derive(Debug, Clone, Object, Serialize, Deserialize)]
+pub struct Task {
+    pub id: Uuid,
+    pub problem_id: String,
+    pub status: TaskStatus,
+    pub priority: i32,
+    /// The effective parameters (defaults filled in).
+    pub parameters: JsonObject,
+    /// The worker that holds or last held the task.
+    pub worker_id: Option<String>,
+    /// The outcome reported by the runner (`success`, `output`, `metrics`, …); on failure also `error`.
+    pub result: Option<Value>,
+    /// 1 on the first run, +1 on each requeue; 0 while never claimed.
+    pub attempt: i32,
+    /// Until when the holding worker's claim is valid without a heartbeat.
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+/// A task as listed.
+#[derive(Debug, Clone, Object, Serialize, Deserialize)]
+pub struct TaskSummary {
+    pub id: Uuid,
+    pub problem_id: String,
+    pub status: TaskStatus,
+    pub priority: i32,
+    pub worker_id: Option<String>,
+    pub attempt: i32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Answer to a cancel.
+#[derive(Debug, Clone, Object, Serialize, Deserialize)]
+pub struct CancelResponse {
+    pub message: String,
+    pub task_id: Uuid,
+}
+
+/// One entry of a task's log.
+#[derive(Debug, Clone, Object, Serialize, Deserialize)]
+pub struct LogEntry {
+    pub timestamp: DateTime<Utc>,
+    pub level: LogLevel,
+    pub message: String,
+    pub context: Option<Value>,
+    /// The attempt that wrote it, when a worker did.
+    pub attempt: Option<i32>,
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Workers
+
+/// What a worker can do.
+#[derive(Debug, Clone, Object, Serialize, Deserialize)]
+pub struct WorkerCapabilities {
+    /// How many tasks the worker runs at once (1-256); default 1.
+    #[oai(default = "default_parallel", validator(minimum(value = "1"), maximum(value = "256")))]
+    #[serde(default = "default_parallel")]
+    pub max_parallel_tasks: i32,
+    /// Glob patterns (`*`, `?`) of the problem ids the worker takes; empty takes every problem.
+    #[oai(default, validator(max_items = 100))]
+    #[serde(default)]
+    pub supported_problems: Vec<String>,
+}
+
+fn default_parallel() -> i32 {
+    1
+}
+
+impl Default for WorkerCapabilities {
+    fn default() -> Self {
+        WorkerCapabilities {
+            max_parallel_tasks: 1,
+            supported_problems: Vec::new(),
+        }
+    }
+}
+
+/// Registration of a worker, or re-registration of a restarted one.
+#[derive(Debug, Clone, Object, Serialize, Deserialize)]
+pub struct RegisterWorkerRequest {
+    #[oai(validator(min_length = 1, max_length = 128, pattern = r"^[A-Za-z0-9._-]+$"))]
+    pub worker_id: String,
+    /// Where the worker runs its tasks, e.g. `kind`.
+    #[oai(validator(min_length = 1, max_length = 64))]
+    pub backend_type: String,
+    #[oai(default)]
+    #[serde(default)]
+    pub capabilities: WorkerCapabilities,
+    /// Free-form facts about the worker (hostname, version, …).
+    pub metadata: Option<Value>,
+}
+
+/// Answer to a registration.
+#[derive(Debug, Clone, Object, Serialize, Deserialize)]
+pub struct RegisterWorkerResponse {
+    pub id: String,
+    pub backend_type: String,
+    pub status: WorkerStatus,
+    pub registered_at: DateTime<Utc>,
+}
+
+/// A worker as the server sees it.
+#[derive(Debug, Clone, Object, Serialize, Deserialize)]
+pub struct Worker {
+    pub id: String,
+    pub backend_type: String,
+    pub status: WorkerStatus,
+    pub last_heartbeat: DateTime<Utc>,
+    pub registered_at: DateTime<Utc>,
+    pub capabilities: WorkerCapabilities,
+    pub metadata: Option<Value>,
+    /// The running tasks it holds.
+    pub current_task_ids: Vec<Uuid>,
+    pub tasks_completed: i64,
+    pub tasks_failed: i64,
+}
+
+/// A worker's heartbeat.
+#[derive(Debug, Clone, Object, Serialize, Deserialize)]
+pub struct HeartbeatRequest {
+    /// `idle` or `busy` (informative: the server derives both from the tasks held), or `offline` when the
+    /// worker is going away.
+    pub status: WorkerStatus,
+    /// The task the worker runs, for a worker of one slot.
+    pub current_task_id: Option<Uuid>,
+    /// Every task the worker runs, for a worker of several slots.
+    #[oai(default)]
+    #[serde(default)]
+    pub running_task_ids: Vec<Uuid>,
+}
+
+/// Answer to a heartbeat.
+#[derive(Debug, Clone, Object, Serialize, Deserialize)]
+pub struct HeartbeatResponse {
+    pub message: String,
+    pub timestamp: DateTime<Utc>,
+    /// Tasks this worker holds that were cancelled or timed out: stop them.
+    pub cancel_task_ids: Vec<Uuid>,
+}
+
+/// A batch of log entries from the worker running a task.
+#[derive(Debug, Clone, Object, Serialize, Deserialize)]
+pub struct ReportLogsRequest {
+    pub attempt: i32,
+    #[oai(validator(max_items = 1000))]
+    pub entries: Vec<NewLogEntry>,
+}
+
+/// A log entry sent by a worker; `timestamp` defaults to the time of arrival.
+#[derive(Debug, Clone, Object, Serialize, Deserialize)]
+pub struct NewLogEntry {
+    pub timestamp: Option<DateTime<Utc>>,
+    pub level: LogLevel,
+    #[oai(validator(max_length = 65536))]
+    pub message: String,
+    pub context: Option<Value>,
+}
+
+/// Answer to a batch of log entries.
+#[derive(Debug, Clone, Object, Serialize, Deserialize)]
+pub struct ReportLogsResponse {
+    pub accepted: u64,
+}
+
+/// A run that finished: the task becomes `completed` with this result.
+#[derive(Debug, Clone, Object, Serialize, Deserialize)]
+pub struct CompleteTaskRequest {
+    pub attempt: i32,
+    /// The runner's result: `success`, `output`, `metrics`, and anything else.
+    pub result: JsonObject,
+}
+
+/// How a failed run ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, poem_openapi::Enum, Serialize, Deserialize)]
+#[oai(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
+pub enum FailStatus {
+    Failed,
+    Timeout,
+}
+
+impl From<FailStatus> for TaskStatus {
+    fn from(s: FailStatus) -> Self {
+        match s {
+            FailStatus::Failed => TaskStatus::Failed,
+            FailStatus::Timeout => TaskStatus::Timeout,
+        }
+    }
+}
+
+/// A run that did not finish well: the task becomes `failed` (or `timeout`).
+#[derive(Debug, Clone, Object, Serialize, Deserialize)]
+pub struct FailTaskRequest {
+    pub attempt: i32,
+    #[oai(validator(max_length = 65536))]
+    pub error: String,
+    pub status: Option<FailStatus>,
+    /// Whatever partial result the runner produced; `error` is added to it.
+    pub result: Option<JsonObject>,
+}

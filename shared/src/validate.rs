@@ -1,0 +1,105 @@
+//! Checks on the identifiers and patterns that come in from clients. The HTTP layer declares the same rules
+//! as OpenAPI validators (so Swagger UI shows them); these functions are the ones the code relies on.
+
+/// The longest problem id accepted.
+pub const PROBLEM_ID_MAX: usize = 255;
+/// The longest worker id accepted.
+pub const WORKER_ID_MAX: usize = 128;
+
+fn id_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
+}
+
+/// A problem id: 1–255 of letters, digits, `-`, `_`, `.`, starting with a letter or digit.
+pub fn problem_id(s: &str) -> Result<(), String> {
+    let first_ok = s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if !first_ok || s.len() > PROBLEM_ID_MAX || !s.chars().all(id_char) {
+        return Err(format!(
+            "problem_id must be 1-{PROBLEM_ID_MAX} characters of letters, digits, '-', '_' or '.', starting with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
+/// A worker id: 1–128 of letters, digits, `.`, `_`, `-`.
+pub fn worker_id(s: &str) -> Result<(), String> {
+    if s.is_empty() || s.len() > WORKER_ID_MAX || !s.chars().all(id_char) {
+        return Err(format!(
+            "worker_id must be 1-{WORKER_ID_MAX} characters of letters, digits, '.', '_' or '-'"
+        ));
+    }
+    Ok(())
+}
+
+/// A `supported_problems` pattern: the characters of a problem id plus the wildcards `*` and `?`.
+pub fn problem_glob(s: &str) -> Result<(), String> {
+    if s.is_empty() || s.len() > PROBLEM_ID_MAX || !s.chars().all(|c| id_char(c) || c == '*' || c == '?') {
+        return Err(format!(
+            "supported_problems pattern `{s}` must be 1-{PROBLEM_ID_MAX} characters of letters, digits, '-', '_', '.', '*' or '?'"
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `name` matches the glob `pattern` (`*` any run of characters, `?` exactly one).
+pub fn glob_matches(pattern: &str, name: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    let (mut pi, mut ni) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ni));
+            pi += 1;
+        } else if let Some((sp, sn)) = star {
+            pi = sp + 1;
+            ni = sn + 1;
+            star = Some((sp, sn + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn problem_ids() {
+        assert!(problem_id("misconfig_app_hotel_res-detection-1").is_ok());
+        assert!(problem_id("a").is_ok());
+        assert!(problem_id("").is_err());
+        assert!(problem_id("-leading-dash").is_err());
+        assert!(problem_id("has space").is_err());
+        assert!(problem_id(&"a".repeat(256)).is_err());
+        assert!(problem_id(&"a".repeat(255)).is_ok());
+    }
+
+    #[test]
+    fn worker_ids() {
+        assert!(worker_id("worker-001-kind").is_ok());
+        assert!(worker_id(".hidden_ok").is_ok());
+        assert!(worker_id("").is_err());
+        assert!(worker_id("a/b").is_err());
+        assert!(worker_id(&"w".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_matches("test-*", "test-problem-001"));
+        assert!(glob_matches("*", "anything"));
+        assert!(glob_matches("a?c", "abc"));
+        assert!(!glob_matches("a?c", "ac"));
+        assert!(glob_matches("*-detection-*", "pod_kill_hotel_res-detection-1"));
+        assert!(!glob_matches("test-*", "benchmark-1"));
+        assert!(glob_matches("a*b*c", "aXXbYYc"));
+        assert!(!glob_matches("a*b*c", "aXXbYY"));
+        assert!(problem_glob("test-*").is_ok());
+        assert!(problem_glob("te[st]").is_err());
+    }
+}
