@@ -28,7 +28,9 @@ tokio::task_local! {
 
 /// The request id of the current request (or `-` outside one).
 pub fn request_id() -> String {
-    REQUEST_ID.try_with(Clone::clone).unwrap_or_else(|_| "-".to_owned())
+    REQUEST_ID
+        .try_with(Clone::clone)
+        .unwrap_or_else(|_| "-".to_owned())
 }
 
 fn body(kind: &str, detail: impl Into<String>) -> Json<ErrorBody> {
@@ -89,7 +91,9 @@ impl ApiError {
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match err {
-            StoreError::TaskNotFound(id) => ApiError::not_found("task_not_found", format!("task {id} not found")),
+            StoreError::TaskNotFound(id) => {
+                ApiError::not_found("task_not_found", format!("task {id} not found"))
+            }
             StoreError::WorkerNotFound(id) => {
                 ApiError::not_found("worker_not_found", format!("worker {id} not found"))
             }
@@ -103,7 +107,11 @@ impl From<StoreError> for ApiError {
 /// Status and `type` of an error that poem or poem-openapi raised before a handler ran.
 fn classify(err: &poem::Error) -> (StatusCode, &'static str, String) {
     if err.is::<NotFoundError>() {
-        return (StatusCode::NOT_FOUND, "not_found", "no such route".to_owned());
+        return (
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such route".to_owned(),
+        );
     }
     if err.is::<MethodNotAllowedError>() {
         return (
@@ -114,7 +122,11 @@ fn classify(err: &poem::Error) -> (StatusCode, &'static str, String) {
     }
     if let Some(e) = err.downcast_ref::<ParseRequestPayloadError>() {
         // The body was already checked to be syntactically valid JSON: what is left is its shape or values.
-        return (StatusCode::UNPROCESSABLE_ENTITY, "validation_error", e.reason.clone());
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_error",
+            e.reason.clone(),
+        );
     }
     if let Some(e) = err.downcast_ref::<ParseParamError>() {
         return (
@@ -131,7 +143,11 @@ fn classify(err: &poem::Error) -> (StatusCode, &'static str, String) {
         );
     }
     if let Some(e) = err.downcast_ref::<ContentTypeError>() {
-        return (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", e.to_string());
+        return (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            e.to_string(),
+        );
     }
     let status = err.status();
     if status.is_server_error() {
@@ -147,7 +163,8 @@ fn json_error(status: StatusCode, kind: &str, detail: impl Into<String>) -> Resp
 }
 
 fn is_json(resp: &Response) -> bool {
-    resp.content_type().is_some_and(|ct| ct.starts_with("application/json"))
+    resp.content_type()
+        .is_some_and(|ct| ct.starts_with("application/json"))
 }
 
 fn valid_request_id(v: &str) -> bool {

@@ -8,11 +8,20 @@ pub const MAX_STEPS_RANGE: (i64, i64) = (1, 10_000);
 pub const TIMEOUT_RANGE: (i64, i64) = (1, 604_800);
 
 /// Fills in `max_steps` and `timeout` (seconds) where absent and checks both; other keys are kept as given.
-pub fn effective(given: &JsonObject, default_max_steps: u32, default_timeout_minutes: u32) -> Result<Value, String> {
-    let mut out: serde_json::Map<String, Value> = given.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+pub fn effective(
+    given: &JsonObject,
+    default_max_steps: u32,
+    default_timeout_minutes: u32,
+) -> Result<Value, String> {
+    let mut out: serde_json::Map<String, Value> =
+        given.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     for (key, (lo, hi), default) in [
         ("max_steps", MAX_STEPS_RANGE, i64::from(default_max_steps)),
-        ("timeout", TIMEOUT_RANGE, i64::from(default_timeout_minutes) * 60),
+        (
+            "timeout",
+            TIMEOUT_RANGE,
+            i64::from(default_timeout_minutes) * 60,
+        ),
     ] {
         match out.get(key) {
             None | Some(Value::Null) => {
@@ -20,7 +29,11 @@ pub fn effective(given: &JsonObject, default_max_steps: u32, default_timeout_min
             }
             Some(v) => match v.as_i64() {
                 Some(n) if (lo..=hi).contains(&n) => {}
-                _ => return Err(format!("parameters.{key} must be an integer from {lo} to {hi}, got {v}")),
+                _ => {
+                    return Err(format!(
+                        "parameters.{key} must be an integer from {lo} to {hi}, got {v}"
+                    ));
+                }
             },
         }
     }
@@ -61,13 +74,20 @@ mod tests {
     use serde_json::json;
 
     fn obj(v: Value) -> JsonObject {
-        v.as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        v.as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     #[test]
     fn defaults_are_filled_and_others_kept() {
         let p = effective(&obj(json!({"agent_config": {"model": "gpt-4"}})), 30, 30).unwrap();
-        assert_eq!(p, json!({"agent_config": {"model": "gpt-4"}, "max_steps": 30, "timeout": 1800}));
+        assert_eq!(
+            p,
+            json!({"agent_config": {"model": "gpt-4"}, "max_steps": 30, "timeout": 1800})
+        );
     }
 
     #[test]
@@ -82,10 +102,14 @@ mod tests {
 
     #[test]
     fn fingerprint_ignores_key_order() {
-        let a: CreateTaskRequest =
-            serde_json::from_value(json!({"problem_id": "p", "parameters": {"a": {"x": 1, "y": 2}, "b": 1}})).unwrap();
-        let b: CreateTaskRequest =
-            serde_json::from_value(json!({"parameters": {"b": 1, "a": {"y": 2, "x": 1}}, "problem_id": "p"})).unwrap();
+        let a: CreateTaskRequest = serde_json::from_value(
+            json!({"problem_id": "p", "parameters": {"a": {"x": 1, "y": 2}, "b": 1}}),
+        )
+        .unwrap();
+        let b: CreateTaskRequest = serde_json::from_value(
+            json!({"parameters": {"b": 1, "a": {"y": 2, "x": 1}}, "problem_id": "p"}),
+        )
+        .unwrap();
         let c: CreateTaskRequest =
             serde_json::from_value(json!({"problem_id": "p", "parameters": {"b": 2}})).unwrap();
         assert_eq!(fingerprint(&a), fingerprint(&b));

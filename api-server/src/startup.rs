@@ -70,7 +70,11 @@ impl Application {
             config: Arc::new(config),
             task_created: Arc::new(Notify::new()),
         };
-        Ok(Application { acceptor, port, state })
+        Ok(Application {
+            acceptor,
+            port,
+            state,
+        })
     }
 
     /// The port actually bound (useful when the configuration asked for port 0).
@@ -83,7 +87,10 @@ impl Application {
     }
 
     /// Serves until `shutdown` resolves, then lets in-flight requests finish.
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let stop = CancellationToken::new();
         let api = api_service(&self.state);
         let ui = api.swagger_ui();

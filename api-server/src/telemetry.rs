@@ -12,8 +12,11 @@ pub fn init(level: LogLevelArg, format: LogFormat) {
         LogLevelArg::Error => "error",
     };
     // Our crates at the chosen level; dependencies one step quieter unless RUST_LOG says otherwise.
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("warn,api_server={level},task_executor_shared={level}")));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(format!(
+            "warn,api_server={level},task_executor_shared={level}"
+        ))
+    });
     let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),

@@ -54,7 +54,10 @@ enum Workers {
 }
 
 fn tstz(col: impl IntoIden) -> ColumnDef {
-    ColumnDef::new(col).timestamp_with_time_zone().not_null().take()
+    ColumnDef::new(col)
+        .timestamp_with_time_zone()
+        .not_null()
+        .take()
 }
 
 fn tstz_null(col: impl IntoIden) -> ColumnDef {
@@ -71,11 +74,21 @@ impl MigrationTrait for Migration {
                     .col(ColumnDef::new(Tasks::Id).uuid().not_null().primary_key())
                     .col(ColumnDef::new(Tasks::ProblemId).string_len(255).not_null())
                     .col(ColumnDef::new(Tasks::Status).string_len(16).not_null())
-                    .col(ColumnDef::new(Tasks::Priority).integer().not_null().default(0))
+                    .col(
+                        ColumnDef::new(Tasks::Priority)
+                            .integer()
+                            .not_null()
+                            .default(0),
+                    )
                     .col(ColumnDef::new(Tasks::Parameters).json_binary().not_null())
                     .col(ColumnDef::new(Tasks::Result).json_binary().null())
                     .col(ColumnDef::new(Tasks::WorkerId).string_len(128).null())
-                    .col(ColumnDef::new(Tasks::Attempt).integer().not_null().default(0))
+                    .col(
+                        ColumnDef::new(Tasks::Attempt)
+                            .integer()
+                            .not_null()
+                            .default(0),
+                    )
                     .col(tstz_null(Tasks::LeaseExpiresAt))
                     .col(ColumnDef::new(Tasks::IdempotencyKey).string_len(255).null())
                     .col(ColumnDef::new(Tasks::RequestHash).string_len(64).null())
@@ -122,7 +135,11 @@ impl MigrationTrait for Migration {
                     .col(ColumnDef::new(TaskLogs::TaskId).uuid().not_null())
                     .col(tstz(TaskLogs::Timestamp))
                     .col(ColumnDef::new(TaskLogs::Level).string_len(16).not_null())
-                    .col(ColumnDef::new(TaskLogs::Severity).small_integer().not_null())
+                    .col(
+                        ColumnDef::new(TaskLogs::Severity)
+                            .small_integer()
+                            .not_null(),
+                    )
                     .col(ColumnDef::new(TaskLogs::Message).text().not_null())
                     .col(ColumnDef::new(TaskLogs::Context).json_binary().null())
                     .col(ColumnDef::new(TaskLogs::Attempt).integer().null())
@@ -137,23 +154,53 @@ impl MigrationTrait for Migration {
             )
             .await?;
         // A task's log in time order (GET /api/v1/tasks/{id}/logs).
-        db.execute_unprepared("CREATE INDEX idx_task_logs_task_time ON task_logs (task_id, timestamp, id)")
-            .await?;
+        db.execute_unprepared(
+            "CREATE INDEX idx_task_logs_task_time ON task_logs (task_id, timestamp, id)",
+        )
+        .await?;
 
         manager
             .create_table(
                 Table::create()
                     .table(Workers::Table)
-                    .col(ColumnDef::new(Workers::Id).string_len(128).not_null().primary_key())
-                    .col(ColumnDef::new(Workers::BackendType).string_len(64).not_null())
+                    .col(
+                        ColumnDef::new(Workers::Id)
+                            .string_len(128)
+                            .not_null()
+                            .primary_key(),
+                    )
+                    .col(
+                        ColumnDef::new(Workers::BackendType)
+                            .string_len(64)
+                            .not_null(),
+                    )
                     .col(ColumnDef::new(Workers::Status).string_len(16).not_null())
-                    .col(ColumnDef::new(Workers::MaxParallelTasks).integer().not_null().default(1))
-                    .col(ColumnDef::new(Workers::SupportedProblems).json_binary().not_null())
+                    .col(
+                        ColumnDef::new(Workers::MaxParallelTasks)
+                            .integer()
+                            .not_null()
+                            .default(1),
+                    )
+                    .col(
+                        ColumnDef::new(Workers::SupportedProblems)
+                            .json_binary()
+                            .not_null(),
+                    )
                     .col(ColumnDef::new(Workers::Metadata).json_binary().null())
                     .col(tstz(Workers::LastHeartbeat))
                     .col(tstz(Workers::RegisteredAt))
-                    .col(ColumnDef::new(Workers::TasksCompleted).big_integer().not_null().default(0))
-                    .col(ColumnDef::new(Workers::TasksFailed).big_integer().not_null().default(0))
+                    .col(
+                        ColumnDef::new(Workers::TasksCompleted)
+                            .big_integer()
+                            .not_null()
+                            .default(0),
+                    )
+                    .col(
+                        ColumnDef::new(Workers::TasksFailed)
+                            .big_integer()
+                            .not_null()
+                            .default(0),
+                    )
                     .to_owned(),
             )
             .await?;
@@ -164,9 +211,15 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.drop_table(Table::drop().table(Workers::Table).to_owned()).await?;
-        manager.drop_table(Table::drop().table(TaskLogs::Table).to_owned()).await?;
-        manager.drop_table(Table::drop().table(Tasks::Table).to_owned()).await?;
+        manager
+            .drop_table(Table::drop().table(Workers::Table).to_owned())
+            .await?;
+        manager
+            .drop_table(Table::drop().table(TaskLogs::Table).to_owned())
+            .await?;
+        manager
+            .drop_table(Table::drop().table(Tasks::Table).to_owned())
+            .await?;
         Ok(())
     }
 }

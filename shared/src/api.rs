@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::{LogLevel, TaskStatus, WorkerStatus};
+use crate::{LogLevel, ProblemId, TaskStatus, WorkerId, WorkerStatus};
 
 /// A free-form JSON object.
 pub type JsonObject = BTreeMap<String, Value>;
@@ -33,12 +33,7 @@ pub struct ErrorBody {
 #[derive(Debug, Clone, Object, Serialize, Deserialize)]
 pub struct CreateTaskRequest {
     /// The AIOpsLab problem id, e.g. `misconfig_app_hotel_res-detection-1`.
-    #[oai(validator(
-        min_length = 1,
-        max_length = 255,
-        pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
-    ))]
-    pub problem_id: String,
+    pub problem_id: ProblemId,
     /// Run parameters. `max_steps` (1-10000) and `timeout` (seconds, 1-604800) are filled in with the
     /// server's defaults when absent; `agent_config` and any other key are kept as given for the runner.
     #[oai(default)]
@@ -111,7 +106,10 @@ pub struct LogEntry {
 #[derive(Debug, Clone, Object, Serialize, Deserialize)]
 pub struct WorkerCapabilities {
     /// How many tasks the worker runs at once (1-256); default 1.
-    #[oai(default = "default_parallel", validator(minimum(value = "1"), maximum(value = "256")))]
+    #[oai(
+        default = "default_parallel",
+        validator(minimum(value = "1"), maximum(value = "256"))
+    )]
     #[serde(default = "default_parallel")]
     pub max_parallel_tasks: i32,
     /// Glob patterns (`*`, `?`) of the problem ids the worker takes; empty takes every problem.
@@ -136,8 +134,7 @@ impl Default for WorkerCapabilities {
 /// Registration of a worker, or re-registration of a restarted one.
 #[derive(Debug, Clone, Object, Serialize, Deserialize)]
 pub struct RegisterWorkerRequest {
-    #[oai(validator(min_length = 1, max_length = 128, pattern = r"^[A-Za-z0-9._-]+$"))]
-    pub worker_id: String,
+    pub worker_id: WorkerId,
     /// Where the worker runs its tasks, e.g. `kind`.
     #[oai(validator(min_length = 1, max_length = 64))]
     pub backend_type: String,

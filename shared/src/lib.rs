@@ -4,7 +4,9 @@
 //! (for the daemon's HTTP client).
 
 pub mod api;
+pub mod ids;
 pub mod status;
 pub mod validate;
 
+pub use ids::{ProblemId, WorkerId};
 pub use status::{LogLevel, TaskStatus, WorkerStatus};

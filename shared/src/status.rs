@@ -44,18 +44,21 @@ impl TaskStatus {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Timeout | TaskStatus::Cancelled
+            TaskStatus::Completed
+                | TaskStatus::Failed
+                | TaskStatus::Timeout
+                | TaskStatus::Cancelled
         )
     }
 
     /// The state machine of a task, in one place.
     pub fn can_transition_to(self, next: TaskStatus) -> bool {
         use TaskStatus::*;
-        match (self, next) {
-            (Pending, Running) | (Pending, Cancelled) => true,
-            (Running, Completed | Failed | Timeout | Cancelled | Pending) => true,
-            _ => false,
-        }
+        matches!(
+            (self, next),
+            (Pending, Running | Cancelled)
+                | (Running, Completed | Failed | Timeout | Cancelled | Pending)
+        )
     }
 
     /// The states from which a task may move to `next`, for conditional updates in SQL.
@@ -134,7 +137,9 @@ impl FromStr for WorkerStatus {
 }
 
 /// Severity of a task log entry, ordered from least to most severe.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Enum, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Enum, Serialize, Deserialize,
+)]
 #[oai(rename_all = "lowercase")]
 #[serde(rename_all = "lowercase")]
 pub enum LogLevel {

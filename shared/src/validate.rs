@@ -33,7 +33,10 @@ pub fn worker_id(s: &str) -> Result<(), String> {
 
 /// A `supported_problems` pattern: the characters of a problem id plus the wildcards `*` and `?`.
 pub fn problem_glob(s: &str) -> Result<(), String> {
-    if s.is_empty() || s.len() > PROBLEM_ID_MAX || !s.chars().all(|c| id_char(c) || c == '*' || c == '?') {
+    if s.is_empty()
+        || s.len() > PROBLEM_ID_MAX
+        || !s.chars().all(|c| id_char(c) || c == '*' || c == '?')
+    {
         return Err(format!(
             "supported_problems pattern `{s}` must be 1-{PROBLEM_ID_MAX} characters of letters, digits, '-', '_', '.', '*' or '?'"
         ));
@@ -95,7 +98,10 @@ mod tests {
         assert!(glob_matches("*", "anything"));
         assert!(glob_matches("a?c", "abc"));
         assert!(!glob_matches("a?c", "ac"));
-        assert!(glob_matches("*-detection-*", "pod_kill_hotel_res-detection-1"));
+        assert!(glob_matches(
+            "*-detection-*",
+            "pod_kill_hotel_res-detection-1"
+        ));
         assert!(!glob_matches("test-*", "benchmark-1"));
         assert!(glob_matches("a*b*c", "aXXbYYc"));
         assert!(!glob_matches("a*b*c", "aXXbYY"));

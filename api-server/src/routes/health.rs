@@ -102,7 +102,9 @@ impl HealthApi {
 
     async fn counts(&self) -> Result<(WorkerCounts, QueueCounts), store::StoreError> {
         let mut w = WorkerCounts::default();
-        for (_, status, _) in workers::list_with_status(&self.state.db, self.state.config.heartbeat_timeout()).await? {
+        for (_, status, _) in
+            workers::list_with_status(&self.state.db, self.state.config.heartbeat_timeout()).await?
+        {
             w.total += 1;
             match status {
                 WorkerStatus::Idle => w.idle += 1,
@@ -133,7 +135,11 @@ impl HealthApi {
     async fn health(&self) -> HealthResponse {
         let latency = self.ping().await;
         let counts = match latency {
-            Some(_) => self.counts().await.map_err(|e| tracing::warn!(error = %e, "health counts failed")).ok(),
+            Some(_) => self
+                .counts()
+                .await
+                .map_err(|e| tracing::warn!(error = %e, "health counts failed"))
+                .ok(),
             None => None,
         };
         let healthy = counts.is_some();

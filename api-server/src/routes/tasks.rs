@@ -8,7 +8,6 @@ use poem_openapi::{
 use task_executor_shared::{
     LogLevel, TaskStatus,
     api::{CancelResponse, CreateTaskRequest, LogEntry, Task, TaskSummary},
-    validate,
 };
 use uuid::Uuid;
 
@@ -54,20 +53,26 @@ impl TasksApi {
     async fn create_task(
         &self,
         /// A client-chosen key (1-255 visible characters) that makes the creation safe to retry.
-        #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 255, pattern = r"^[\x21-\x7e]+$"))]
+        #[oai(
+            name = "Idempotency-Key",
+            validator(min_length = 1, max_length = 255, pattern = r"^[\x21-\x7e]+$")
+        )]
         idempotency_key: Header<Option<String>>,
         body: Json<CreateTaskRequest>,
     ) -> Result<CreateResponse, ApiError> {
         let req = body.0;
-        validate::problem_id(&req.problem_id).map_err(ApiError::validation)?;
         let cfg = &self.state.config;
-        let parameters = params::effective(&req.parameters, cfg.default_max_steps, cfg.default_timeout_minutes)
-            .map_err(ApiError::validation)?;
+        let parameters = params::effective(
+            &req.parameters,
+            cfg.default_max_steps,
+            cfg.default_timeout_minutes,
+        )
+        .map_err(ApiError::validation)?;
         let idempotency = idempotency_key.0.map(|k| (k, params::fingerprint(&req)));
         let (task, created) = tasks::create(
             &self.state.db,
             NewTask {
-                problem_id: req.problem_id,
+                problem_id: req.problem_id.into_inner(),
                 parameters,
                 priority: req.priority,
                 idempotency,
@@ -99,7 +104,10 @@ impl TasksApi {
         #[oai(validator(min_length = 1, max_length = 128))]
         worker_id: Query<Option<String>>,
         /// Most tasks returned (1-1000).
-        #[oai(default = "default_limit", validator(minimum(value = "1"), maximum(value = "1000")))]
+        #[oai(
+            default = "default_limit",
+            validator(minimum(value = "1"), maximum(value = "1000"))
+        )]
         limit: Query<u64>,
         /// Tasks skipped first, for paging.
         #[oai(default, validator(maximum(value = "1000000000")))]
@@ -126,7 +134,11 @@ impl TasksApi {
     ///
     /// A pending task is cancelled at once; a running one too, and its worker is told to stop it through its
     /// next heartbeat. A task already finished is a 409.
-    #[oai(path = "/tasks/:task_id/cancel", method = "post", operation_id = "cancel_task")]
+    #[oai(
+        path = "/tasks/:task_id/cancel",
+        method = "post",
+        operation_id = "cancel_task"
+    )]
     async fn cancel_task(&self, task_id: Path<Uuid>) -> Result<Json<CancelResponse>, ApiError> {
         let task = tasks::cancel(&self.state.db, task_id.0).await?;
         tracing::info!(task_id = %task.id, "task cancelled");
@@ -139,14 +151,21 @@ impl TasksApi {
     /// Get a task's logs
     ///
     /// In time order, state changes of the task and what its runner logged.
-    #[oai(path = "/tasks/:task_id/logs", method = "get", operation_id = "get_task_logs")]
+    #[oai(
+        path = "/tasks/:task_id/logs",
+        method = "get",
+        operation_id = "get_task_logs"
+    )]
     async fn get_task_logs(
         &self,
         task_id: Path<Uuid>,
         /// Only entries of this level and more severe.
         level: Query<Option<LogLevel>>,
         /// Most entries returned (1-10000).
-        #[oai(default = "default_log_limit", validator(minimum(value = "1"), maximum(value = "10000")))]
+        #[oai(
+            default = "default_log_limit",
+            validator(minimum(value = "1"), maximum(value = "10000"))
+        )]
         limit: Query<u64>,
     ) -> Result<Json<Vec<LogEntry>>, ApiError> {
         let rows = tasks::logs(&self.state.db, task_id.0, level.0, limit.0).await?;

@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, FromQueryResult,
-    QueryFilter, QueryOrder, QuerySelect, Set, SqlErr, TransactionTrait,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
+    FromQueryResult, QueryFilter, QueryOrder, QuerySelect, Set, SqlErr, TransactionTrait,
     sea_query::{Expr, ExprTrait},
 };
 use serde_json::Value;
@@ -88,7 +88,11 @@ pub async fn create(db: &DatabaseConnection, new: NewTask) -> StoreResult<(task:
     Ok((inserted, Created::New))
 }
 
-async fn by_idempotency_key(db: &DatabaseConnection, key: &str, hash: &str) -> StoreResult<Option<task::Model>> {
+async fn by_idempotency_key(
+    db: &DatabaseConnection,
+    key: &str,
+    hash: &str,
+) -> StoreResult<Option<task::Model>> {
     let found = task::Entity::find()
         .filter(task::Column::IdempotencyKey.eq(key))
         .one(db)
@@ -154,10 +158,16 @@ pub async fn cancel(db: &DatabaseConnection, id: Uuid) -> StoreResult<task::Mode
         .map(TaskStatus::as_str)
         .collect();
     let updated = task::Entity::update_many()
-        .col_expr(task::Column::Status, Expr::value(TaskStatus::Cancelled.as_str()))
+        .col_expr(
+            task::Column::Status,
+            Expr::value(TaskStatus::Cancelled.as_str()),
+        )
         .col_expr(task::Column::UpdatedAt, Expr::value(at))
         .col_expr(task::Column::CompletedAt, Expr::value(at))
-        .col_expr(task::Column::LeaseExpiresAt, Expr::value(Option::<chrono::DateTime<chrono::Utc>>::None))
+        .col_expr(
+            task::Column::LeaseExpiresAt,
+            Expr::value(Option::<chrono::DateTime<chrono::Utc>>::None),
+        )
         .filter(task::Column::Id.eq(id))
         .filter(task::Column::Status.is_in(sources))
         .exec_with_returning(&txn)
@@ -167,7 +177,10 @@ pub async fn cancel(db: &DatabaseConnection, id: Uuid) -> StoreResult<task::Mode
         let existing = get(db, id).await?;
         return Err(StoreError::Conflict {
             kind: "task_not_cancellable",
-            detail: format!("task {id} is already {} and cannot be cancelled", existing.status),
+            detail: format!(
+                "task {id} is already {} and cannot be cancelled",
+                existing.status
+            ),
         });
     };
     append_log(
@@ -221,7 +234,10 @@ pub async fn append_logs(
     let n = entries.len() as u64;
     let rows = entries.into_iter().map(|e| task_log::ActiveModel {
         task_id: Set(task_id),
-        timestamp: Set(e.timestamp.map(|t| chrono::SubsecRound::trunc_subsecs(t, 6)).unwrap_or(at)),
+        timestamp: Set(e
+            .timestamp
+            .map(|t| chrono::SubsecRound::trunc_subsecs(t, 6))
+            .unwrap_or(at)),
         level: Set(e.level.as_str().to_owned()),
         severity: Set(e.level.severity()),
         message: Set(e.message),

@@ -3,10 +3,15 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, FromQueryResult, QueryFilter, QuerySelect};
+use sea_orm::{
+    ColumnTrait, DatabaseConnection, EntityTrait, FromQueryResult, QueryFilter, QuerySelect,
+};
 use task_executor_shared::{TaskStatus, WorkerStatus};
 
-use super::{StoreResult, entity::{task, worker}};
+use super::{
+    StoreResult,
+    entity::{task, worker},
+};
 
 /// The status a client sees: `offline` when the worker said so or its heartbeat is older than the timeout,
 /// `stopping` while an internal worker winds down, else `busy` while it holds a running task, else `idle`.
@@ -35,7 +40,9 @@ struct Held {
 }
 
 /// The running tasks held by each worker.
-pub async fn running_by_worker(db: &DatabaseConnection) -> StoreResult<HashMap<String, Vec<uuid::Uuid>>> {
+pub async fn running_by_worker(
+    db: &DatabaseConnection,
+) -> StoreResult<HashMap<String, Vec<uuid::Uuid>>> {
     let rows = task::Entity::find()
         .select_only()
         .column(task::Column::Id)

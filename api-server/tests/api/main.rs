@@ -1,0 +1,7 @@
+//! Integration tests of the API server: the real server over HTTP on loopback, on SQLite and on PostgreSQL.
+
+mod helpers;
+
+mod errors;
+mod health;
+mod tasks;

@@ -1,0 +1,144 @@
+//! Identifiers that are checked once, where they enter: a `ProblemId` or `WorkerId` that exists is valid.
+//! Parsing from JSON is strict (a number is not a problem id) and the OpenAPI schema carries the rules.
+
+use std::{borrow::Cow, fmt};
+
+use poem_openapi::{
+    registry::{MetaSchema, MetaSchemaRef},
+    types::{ParseError, ParseFromJSON, ParseFromParameter, ParseResult, ToJSON, Type},
+};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
+
+use crate::validate;
+
+macro_rules! checked_id {
+    ($(#[$doc:meta])* $name:ident, $check:path, $pattern:expr, $max:expr, $example:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn parse(s: impl Into<String>) -> Result<Self, String> {
+                let s = s.into();
+                $check(&s)?;
+                Ok($name(s))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+
+            pub fn into_inner(self) -> String {
+                self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                $name::parse(s).map_err(serde::de::Error::custom)
+            }
+        }
+
+        impl Type for $name {
+            const IS_REQUIRED: bool = true;
+            type RawValueType = Self;
+            type RawElementValueType = Self;
+
+            fn name() -> Cow<'static, str> {
+                "string".into()
+            }
+
+            fn schema_ref() -> MetaSchemaRef {
+                MetaSchemaRef::Inline(Box::new(MetaSchema {
+                    min_length: Some(1),
+                    max_length: Some($max),
+                    pattern: Some($pattern.to_owned()),
+                    example: Some(Value::String($example.to_owned())),
+                    ..MetaSchema::new("string")
+                }))
+            }
+
+            fn as_raw_value(&self) -> Option<&Self::RawValueType> {
+                Some(self)
+            }
+
+            fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
+                Box::new(self.as_raw_value().into_iter())
+            }
+        }
+
+        impl ParseFromJSON for $name {
+            fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
+                match value {
+                    Some(Value::String(s)) => $name::parse(s).map_err(ParseError::custom),
+                    other => Err(ParseError::expected_type(other.unwrap_or_default())),
+                }
+            }
+        }
+
+        impl ParseFromParameter for $name {
+            fn parse_from_parameter(value: &str) -> ParseResult<Self> {
+                $name::parse(value).map_err(ParseError::custom)
+            }
+        }
+
+        impl ToJSON for $name {
+            fn to_json(&self) -> Option<Value> {
+                Some(Value::String(self.0.clone()))
+            }
+        }
+    };
+}
+
+checked_id!(
+    /// An AIOpsLab problem id: 1–255 of letters, digits, `-`, `_`, `.`, starting with a letter or digit.
+    ProblemId,
+    validate::problem_id,
+    r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+    validate::PROBLEM_ID_MAX,
+    "misconfig_app_hotel_res-detection-1"
+);
+
+checked_id!(
+    /// A worker id: 1–128 of letters, digits, `.`, `_`, `-`.
+    WorkerId,
+    validate::worker_id,
+    r"^[A-Za-z0-9._-]+$",
+    validate::WORKER_ID_MAX,
+    "worker-001-kind"
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_parsing_is_strict() {
+        assert!(ProblemId::parse_from_json(Some(serde_json::json!(42))).is_err());
+        assert!(ProblemId::parse_from_json(Some(serde_json::json!(true))).is_err());
+        assert!(ProblemId::parse_from_json(Some(serde_json::json!("-x"))).is_err());
+        assert!(ProblemId::parse_from_json(None).is_err());
+        assert_eq!(
+            ProblemId::parse_from_json(Some(serde_json::json!("p-1")))
+                .unwrap()
+                .as_str(),
+            "p-1"
+        );
+        assert!(serde_json::from_value::<WorkerId>(serde_json::json!("a/b")).is_err());
+    }
+}
