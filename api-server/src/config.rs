@@ -39,6 +39,11 @@ pub struct Config {
     #[arg(long, env = "WORKER_HEARTBEAT_TIMEOUT_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub worker_heartbeat_timeout_seconds: u64,
 
+    /// A task claimed less than this long ago is not requeued for being absent from its worker's heartbeat
+    /// (the heartbeat may have left before the claim's answer arrived).
+    #[arg(long, env = "CLAIM_GRACE_SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub claim_grace_seconds: u64,
+
     /// Runs of a task at most: a task whose worker is lost is requeued while it has had fewer attempts, else
     /// it fails.
     #[arg(long, env = "TASK_MAX_ATTEMPTS", default_value_t = 2, value_parser = clap::value_parser!(i32).range(1..=100))]

@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::Config,
     error,
-    routes::{health::HealthApi, tasks::TasksApi},
-    store,
+    routes::{health::HealthApi, tasks::TasksApi, workers::WorkersApi},
+    store::{self, queue::LeasePolicy},
 };
 
 /// What every handler and background loop shares.
@@ -25,8 +25,10 @@ use crate::{
 pub struct AppState {
     pub db: DatabaseConnection,
     pub config: Arc<Config>,
-    /// Woken when a task is created in this process, so that waiting claims look at once.
-    pub task_created: Arc<Notify>,
+    /// Woken when a task becomes claimable in this process (created or released), so that waiting claims
+    /// look at once.
+    pub queue_changed: Arc<Notify>,
+    pub lease: LeasePolicy,
 }
 
 pub struct Application {
@@ -38,11 +40,12 @@ pub struct Application {
 /// How long in-flight requests get to finish after the stop signal.
 const GRACEFUL_TIMEOUT: Duration = Duration::from_secs(30);
 
-pub fn api_service(state: &AppState) -> OpenApiService<(HealthApi, TasksApi), ()> {
+pub fn api_service(state: &AppState) -> OpenApiService<(HealthApi, TasksApi, WorkersApi), ()> {
     OpenApiService::new(
         (
             HealthApi { state: state.clone() },
             TasksApi { state: state.clone() },
+            WorkersApi { state: state.clone() },
         ),
         "AIOpsLab Task Executor",
         env!("CARGO_PKG_VERSION"),
@@ -67,8 +70,13 @@ impl Application {
             .context("the listener has no TCP address")?;
         let state = AppState {
             db,
+            queue_changed: Arc::new(Notify::new()),
+            lease: LeasePolicy {
+                heartbeat_timeout: config.heartbeat_timeout(),
+                claim_grace: chrono::Duration::seconds(config.claim_grace_seconds as i64),
+                max_attempts: config.task_max_attempts,
+            },
             config: Arc::new(config),
-            task_created: Arc::new(Notify::new()),
         };
         Ok(Application {
             acceptor,
@@ -101,6 +109,7 @@ impl Application {
             .nest("/", api)
             .around(error::edge);
         tracing::info!(port = self.port, database = %store::redact(&self.state.config.database_url), "listening");
+        let reaper = tokio::spawn(reaper_loop(self.state.clone(), stop.clone()));
         let stop_signal = stop.clone();
         let result = Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(
@@ -113,7 +122,38 @@ impl Application {
             )
             .await;
         stop.cancel();
+        let _ = reaper.await;
         self.state.db.clone().close().await.ok();
         result.context("server failed")
+    }
+}
+
+/// How often the reaper runs: a third of the heartbeat timeout, at most every 10 s, at least every 100 ms.
+pub fn reaper_interval(heartbeat_timeout: chrono::Duration) -> Duration {
+    let third = heartbeat_timeout
+        .to_std()
+        .unwrap_or(Duration::from_secs(60))
+        / 3;
+    third.clamp(Duration::from_millis(100), Duration::from_secs(10))
+}
+
+/// Recovers from lost workers and overdue tasks until stopped. Safe in every replica: each change it makes
+/// is conditional on the run it saw.
+async fn reaper_loop(state: AppState, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(reaper_interval(state.lease.heartbeat_timeout));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match store::queue::reap(&state.db, &state.lease).await {
+            Ok(r) => {
+                if !r.released.is_empty() {
+                    state.queue_changed.notify_waiters();
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "reaper pass failed"),
+        }
     }
 }

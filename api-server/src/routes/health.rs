@@ -103,7 +103,7 @@ impl HealthApi {
     async fn counts(&self) -> Result<(WorkerCounts, QueueCounts), store::StoreError> {
         let mut w = WorkerCounts::default();
         for (_, status, _) in
-            workers::list_with_status(&self.state.db, self.state.config.heartbeat_timeout()).await?
+            workers::list_with_status(&self.state.db, self.state.lease.heartbeat_timeout).await?
         {
             w.total += 1;
             match status {
@@ -169,7 +169,7 @@ impl HealthApi {
     async fn ready(&self) -> ReadyResponse {
         let database = self.ping().await.is_some();
         let workers = database
-            && workers::list_with_status(&self.state.db, self.state.config.heartbeat_timeout())
+            && workers::list_with_status(&self.state.db, self.state.lease.heartbeat_timeout)
                 .await
                 .map(|ws| ws.iter().any(|(_, s, _)| *s != WorkerStatus::Offline))
                 .unwrap_or(false);

@@ -2,6 +2,7 @@
 
 pub mod health;
 pub mod tasks;
+pub mod workers;
 
 use poem_openapi::Tags;
 

@@ -82,7 +82,7 @@ impl TasksApi {
         Ok(match created {
             Created::New => {
                 tracing::info!(task_id = %task.id, problem_id = %task.problem_id, "task created");
-                self.state.task_created.notify_waiters();
+                self.state.queue_changed.notify_waiters();
                 CreateResponse::Created(Json(task.into()))
             }
             Created::Existing => CreateResponse::Existing(Json(task.into())),

@@ -2,6 +2,7 @@
 //! that take a connection or a transaction. Handlers and background loops call these and never build queries.
 
 pub mod entity;
+pub mod queue;
 pub mod tasks;
 pub mod workers;
 

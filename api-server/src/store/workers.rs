@@ -4,13 +4,15 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ColumnTrait, DatabaseConnection, EntityTrait, FromQueryResult, QueryFilter, QuerySelect,
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, FromQueryResult, QueryFilter,
+    QuerySelect, Set, SqlErr, TransactionTrait,
 };
-use task_executor_shared::{TaskStatus, WorkerStatus};
+use task_executor_shared::{TaskStatus, WorkerStatus, api, validate};
 
 use super::{
-    StoreResult,
+    StoreError, StoreResult,
     entity::{task, worker},
+    now,
 };
 
 /// The status a client sees: `offline` when the worker said so or its heartbeat is older than the timeout,
@@ -79,4 +81,124 @@ pub async fn list_with_status(
         .collect();
     out.sort_by(|a, b| a.0.id.cmp(&b.0.id));
     Ok(out)
+}
+
+/// What [`register`] did.
+pub struct Registered {
+    pub worker: worker::Model,
+    /// False when the id was already known (a restarted worker coming back).
+    pub created: bool,
+    /// Tasks the worker still held, put back in the queue (or failed, out of attempts).
+    pub released: Vec<uuid::Uuid>,
+}
+
+/// Registers a worker, or re-registers a known one: its capabilities are replaced, it is online again, and
+/// any task it still held is released, since the process that ran it is gone.
+#[tracing::instrument(skip(db, req), fields(worker_id = %req.worker_id))]
+pub async fn register(
+    db: &DatabaseConnection,
+    req: &api::RegisterWorkerRequest,
+    max_attempts: i32,
+) -> StoreResult<Registered> {
+    for pattern in &req.capabilities.supported_problems {
+        validate::problem_glob(pattern).map_err(StoreError::Invalid)?;
+    }
+    let at = now();
+    let id = req.worker_id.as_str();
+    let txn = db.begin().await?;
+    let existing = worker::Entity::find_by_id(id).one(&txn).await?;
+    let mut model = worker::ActiveModel {
+        id: Set(id.to_owned()),
+        backend_type: Set(req.backend_type.clone()),
+        status: Set(WorkerStatus::Idle.as_str().to_owned()),
+        max_parallel_tasks: Set(req.capabilities.max_parallel_tasks),
+        supported_problems: Set(serde_json::json!(req.capabilities.supported_problems)),
+        metadata: Set(req.metadata.clone()),
+        last_heartbeat: Set(at),
+        ..Default::default()
+    };
+    let created = existing.is_none();
+    let worker = if created {
+        model.registered_at = Set(at);
+        model.tasks_completed = Set(0);
+        model.tasks_failed = Set(0);
+        match model.insert(&txn).await {
+            Ok(w) => w,
+            Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+                return Err(StoreError::Conflict {
+                    kind: "worker_registration_conflict",
+                    detail: format!("worker {id} registered concurrently; retry"),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        }
+    } else {
+        model.update(&txn).await?
+    };
+    let mut released = Vec::new();
+    if !created {
+        let held = task::Entity::find()
+            .filter(task::Column::WorkerId.eq(id))
+            .filter(task::Column::Status.eq(TaskStatus::Running.as_str()))
+            .all(&txn)
+            .await?;
+        for t in held {
+            let reason = format!("worker {id} registered again (restarted) while holding the task");
+            if super::queue::release_lost(&txn, &t, &reason, max_attempts).await? {
+                released.push(t.id);
+            }
+        }
+    }
+    txn.commit().await?;
+    Ok(Registered {
+        worker,
+        created,
+        released,
+    })
+}
+
+pub async fn get(db: &DatabaseConnection, id: &str) -> StoreResult<worker::Model> {
+    worker::Entity::find_by_id(id)
+        .one(db)
+        .await?
+        .ok_or_else(|| StoreError::WorkerNotFound(id.to_owned()))
+}
+
+/// The wire form of a worker.
+pub fn to_api(w: worker::Model, status: WorkerStatus, held: Vec<uuid::Uuid>) -> api::Worker {
+    let supported_problems = serde_json::from_value(w.supported_problems).unwrap_or_default();
+    api::Worker {
+        status,
+        current_task_ids: held,
+        capabilities: api::WorkerCapabilities {
+            max_parallel_tasks: w.max_parallel_tasks,
+            supported_problems,
+        },
+        id: w.id,
+        backend_type: w.backend_type,
+        last_heartbeat: w.last_heartbeat,
+        registered_at: w.registered_at,
+        metadata: w.metadata,
+        tasks_completed: w.tasks_completed,
+        tasks_failed: w.tasks_failed,
+    }
+}
+
+/// One worker with its derived status and held tasks.
+pub async fn one_with_status(
+    db: &DatabaseConnection,
+    id: &str,
+    heartbeat_timeout: chrono::Duration,
+) -> StoreResult<(worker::Model, WorkerStatus, Vec<uuid::Uuid>)> {
+    let w = get(db, id).await?;
+    let held: Vec<uuid::Uuid> = task::Entity::find()
+        .select_only()
+        .column(task::Column::Id)
+        .filter(task::Column::WorkerId.eq(id))
+        .filter(task::Column::Status.eq(TaskStatus::Running.as_str()))
+        .into_tuple()
+        .all(db)
+        .await?;
+    let status = derive_status(&w, held.len(), now(), heartbeat_timeout);
+    Ok((w, status, held))
 }

@@ -284,3 +284,86 @@ pub fn assert_error(r: &Reply, status: StatusCode, kind: &str) {
         r.body
     );
 }
+
+impl TestApp {
+    /// Registers a worker with the given capabilities, asserting 201 or 200.
+    pub async fn register(&self, worker_id: &str, capabilities: Value) -> Reply {
+        let r = self
+            .post(
+                "/api/v1/workers/register",
+                serde_json::json!({"worker_id": worker_id, "backend_type": "kind", "capabilities": capabilities}),
+            )
+            .await;
+        assert!(
+            r.status == StatusCode::CREATED || r.status == StatusCode::OK,
+            "{}",
+            r.body
+        );
+        r
+    }
+
+    pub async fn claim(&self, worker_id: &str) -> Reply {
+        self.post(&format!("/api/v1/workers/{worker_id}/claim"), Value::Null)
+            .await
+    }
+
+    /// Claims and asserts a task came back.
+    pub async fn claim_one(&self, worker_id: &str) -> Value {
+        let r = self.claim(worker_id).await;
+        assert_eq!(
+            r.status,
+            StatusCode::OK,
+            "expected a task for {worker_id}: {}",
+            r.body
+        );
+        r.body
+    }
+
+    pub async fn heartbeat(&self, worker_id: &str, body: Value) -> Reply {
+        self.post(&format!("/api/v1/workers/{worker_id}/heartbeat"), body)
+            .await
+    }
+
+    pub async fn complete(
+        &self,
+        worker_id: &str,
+        task: &Value,
+        attempt: i64,
+        result: Value,
+    ) -> Reply {
+        let id = task["id"].as_str().unwrap();
+        self.post(
+            &format!("/api/v1/workers/{worker_id}/tasks/{id}/complete"),
+            serde_json::json!({"attempt": attempt, "result": result}),
+        )
+        .await
+    }
+
+    pub async fn task(&self, id: &Value) -> Value {
+        let r = self
+            .get(&format!("/api/v1/tasks/{}", id.as_str().unwrap()))
+            .await;
+        assert_eq!(r.status, StatusCode::OK);
+        r.body
+    }
+
+    /// Polls `check` until it returns `Some`, for up to 20 s (time-based behaviour is configured short; this
+    /// bound only stops a broken test from hanging).
+    pub async fn eventually<T, F, Fut>(&self, what: &str, mut check: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(v) = check().await {
+                return v;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "timed out waiting for: {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}

@@ -5,3 +5,4 @@ mod helpers;
 mod errors;
 mod health;
 mod tasks;
+mod workers;

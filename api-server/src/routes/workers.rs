@@ -1,0 +1,290 @@
+//! `/api/v1/workers`: the registry, and the protocol remote workers speak (register, heartbeat, claim,
+//! report logs, complete, fail).
+
+use std::time::{Duration, Instant};
+
+use poem_openapi::{
+    ApiResponse, OpenApi,
+    param::{Path, Query},
+    payload::Json,
+};
+use task_executor_shared::{
+    WorkerId, WorkerStatus,
+    api::{
+        CompleteTaskRequest, FailTaskRequest, HeartbeatRequest, HeartbeatResponse,
+        RegisterWorkerRequest, RegisterWorkerResponse, ReportLogsRequest, ReportLogsResponse, Task,
+        Worker,
+    },
+};
+use uuid::Uuid;
+
+use super::ApiTags;
+use crate::{
+    error::ApiError,
+    startup::AppState,
+    store::{
+        queue::{self, Outcome},
+        workers,
+    },
+};
+
+/// How often a long poll looks at the queue even when nothing in this process woke it (tasks created by
+/// another replica, or released by another replica's reaper).
+const POLL_TICK: Duration = Duration::from_millis(500);
+
+pub struct WorkersApi {
+    pub state: AppState,
+}
+
+#[derive(ApiResponse)]
+enum RegisterResponse {
+    /// A new worker.
+    #[oai(status = 201)]
+    Created(Json<RegisterWorkerResponse>),
+    /// A known worker came back: capabilities replaced, tasks it still held released.
+    #[oai(status = 200)]
+    Reregistered(Json<RegisterWorkerResponse>),
+}
+
+#[derive(ApiResponse)]
+enum ClaimResponse {
+    /// The claimed task: `running`, held by this worker, with its `attempt` and `lease_expires_at`.
+    #[oai(status = 200)]
+    Claimed(Json<Task>),
+    /// No task available (within `wait_seconds`).
+    #[oai(status = 204)]
+    NoTask,
+}
+
+#[OpenApi(prefix_path = "/api/v1", tag = "ApiTags::Workers")]
+impl WorkersApi {
+    /// Register a worker
+    ///
+    /// A new id is 201. A known id is how a restarted worker comes back: 200, capabilities replaced, and any
+    /// task it still held is requeued at once (the process that ran it is gone).
+    #[oai(
+        path = "/workers/register",
+        method = "post",
+        operation_id = "register_worker"
+    )]
+    async fn register_worker(
+        &self,
+        body: Json<RegisterWorkerRequest>,
+    ) -> Result<RegisterResponse, ApiError> {
+        let r = workers::register(&self.state.db, &body.0, self.state.lease.max_attempts).await?;
+        if !r.released.is_empty() {
+            self.state.queue_changed.notify_waiters();
+        }
+        tracing::info!(worker_id = %r.worker.id, created = r.created, released = r.released.len(), "worker registered");
+        let resp = RegisterWorkerResponse {
+            id: r.worker.id,
+            backend_type: r.worker.backend_type,
+            status: WorkerStatus::Idle,
+            registered_at: r.worker.registered_at,
+        };
+        Ok(if r.created {
+            RegisterResponse::Created(Json(resp))
+        } else {
+            RegisterResponse::Reregistered(Json(resp))
+        })
+    }
+
+    /// List workers
+    ///
+    /// Status is derived: `offline` when the worker said so or its heartbeat is older than the timeout,
+    /// `busy` while it holds a running task, else `idle`.
+    #[oai(path = "/workers", method = "get", operation_id = "list_workers")]
+    async fn list_workers(
+        &self,
+        /// Only workers in this state.
+        status: Query<Option<WorkerStatus>>,
+        /// Only workers of this backend type.
+        #[oai(validator(min_length = 1, max_length = 64))]
+        backend_type: Query<Option<String>>,
+    ) -> Result<Json<Vec<Worker>>, ApiError> {
+        let all =
+            workers::list_with_status(&self.state.db, self.state.lease.heartbeat_timeout).await?;
+        Ok(Json(
+            all.into_iter()
+                .filter(|(w, s, _)| {
+                    status.0.is_none_or(|want| want == *s)
+                        && backend_type
+                            .0
+                            .as_deref()
+                            .is_none_or(|b| b == w.backend_type)
+                })
+                .map(|(w, s, held)| workers::to_api(w, s, held))
+                .collect(),
+        ))
+    }
+
+    /// Get a worker
+    #[oai(
+        path = "/workers/:worker_id",
+        method = "get",
+        operation_id = "get_worker"
+    )]
+    async fn get_worker(&self, worker_id: Path<WorkerId>) -> Result<Json<Worker>, ApiError> {
+        let (w, s, held) = workers::one_with_status(
+            &self.state.db,
+            worker_id.0.as_str(),
+            self.state.lease.heartbeat_timeout,
+        )
+        .await?;
+        Ok(Json(workers::to_api(w, s, held)))
+    }
+
+    /// Worker heartbeat
+    ///
+    /// Records the heartbeat and extends the lease of every task the worker reports (`current_task_id`,
+    /// `running_task_ids`). `cancel_task_ids` lists the reported tasks the worker must stop (cancelled, timed
+    /// out, or no longer its own). A task the worker holds but no longer reports is requeued after a short
+    /// grace period: its claim answer was lost on the way.
+    #[oai(
+        path = "/workers/:worker_id/heartbeat",
+        method = "post",
+        operation_id = "worker_heartbeat"
+    )]
+    async fn heartbeat(
+        &self,
+        worker_id: Path<WorkerId>,
+        body: Json<HeartbeatRequest>,
+    ) -> Result<Json<HeartbeatResponse>, ApiError> {
+        let out = queue::heartbeat(
+            &self.state.db,
+            worker_id.0.as_str(),
+            &body.0,
+            &self.state.lease,
+        )
+        .await?;
+        if !out.released.is_empty() {
+            self.state.queue_changed.notify_waiters();
+        }
+        Ok(Json(HeartbeatResponse {
+            message: "Heartbeat received".to_owned(),
+            timestamp: out.at,
+            cancel_task_ids: out.cancel_task_ids,
+        }))
+    }
+
+    /// Claim a task (for workers)
+    ///
+    /// The next pending task this worker supports (by `supported_problems`), highest priority first, then
+    /// oldest. With `wait_seconds`, waits up to that long for one to arrive (long poll). 409 when the worker
+    /// already holds `max_parallel_tasks` running tasks.
+    #[oai(
+        path = "/workers/:worker_id/claim",
+        method = "post",
+        operation_id = "claim_task"
+    )]
+    async fn claim(
+        &self,
+        worker_id: Path<WorkerId>,
+        /// Seconds to wait for a task when none is available (0-60).
+        #[oai(default, validator(maximum(value = "60")))]
+        wait_seconds: Query<u64>,
+    ) -> Result<ClaimResponse, ApiError> {
+        let deadline = Instant::now() + Duration::from_secs(wait_seconds.0);
+        loop {
+            // Subscribe before looking, so that a task created meanwhile cannot be missed.
+            let notified = self.state.queue_changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(t) =
+                queue::claim(&self.state.db, worker_id.0.as_str(), &self.state.lease).await?
+            {
+                tracing::info!(task_id = %t.id, worker_id = %worker_id.0, attempt = t.attempt, "task claimed");
+                return Ok(ClaimResponse::Claimed(Json(t.into())));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(ClaimResponse::NoTask);
+            }
+            let _ = tokio::time::timeout((deadline - now).min(POLL_TICK), notified).await;
+        }
+    }
+
+    /// Report log entries of a running task
+    ///
+    /// Accepted only from the worker holding the task, for the attempt it holds, while it runs.
+    #[oai(
+        path = "/workers/:worker_id/tasks/:task_id/logs",
+        method = "post",
+        operation_id = "report_task_logs"
+    )]
+    async fn report_logs(
+        &self,
+        worker_id: Path<WorkerId>,
+        task_id: Path<Uuid>,
+        body: Json<ReportLogsRequest>,
+    ) -> Result<Json<ReportLogsResponse>, ApiError> {
+        let accepted =
+            queue::report_logs(&self.state.db, worker_id.0.as_str(), task_id.0, body.0).await?;
+        Ok(Json(ReportLogsResponse { accepted }))
+    }
+
+    /// Complete a task
+    ///
+    /// The run finished: the task becomes `completed` with the result as given. Fenced like every report:
+    /// 409 `task_not_held`, `stale_attempt`, `task_cancelled`, `task_timed_out` or `task_finished` otherwise,
+    /// and the task is left unchanged.
+    #[oai(
+        path = "/workers/:worker_id/tasks/:task_id/complete",
+        method = "post",
+        operation_id = "complete_task"
+    )]
+    async fn complete(
+        &self,
+        worker_id: Path<WorkerId>,
+        task_id: Path<Uuid>,
+        body: Json<CompleteTaskRequest>,
+    ) -> Result<Json<Task>, ApiError> {
+        let req = body.0;
+        let t = queue::finish(
+            &self.state.db,
+            worker_id.0.as_str(),
+            task_id.0,
+            req.attempt,
+            Outcome::Completed(req.result),
+        )
+        .await?;
+        tracing::info!(task_id = %t.id, worker_id = %worker_id.0, "task completed");
+        Ok(Json(t.into()))
+    }
+
+    /// Fail a task
+    ///
+    /// The run did not finish well: the task becomes `failed` (or `timeout` with `status: "timeout"`), the
+    /// error kept in its result. Fenced like `complete`.
+    #[oai(
+        path = "/workers/:worker_id/tasks/:task_id/fail",
+        method = "post",
+        operation_id = "fail_task"
+    )]
+    async fn fail(
+        &self,
+        worker_id: Path<WorkerId>,
+        task_id: Path<Uuid>,
+        body: Json<FailTaskRequest>,
+    ) -> Result<Json<Task>, ApiError> {
+        let req = body.0;
+        let status = req
+            .status
+            .map(Into::into)
+            .unwrap_or(task_executor_shared::TaskStatus::Failed);
+        let t = queue::finish(
+            &self.state.db,
+            worker_id.0.as_str(),
+            task_id.0,
+            req.attempt,
+            Outcome::Failed {
+                status,
+                error: req.error,
+                result: req.result,
+            },
+        )
+        .await?;
+        tracing::info!(task_id = %t.id, worker_id = %worker_id.0, status = %status, "task failed");
+        Ok(Json(t.into()))
+    }
+}

@@ -1,0 +1,871 @@
+//! The worker protocol: registry, claiming, reports, fencing, leases and recovery.
+
+use std::{collections::HashSet, time::Duration};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{Backend, TestApp, assert_error};
+
+async fn register_list_and_get(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let r = app
+        .post(
+            "/api/v1/workers/register",
+            json!({"worker_id": "worker-002-kind", "backend_type": "kind",
+                   "capabilities": {"max_parallel_tasks": 5, "supported_problems": ["test-*", "benchmark-*"]},
+                   "metadata": {"hostname": "h1", "version": "1.2.3"}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(r.body["id"], "worker-002-kind");
+    assert_eq!(r.body["backend_type"], "kind");
+    assert_eq!(r.body["status"], "idle");
+    let registered_at = r.body["registered_at"].clone();
+    assert!(registered_at.is_string());
+
+    let again = app
+        .post(
+            "/api/v1/workers/register",
+            json!({"worker_id": "worker-002-kind", "backend_type": "kind",
+                   "capabilities": {"max_parallel_tasks": 2, "supported_problems": []}}),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::OK, "a known id re-registers");
+    assert_eq!(
+        again.body["registered_at"], registered_at,
+        "registration time is kept"
+    );
+
+    app.register("other", json!({})).await;
+    let list = app.get("/api/v1/workers").await;
+    assert_eq!(list.status, StatusCode::OK);
+    let ws = list.body.as_array().unwrap();
+    assert_eq!(ws.len(), 2);
+    let w = ws.iter().find(|w| w["id"] == "worker-002-kind").unwrap();
+    assert_eq!(
+        w["capabilities"],
+        json!({"max_parallel_tasks": 2, "supported_problems": []}),
+        "capabilities replaced"
+    );
+    assert_eq!(w["tasks_completed"], 0);
+    assert_eq!(w["tasks_failed"], 0);
+    assert_eq!(w["status"], "idle");
+    let other = ws.iter().find(|w| w["id"] == "other").unwrap();
+    assert_eq!(
+        other["capabilities"],
+        json!({"max_parallel_tasks": 1, "supported_problems": []}),
+        "defaults"
+    );
+
+    let one = app.get("/api/v1/workers/other").await;
+    assert_eq!(one.status, StatusCode::OK);
+    assert_eq!(&one.body, other);
+    assert_error(
+        &app.get("/api/v1/workers/nobody").await,
+        StatusCode::NOT_FOUND,
+        "worker_not_found",
+    );
+
+    assert_eq!(app.get("/api/v1/workers?status=busy").await.body, json!([]));
+    assert_eq!(
+        app.get("/api/v1/workers?status=idle")
+            .await
+            .body
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        app.get("/api/v1/workers?backend_type=docker").await.body,
+        json!([])
+    );
+    assert_eq!(
+        app.get("/api/v1/workers?backend_type=kind")
+            .await
+            .body
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    let health = app.get("/health").await.body;
+    assert_eq!(
+        health["workers"],
+        json!({"total": 2, "idle": 2, "busy": 0, "offline": 0, "stopping": 0})
+    );
+}
+
+async fn a_task_from_claim_to_complete(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.register("w1", json!({})).await;
+    let t = app
+        .create_task(json!({"problem_id": "test-problem-001", "parameters": {"max_steps": 3}}))
+        .await;
+    let id = t["id"].as_str().unwrap();
+
+    let c = app.claim_one("w1").await;
+    assert_eq!(c["id"], t["id"]);
+    assert_eq!(c["status"], "running");
+    assert_eq!(c["worker_id"], "w1");
+    assert_eq!(c["attempt"], 1);
+    assert_eq!(c["parameters"], t["parameters"]);
+    assert!(c["started_at"].is_string() && c["lease_expires_at"].is_string());
+    assert_eq!(
+        app.task(&t["id"]).await,
+        c,
+        "the claim answer is the stored task"
+    );
+
+    let w = app.get("/api/v1/workers/w1").await.body;
+    assert_eq!(w["status"], "busy");
+    assert_eq!(w["current_task_ids"], json!([id]));
+    let health = app.get("/health").await.body;
+    assert_eq!(health["workers"]["busy"], 1);
+    assert_eq!(health["queue"]["running"], 1);
+
+    let hb = app
+        .heartbeat("w1", json!({"status": "busy", "current_task_id": id}))
+        .await;
+    assert_eq!(hb.status, StatusCode::OK);
+    assert_eq!(hb.body["message"], "Heartbeat received");
+    assert_eq!(hb.body["cancel_task_ids"], json!([]));
+
+    let logs = app
+        .post(
+            &format!("/api/v1/workers/w1/tasks/{id}/logs"),
+            json!({"attempt": 1, "entries": [
+                {"level": "debug", "message": "step 1", "context": {"step": 1}},
+                {"level": "warning", "message": "slow pod", "timestamp": "2025-01-14T10:30:05Z"},
+                {"level": "error", "message": "kubectl failed"}
+            ]}),
+        )
+        .await;
+    assert_eq!(logs.status, StatusCode::OK);
+    assert_eq!(logs.body, json!({"accepted": 3}));
+    let warn = app
+        .get(&format!("/api/v1/tasks/{id}/logs?level=warning"))
+        .await
+        .body;
+    let msgs: Vec<&str> = warn
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        msgs,
+        vec!["slow pod", "kubectl failed"],
+        "warning and more severe, in time order"
+    );
+    assert_eq!(
+        warn[0]["timestamp"], "2025-01-14T10:30:05+00:00",
+        "the worker's timestamp is kept"
+    );
+    assert_eq!(warn[0]["attempt"], 1);
+
+    let result = json!({"success": true, "output": "Detection Accuracy: Correct",
+                        "metrics": {"duration_seconds": 45.2, "steps_taken": 12, "TTD": 3.1}});
+    let done = app.complete("w1", &t, 1, result.clone()).await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+    assert_eq!(done.body["status"], "completed");
+    assert_eq!(done.body["result"], result);
+    assert!(done.body["completed_at"].is_string());
+    assert!(done.body["lease_expires_at"].is_null());
+    assert_eq!(app.task(&t["id"]).await, done.body);
+
+    let w = app.get("/api/v1/workers/w1").await.body;
+    assert_eq!(w["status"], "idle");
+    assert_eq!(w["tasks_completed"], 1);
+    assert_eq!(w["current_task_ids"], json!([]));
+    let all = app.get(&format!("/api/v1/tasks/{id}/logs")).await.body;
+    let msgs: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        msgs.first(),
+        Some(&"slow pod"),
+        "sorted by time: the worker's old timestamp comes first"
+    );
+    assert!(msgs.contains(&"Task created"));
+    assert!(msgs.contains(&"Task claimed by worker w1 (attempt 1)"));
+    assert_eq!(msgs.last(), Some(&"Task completed"));
+
+    assert_eq!(app.claim("w1").await.status, StatusCode::NO_CONTENT);
+}
+
+async fn fail_keeps_the_error_and_counts(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.register("w1", json!({"max_parallel_tasks": 2})).await;
+    let a = app.create_task(json!({"problem_id": "p-a"})).await;
+    let b = app.create_task(json!({"problem_id": "p-b"})).await;
+    app.claim_one("w1").await;
+    app.claim_one("w1").await;
+    let fa = app
+        .post(
+            &format!("/api/v1/workers/w1/tasks/{}/fail", a["id"].as_str().unwrap()),
+            json!({"attempt": 1, "error": "runner exited with status 1", "result": {"stderr_tail": "boom"}}),
+        )
+        .await;
+    assert_eq!(fa.status, StatusCode::OK, "{}", fa.body);
+    assert_eq!(fa.body["status"], "failed");
+    assert_eq!(
+        fa.body["result"],
+        json!({"success": false, "error": "runner exited with status 1", "stderr_tail": "boom"})
+    );
+    let fb = app
+        .post(
+            &format!(
+                "/api/v1/workers/w1/tasks/{}/fail",
+                b["id"].as_str().unwrap()
+            ),
+            json!({"attempt": 1, "error": "over time", "status": "timeout"}),
+        )
+        .await;
+    assert_eq!(fb.body["status"], "timeout");
+    assert_eq!(fb.body["result"]["error"], "over time");
+    let w = app.get("/api/v1/workers/w1").await.body;
+    assert_eq!(w["tasks_failed"], 2);
+    assert_eq!(w["tasks_completed"], 0);
+    let bad = app
+        .post(
+            &format!(
+                "/api/v1/workers/w1/tasks/{}/fail",
+                b["id"].as_str().unwrap()
+            ),
+            json!({"attempt": 1, "error": "x", "status": "completed"}),
+        )
+        .await;
+    assert_error(&bad, StatusCode::UNPROCESSABLE_ENTITY, "validation_error");
+}
+
+async fn reports_are_fenced_by_holder_and_attempt(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.register("w1", json!({})).await;
+    app.register("w2", json!({})).await;
+    let t = app.create_task(json!({"problem_id": "p"})).await;
+    let id = t["id"].as_str().unwrap();
+    app.claim_one("w1").await;
+    let before = app.task(&t["id"]).await;
+
+    assert_error(
+        &app.complete("w2", &t, 1, json!({"success": true})).await,
+        StatusCode::CONFLICT,
+        "task_not_held",
+    );
+    assert_error(
+        &app.complete("w1", &t, 2, json!({"success": true})).await,
+        StatusCode::CONFLICT,
+        "stale_attempt",
+    );
+    let logs = app
+        .post(
+            &format!("/api/v1/workers/w2/tasks/{id}/logs"),
+            json!({"attempt": 1, "entries": [{"level": "info", "message": "intruder"}]}),
+        )
+        .await;
+    assert_error(&logs, StatusCode::CONFLICT, "task_not_held");
+    let fail = app
+        .post(
+            &format!("/api/v1/workers/w1/tasks/{id}/fail"),
+            json!({"attempt": 0, "error": "x"}),
+        )
+        .await;
+    assert_error(&fail, StatusCode::CONFLICT, "stale_attempt");
+    assert_eq!(
+        app.task(&t["id"]).await,
+        before,
+        "refused reports change nothing"
+    );
+
+    assert_eq!(
+        app.complete("w1", &t, 1, json!({"success": true}))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_error(
+        &app.complete("w1", &t, 1, json!({"success": false})).await,
+        StatusCode::CONFLICT,
+        "task_finished",
+    );
+    assert_eq!(
+        app.task(&t["id"]).await["result"],
+        json!({"success": true}),
+        "the first outcome stands"
+    );
+
+    let unknown_task = app
+        .complete(
+            "w1",
+            &json!({"id": "00000000-0000-4000-8000-000000000000"}),
+            1,
+            json!({}),
+        )
+        .await;
+    assert_error(&unknown_task, StatusCode::NOT_FOUND, "task_not_found");
+    assert_error(
+        &app.complete("ghost", &t, 1, json!({})).await,
+        StatusCode::NOT_FOUND,
+        "worker_not_found",
+    );
+    let w1 = app.get("/api/v1/workers/w1").await.body;
+    assert_eq!(w1["tasks_completed"], 1, "counted once");
+}
+
+async fn cancel_reaches_the_worker_through_heartbeat(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.register("w1", json!({})).await;
+    let t = app.create_task(json!({"problem_id": "p"})).await;
+    let id = t["id"].as_str().unwrap();
+    app.claim_one("w1").await;
+    let c = app
+        .post(&format!("/api/v1/tasks/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(c.status, StatusCode::OK);
+    assert_eq!(
+        app.task(&t["id"]).await["status"],
+        "cancelled",
+        "cancelled at once"
+    );
+    let hb = app
+        .heartbeat("w1", json!({"status": "busy", "current_task_id": id}))
+        .await;
+    assert_eq!(hb.body["cancel_task_ids"], json!([id]));
+    assert_error(
+        &app.complete("w1", &t, 1, json!({"success": true})).await,
+        StatusCode::CONFLICT,
+        "task_cancelled",
+    );
+    assert_eq!(app.task(&t["id"]).await["status"], "cancelled");
+    let w = app.get("/api/v1/workers/w1").await.body;
+    assert_eq!(w["status"], "idle", "a cancelled task is no longer held");
+    assert_eq!(
+        app.claim("w1").await.status,
+        StatusCode::NO_CONTENT,
+        "the cancelled task is not handed out again"
+    );
+}
+
+async fn capabilities_route_tasks(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.register("alpha", json!({"supported_problems": ["alpha-*"]}))
+        .await;
+    app.register(
+        "beta",
+        json!({"supported_problems": ["beta-?"], "max_parallel_tasks": 10}),
+    )
+    .await;
+    app.register(
+        "under",
+        json!({"supported_problems": ["x_y*"], "max_parallel_tasks": 10}),
+    )
+    .await;
+    app.register("any", json!({"max_parallel_tasks": 10})).await;
+    for p in ["gamma-1", "beta-10", "beta-1", "alpha-1", "xzy1", "x_y1"] {
+        app.create_task(json!({"problem_id": p})).await;
+    }
+    assert_eq!(app.claim_one("alpha").await["problem_id"], "alpha-1");
+    assert_eq!(app.claim_one("beta").await["problem_id"], "beta-1");
+    assert_eq!(
+        app.claim("beta").await.status,
+        StatusCode::NO_CONTENT,
+        "beta-? does not match beta-10"
+    );
+    assert_eq!(app.claim_one("under").await["problem_id"], "x_y1");
+    assert_eq!(
+        app.claim("under").await.status,
+        StatusCode::NO_CONTENT,
+        "_ is a literal, not a wildcard"
+    );
+    let mut rest = HashSet::new();
+    for _ in 0..3 {
+        rest.insert(
+            app.claim_one("any").await["problem_id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert_eq!(
+        rest,
+        HashSet::from([
+            "gamma-1".to_owned(),
+            "beta-10".to_owned(),
+            "xzy1".to_owned()
+        ])
+    );
+    let bad = app
+        .post(
+            "/api/v1/workers/register",
+            json!({"worker_id": "w", "backend_type": "kind", "capabilities": {"supported_problems": ["te[st]"]}}),
+        )
+        .await;
+    assert_error(&bad, StatusCode::UNPROCESSABLE_ENTITY, "validation_error");
+}
+
+async fn max_parallel_tasks_is_enforced(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.register("w", json!({"max_parallel_tasks": 2})).await;
+    for i in 0..3 {
+        app.create_task(json!({"problem_id": format!("p{i}")}))
+            .await;
+    }
+    let a = app.claim_one("w").await;
+    app.claim_one("w").await;
+    assert_error(
+        &app.claim("w").await,
+        StatusCode::CONFLICT,
+        "worker_at_capacity",
+    );
+    assert_eq!(
+        app.complete("w", &a, 1, json!({"success": true}))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    app.claim_one("w").await;
+}
+
+async fn priority_then_age_orders_claims(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.register("w", json!({"max_parallel_tasks": 10})).await;
+    for (p, prio) in [
+        ("first-0", 0),
+        ("mid-5", 5),
+        ("second-0", 0),
+        ("top-9", 9),
+        ("neg", -1),
+    ] {
+        app.create_task(json!({"problem_id": p, "priority": prio}))
+            .await;
+    }
+    let mut order = Vec::new();
+    for _ in 0..5 {
+        order.push(
+            app.claim_one("w").await["problem_id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert_eq!(order, vec!["top-9", "mid-5", "first-0", "second-0", "neg"]);
+}
+
+async fn long_poll_is_woken_by_a_create(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.register("w", json!({})).await;
+    let start = std::time::Instant::now();
+    let empty = app
+        .send(
+            app.client
+                .post(app.url("/api/v1/workers/w/claim?wait_seconds=1")),
+        )
+        .await;
+    assert_eq!(empty.status, StatusCode::NO_CONTENT);
+    assert!(
+        start.elapsed() >= Duration::from_millis(900),
+        "waited for the poll"
+    );
+
+    let client = app.client.clone();
+    let url = app.url("/api/v1/workers/w/claim?wait_seconds=30");
+    let waiting = tokio::spawn(async move {
+        let start = std::time::Instant::now();
+        let r = client.post(url).send().await.unwrap();
+        let status = r.status();
+        (status, r.json::<Value>().await.unwrap(), start.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = app.create_task(json!({"problem_id": "late"})).await;
+    let (status, body, elapsed) = waiting.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["id"], t["id"]);
+    assert!(
+        elapsed < Duration::from_secs(20),
+        "answered when the task came, not at the end of the wait"
+    );
+    let bad = app
+        .send(
+            app.client
+                .post(app.url("/api/v1/workers/w/claim?wait_seconds=61")),
+        )
+        .await;
+    assert_error(&bad, StatusCode::UNPROCESSABLE_ENTITY, "validation_error");
+}
+
+async fn lost_worker_task_is_requeued_and_the_late_report_refused(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |c| c.worker_heartbeat_timeout_seconds = 1).await;
+    app.register("w1", json!({})).await;
+    let t = app.create_task(json!({"problem_id": "p"})).await;
+    assert_eq!(app.claim_one("w1").await["attempt"], 1);
+    app.register("w2", json!({})).await;
+    // w1 goes silent; w2 stays alive and polls until the task comes back to the queue.
+    let second = app
+        .eventually("the task requeued and claimed by w2", || async {
+            app.heartbeat("w2", json!({"status": "idle"})).await;
+            let r = app.claim("w2").await;
+            (r.status == StatusCode::OK).then_some(r.body)
+        })
+        .await;
+    assert_eq!(second["id"], t["id"]);
+    assert_eq!(second["attempt"], 2);
+    assert_eq!(second["worker_id"], "w2");
+    let w1 = app.get("/api/v1/workers/w1").await.body;
+    assert_eq!(w1["status"], "offline");
+    let health = app.get("/health").await.body;
+    assert_eq!(health["workers"]["offline"], 1);
+
+    assert_eq!(
+        app.complete("w2", &t, 2, json!({"success": true, "by": "w2"}))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let late = app
+        .complete("w1", &t, 1, json!({"success": false, "by": "w1"}))
+        .await;
+    assert_error(&late, StatusCode::CONFLICT, "task_not_held");
+    let final_task = app.task(&t["id"]).await;
+    assert_eq!(final_task["status"], "completed");
+    assert_eq!(
+        final_task["result"]["by"], "w2",
+        "the late report of the lost attempt changed nothing"
+    );
+    let logs = app
+        .get(&format!(
+            "/api/v1/tasks/{}/logs?level=warning",
+            t["id"].as_str().unwrap()
+        ))
+        .await
+        .body;
+    assert!(
+        logs.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["message"].as_str().unwrap().starts_with("Task requeued")),
+        "{logs}"
+    );
+}
+
+async fn out_of_attempts_the_task_fails_naming_the_worker(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |c| {
+        c.worker_heartbeat_timeout_seconds = 1;
+        c.task_max_attempts = 1;
+    })
+    .await;
+    app.register("lost-one", json!({})).await;
+    let t = app.create_task(json!({"problem_id": "p"})).await;
+    app.claim_one("lost-one").await;
+    let failed = app
+        .eventually("the task failed", || async {
+            let t = app.task(&t["id"]).await;
+            (t["status"] == "failed").then_some(t)
+        })
+        .await;
+    assert!(
+        failed["result"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("lost-one"),
+        "{failed}"
+    );
+    assert_eq!(failed["result"]["success"], false);
+}
+
+async fn reaper_times_out_an_overdue_task(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.register("w", json!({})).await;
+    let t = app
+        .create_task(json!({"problem_id": "p", "parameters": {"timeout": 1}}))
+        .await;
+    let id = t["id"].as_str().unwrap().to_owned();
+    app.claim_one("w").await;
+    let timed_out = app
+        .eventually("the task timed out", || async {
+            app.heartbeat("w", json!({"status": "busy", "current_task_id": id}))
+                .await;
+            let t = app.task(&t["id"]).await;
+            (t["status"] == "timeout").then_some(t)
+        })
+        .await;
+    assert!(
+        timed_out["result"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("timeout")
+    );
+    let hb = app
+        .heartbeat("w", json!({"status": "busy", "current_task_id": id}))
+        .await;
+    assert_eq!(hb.body["cancel_task_ids"], json!([id]));
+    assert_error(
+        &app.complete("w", &t, 1, json!({"success": true})).await,
+        StatusCode::CONFLICT,
+        "task_timed_out",
+    );
+}
+
+async fn reregistering_requeues_held_tasks(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.register("w", json!({})).await;
+    let t = app.create_task(json!({"problem_id": "p"})).await;
+    app.claim_one("w").await;
+    let again = app.register("w", json!({})).await;
+    assert_eq!(again.status, StatusCode::OK);
+    let now = app.task(&t["id"]).await;
+    assert_eq!(now["status"], "pending");
+    assert!(now["worker_id"].is_null());
+    assert_eq!(
+        now["attempt"], 1,
+        "attempt kept; the next claim increments it"
+    );
+    assert_eq!(app.claim_one("w").await["attempt"], 2);
+}
+
+async fn heartbeat_reconciles_tasks_the_worker_does_not_report(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |c| c.claim_grace_seconds = 0).await;
+    app.register("w", json!({})).await;
+    let t = app.create_task(json!({"problem_id": "p"})).await;
+    app.claim_one("w").await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let hb = app
+        .heartbeat("w", json!({"status": "idle", "current_task_id": null}))
+        .await;
+    assert_eq!(hb.status, StatusCode::OK);
+    assert_eq!(
+        app.task(&t["id"]).await["status"],
+        "pending",
+        "a claim lost on the way is requeued"
+    );
+
+    // With the default grace, a heartbeat that left before the claim answer does not requeue the task.
+    let app = TestApp::spawn(backend).await;
+    app.register("w", json!({})).await;
+    let t = app.create_task(json!({"problem_id": "p"})).await;
+    app.claim_one("w").await;
+    app.heartbeat("w", json!({"status": "idle"})).await;
+    assert_eq!(app.task(&t["id"]).await["status"], "running");
+    let both = app
+        .heartbeat("w", json!({"status": "busy", "running_task_ids": [t["id"], "00000000-0000-4000-8000-000000000000"]}))
+        .await;
+    assert_eq!(
+        both.body["cancel_task_ids"],
+        json!(["00000000-0000-4000-8000-000000000000"]),
+        "unknown: stop it"
+    );
+}
+
+async fn contention_every_task_completed_exactly_once(backend: Backend) {
+    const TASKS: usize = 500;
+    const WORKERS: usize = 16;
+    let app = TestApp::spawn(backend).await;
+    let mut created = HashSet::new();
+    for i in 0..TASKS {
+        let t = app
+            .create_task(json!({"problem_id": format!("p-{i}")}))
+            .await;
+        created.insert(t["id"].as_str().unwrap().to_owned());
+    }
+    for w in 0..WORKERS {
+        app.register(&format!("w{w}"), json!({})).await;
+    }
+    let mut handles = Vec::new();
+    for w in 0..WORKERS {
+        let client = app.client.clone();
+        let base = app.base.clone();
+        handles.push(tokio::spawn(async move {
+            let worker = format!("w{w}");
+            let mut done = Vec::new();
+            loop {
+                let r = client.post(format!("{base}/api/v1/workers/{worker}/claim")).send().await.unwrap();
+                match r.status() {
+                    StatusCode::NO_CONTENT => return done,
+                    StatusCode::OK => {}
+                    s => panic!("claim answered {s}: {}", r.text().await.unwrap()),
+                }
+                let t: Value = r.json().await.unwrap();
+                assert_eq!(t["worker_id"], worker.as_str());
+                let id = t["id"].as_str().unwrap().to_owned();
+                let c = client
+                    .post(format!("{base}/api/v1/workers/{worker}/tasks/{id}/complete"))
+                    .json(&json!({"attempt": t["attempt"], "result": {"success": true, "by": worker}}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(c.status(), StatusCode::OK, "{}", c.text().await.unwrap());
+                done.push(id);
+            }
+        }));
+    }
+    let mut completed = Vec::new();
+    let mut per_worker = Vec::new();
+    for h in handles {
+        let d = h.await.unwrap();
+        per_worker.push(d.len() as i64);
+        completed.extend(d);
+    }
+    let unique: HashSet<String> = completed.iter().cloned().collect();
+    assert_eq!(completed.len(), TASKS, "no task claimed twice");
+    assert_eq!(unique, created, "every task completed");
+    let tasks = app.get("/api/v1/tasks?limit=1000").await.body;
+    for t in tasks.as_array().unwrap() {
+        assert_eq!(t["status"], "completed");
+        assert_eq!(t["attempt"], 1);
+    }
+    let workers = app.get("/api/v1/workers").await.body;
+    let counted: i64 = workers
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["tasks_completed"].as_i64().unwrap())
+        .sum();
+    assert_eq!(counted, TASKS as i64, "worker counters agree");
+    let health = app.get("/health").await.body;
+    assert_eq!(health["queue"]["completed"], TASKS as i64);
+    assert_eq!(health["queue"]["pending"], 0);
+    assert_eq!(health["queue"]["running"], 0);
+}
+
+async fn bad_input_on_worker_routes(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.register("w", json!({})).await;
+    let t = app.create_task(json!({"problem_id": "p"})).await;
+    let id = t["id"].as_str().unwrap();
+    assert_error(
+        &app.heartbeat("ghost", json!({"status": "idle"})).await,
+        StatusCode::NOT_FOUND,
+        "worker_not_found",
+    );
+    assert_error(
+        &app.claim("ghost").await,
+        StatusCode::NOT_FOUND,
+        "worker_not_found",
+    );
+    assert_error(
+        &app.claim("bad%20id").await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_error",
+    );
+    assert_error(
+        &app.post(
+            "/api/v1/workers/w/tasks/not-a-uuid/complete",
+            json!({"attempt": 1, "result": {}}),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_error",
+    );
+    for body in [
+        json!({"worker_id": "", "backend_type": "kind"}),
+        json!({"worker_id": "a/b", "backend_type": "kind"}),
+        json!({"worker_id": "x".repeat(129), "backend_type": "kind"}),
+        json!({"worker_id": 7, "backend_type": "kind"}),
+        json!({"worker_id": "w9"}),
+        json!({"worker_id": "w9", "backend_type": "kind", "capabilities": {"max_parallel_tasks": 0}}),
+        json!({"worker_id": "w9", "backend_type": "kind", "capabilities": {"supported_problems": "test-*"}}),
+    ] {
+        let r = app.post("/api/v1/workers/register", body.clone()).await;
+        assert_eq!(
+            r.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{body}: {}",
+            r.body
+        );
+        assert_error(&r, StatusCode::UNPROCESSABLE_ENTITY, "validation_error");
+    }
+    assert_eq!(
+        app.get("/api/v1/workers")
+            .await
+            .body
+            .as_array()
+            .unwrap()
+            .len(),
+        1,
+        "nothing registered"
+    );
+    assert_error(
+        &app.send(
+            app.client
+                .post(app.url("/api/v1/workers/register"))
+                .header("content-type", "application/json")
+                .body("{"),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "malformed_json",
+    );
+    assert_error(
+        &app.heartbeat("w", json!({"status": "sleepy"})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_error",
+    );
+    assert_error(
+        &app.heartbeat("w", json!({"status": "idle", "current_task_id": "nope"}))
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_error",
+    );
+    app.claim_one("w").await;
+    for (path, body) in [
+        ("complete", json!({"result": {}})),
+        ("complete", json!({"attempt": 1, "result": "done"})),
+        ("fail", json!({"attempt": 1})),
+        (
+            "logs",
+            json!({"attempt": 1, "entries": [{"level": "loud", "message": "x"}]}),
+        ),
+        (
+            "logs",
+            json!({"attempt": 1, "entries": [{"level": "info"}]}),
+        ),
+    ] {
+        let r = app
+            .post(
+                &format!("/api/v1/workers/w/tasks/{id}/{path}"),
+                body.clone(),
+            )
+            .await;
+        assert_eq!(
+            r.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{path} {body}: {}",
+            r.body
+        );
+        assert_error(&r, StatusCode::UNPROCESSABLE_ENTITY, "validation_error");
+    }
+    assert_eq!(
+        app.task(&t["id"]).await["status"],
+        "running",
+        "bad reports changed nothing"
+    );
+    assert_error(
+        &app.send(app.client.get(app.url("/api/v1/workers/w/claim")))
+            .await,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+    );
+}
+
+crate::both_backends!(
+    register_list_and_get,
+    a_task_from_claim_to_complete,
+    fail_keeps_the_error_and_counts,
+    reports_are_fenced_by_holder_and_attempt,
+    cancel_reaches_the_worker_through_heartbeat,
+    capabilities_route_tasks,
+    max_parallel_tasks_is_enforced,
+    priority_then_age_orders_claims,
+    long_poll_is_woken_by_a_create,
+    lost_worker_task_is_requeued_and_the_late_report_refused,
+    out_of_attempts_the_task_fails_naming_the_worker,
+    reaper_times_out_an_overdue_task,
+    reregistering_requeues_held_tasks,
+    heartbeat_reconciles_tasks_the_worker_does_not_report,
+    contention_every_task_completed_exactly_once,
+    bad_input_on_worker_routes,
+);
