@@ -28,6 +28,9 @@ pub fn worker_id(s: &str) -> Result<(), String> {
             "worker_id must be 1-{WORKER_ID_MAX} characters of letters, digits, '.', '_' or '-'"
         ));
     }
+    if s == "internal" {
+        return Err("worker_id `internal` is reserved for /api/v1/workers/internal/...".to_owned());
+    }
     Ok(())
 }
 
@@ -89,6 +92,7 @@ mod tests {
         assert!(worker_id(".hidden_ok").is_ok());
         assert!(worker_id("").is_err());
         assert!(worker_id("a/b").is_err());
+        assert!(worker_id("internal").is_err());
         assert!(worker_id(&"w".repeat(129)).is_err());
     }
 

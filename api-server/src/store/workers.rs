@@ -118,6 +118,22 @@ pub async fn register(
         ..Default::default()
     };
     let created = existing.is_none();
+    // Tasks first, then the worker row: the same lock order as a report (task row, then worker counters),
+    // so a re-registration and a report racing on PostgreSQL cannot deadlock.
+    let mut released = Vec::new();
+    if !created {
+        let held = task::Entity::find()
+            .filter(task::Column::WorkerId.eq(id))
+            .filter(task::Column::Status.eq(TaskStatus::Running.as_str()))
+            .all(&txn)
+            .await?;
+        for t in held {
+            let reason = format!("worker {id} registered again (restarted) while holding the task");
+            if super::queue::release_lost(&txn, &t, &reason, max_attempts).await? {
+                released.push(t.id);
+            }
+        }
+    }
     let worker = if created {
         model.registered_at = Set(at);
         model.tasks_completed = Set(0);
@@ -135,20 +151,6 @@ pub async fn register(
     } else {
         model.update(&txn).await?
     };
-    let mut released = Vec::new();
-    if !created {
-        let held = task::Entity::find()
-            .filter(task::Column::WorkerId.eq(id))
-            .filter(task::Column::Status.eq(TaskStatus::Running.as_str()))
-            .all(&txn)
-            .await?;
-        for t in held {
-            let reason = format!("worker {id} registered again (restarted) while holding the task");
-            if super::queue::release_lost(&txn, &t, &reason, max_attempts).await? {
-                released.push(t.id);
-            }
-        }
-    }
     txn.commit().await?;
     Ok(Registered {
         worker,

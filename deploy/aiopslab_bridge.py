@@ -1,0 +1,176 @@
+#!/usr/bin/env python3
+"""AIOpsLab bridge of the task executor: runs one AIOpsLab problem and speaks the runner protocol.
+
+Started by the `aiopslab` runner with the task in its environment (TASK_ID, PROBLEM_ID, MAX_STEPS,
+TIMEOUT_SECONDS, ATTEMPT, WORKER_ID, AIOPSLAB_CLUSTER, TASK_PARAMETERS). It writes JSON lines on stdout:
+{"event": "log", ...}, one {"event": "step", ...} per agent action, and once {"event": "result", ...}.
+
+The agent comes from parameters.agent_config:
+  {"agent": "my_module:MyAgent", ...}   a class of your own (constructed with the other keys when it accepts
+                                         them), with `async def get_action(self, state) -> str`;
+  {"model": "gpt-4o", "temperature": 0.7, "max_tokens": 1024}
+                                         the built-in OpenAI-compatible chat agent, using OPENAI_API_KEY and
+                                         OPENAI_BASE_URL (default https://api.openai.com/v1) from the environment.
+Each run drives the kind cluster named by AIOPSLAB_CLUSTER (AIOpsLab uses the kube context kind-$AIOPSLAB_CLUSTER).
+"""
+
+import asyncio
+import importlib
+import inspect
+import json
+import os
+import sys
+import traceback
+import urllib.error
+import urllib.request
+
+INSTALL_HINT = (
+    "AIOpsLab is not importable by {python}. Install it into that interpreter, e.g. "
+    "`git clone https://github.com/microsoft/AIOpsLab && cd AIOpsLab && pip install -e .` "
+    "(or set AIOPSLAB_PYTHON to the python of the environment that has it, such as its poetry venv)."
+)
+
+
+def emit(obj):
+    sys.stdout.write(json.dumps(obj, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def log(level, message, **context):
+    emit({"event": "log", "level": level, "message": message, "context": context or None})
+
+
+class ChatAgent:
+    """An OpenAI-compatible chat-completions agent (any server speaking that API)."""
+
+    def __init__(self, model, temperature=0.7, max_tokens=1024, **_):
+        self.model = model
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self.key = os.environ.get("OPENAI_API_KEY")
+        self.base = os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1").rstrip("/")
+        self.messages = []
+        self.in_tokens = 0
+        self.out_tokens = 0
+
+    def init_context(self, problem_desc, instructions, apis):
+        api_text = "\n".join(f"- {k}: {v}" for k, v in (apis or {}).items()) if isinstance(apis, dict) else str(apis)
+        self.messages = [{"role": "system", "content": f"{problem_desc}\n\n{instructions}\n\nAPIs:\n{api_text}"}]
+
+    def _complete(self):
+        body = json.dumps({"model": self.model, "temperature": self.temperature,
+                           "max_tokens": self.max_tokens, "messages": self.messages}).encode()
+        req = urllib.request.Request(f"{self.base}/chat/completions", data=body, method="POST",
+                                     headers={"Content-Type": "application/json",
+                                              "Authorization": f"Bearer {self.key}"})
+        with urllib.request.urlopen(req, timeout=300) as resp:
+            data = json.load(resp)
+        usage = data.get("usage") or {}
+        self.in_tokens += usage.get("prompt_tokens", 0)
+        self.out_tokens += usage.get("completion_tokens", 0)
+        return data["choices"][0]["message"]["content"]
+
+    async def get_action(self, state):
+        self.messages.append({"role": "user", "content": state})
+        action = await asyncio.to_thread(self._complete)
+        self.messages.append({"role": "assistant", "content": action})
+        return action
+
+
+class StepReporter:
+    """Wraps the agent: one step event per action."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.steps = 0
+
+    def init_context(self, *args, **kwargs):
+        if hasattr(self.inner, "init_context"):
+            return self.inner.init_context(*args, **kwargs)
+        return None
+
+    async def get_action(self, state):
+        action = self.inner.get_action(state)
+        if inspect.isawaitable(action):
+            action = await action
+        self.steps += 1
+        emit({"event": "step", "step": self.steps, "action": str(action)[:4000]})
+        return action
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def build_agent(agent_config):
+    config = dict(agent_config or {})
+    spec = config.pop("agent", None)
+    if spec:
+        module_name, _, class_name = spec.partition(":")
+        if not class_name:
+            raise SystemExit(f"agent_config.agent must be 'module:Class', got {spec!r}")
+        cls = getattr(importlib.import_module(module_name), class_name)
+        try:
+            return cls(**config)
+        except TypeError:
+            return cls()
+    if not os.environ.get("OPENAI_API_KEY"):
+        raise SystemExit("the built-in chat agent needs OPENAI_API_KEY in the runner's environment "
+                         "(or name your own agent class in agent_config.agent as 'module:Class')")
+    if "model" not in config:
+        raise SystemExit("agent_config.model is required for the built-in chat agent")
+    return ChatAgent(**config)
+
+
+def success_of(results):
+    if "success" in results:
+        return bool(results["success"])
+    return results.get("Detection Accuracy") == "Correct"
+
+
+def main():
+    problem_id = os.environ["PROBLEM_ID"]
+    max_steps = int(os.environ.get("MAX_STEPS", "30"))
+    params = json.loads(os.environ.get("TASK_PARAMETERS") or "{}")
+    cluster = os.environ.get("AIOPSLAB_CLUSTER", "")
+    try:
+        from aiopslab.orchestrator import Orchestrator
+    except ImportError as e:
+        message = INSTALL_HINT.format(python=sys.executable) + f" ({e})"
+        log("critical", message)
+        print(message, file=sys.stderr)
+        return 3
+
+    agent = StepReporter(build_agent(params.get("agent_config")))
+    log("info", f"AIOpsLab run of {problem_id} on kind cluster {cluster or '(default)'}",
+        cluster=cluster, max_steps=max_steps)
+    orch = Orchestrator()
+    orch.register_agent(agent, name=(params.get("agent_config") or {}).get("name", "task-executor-agent"))
+    problem_desc, instructions, apis = orch.init_problem(problem_id)
+    agent.init_context(problem_desc, instructions, apis)
+    log("info", "problem initialised: application deployed, fault injected")
+    session = asyncio.run(orch.start_problem(max_steps=max_steps))
+    results = (session or {}).get("results") or {}
+    success = success_of(results)
+    metrics = dict(results)
+    inner = agent.inner
+    if isinstance(inner, ChatAgent):
+        metrics.setdefault("in_tokens", inner.in_tokens)
+        metrics.setdefault("out_tokens", inner.out_tokens)
+    if session and "framework_overhead" in session:
+        metrics["framework_overhead"] = session["framework_overhead"]
+    summary = ", ".join(f"{k}: {v}" for k, v in results.items() if k in (
+        "Detection Accuracy", "Localization Accuracy", "TTD", "TTL", "TTA", "TTM", "success"))
+    emit({"event": "result", "success": success, "output": f"{problem_id}: {summary or 'no results'}",
+          "metrics": metrics})
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except SystemExit:
+        raise
+    except Exception as e:  # noqa: BLE001 - report any failure of the run, then fail
+        log("critical", f"the AIOpsLab run failed: {e}")
+        traceback.print_exc()
+        sys.exit(1)

@@ -1,0 +1,218 @@
+//! The execution engine: runs one claimed task to a terminal outcome with the runner chosen by `TASK_RUNNER`.
+//! Used by the API server's internal workers and by the worker daemon, so both behave the same.
+//!
+//! - `aiopslab`: the Python bridge shipped in `deploy/aiopslab_bridge.py`, which drives AIOpsLab.
+//! - `exec`: any program (`RUNNER_COMMAND`) speaking the runner protocol (see the README).
+//! - `simulate`: a built-in simulation for trying the service, tests and benchmarks; it runs nothing real.
+//!
+//! The engine streams log entries to a channel as they happen; the caller ships them in batches and, once
+//! [`execute`] returns, reports the outcome.
+
+mod process;
+mod protocol;
+mod simulate;
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Args, ValueEnum};
+use serde_json::{Map, Value};
+use tokio::{sync::mpsc, time::Instant};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::{LogLevel, api::NewLogEntry};
+
+/// Which runner executes tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RunnerKind {
+    /// Real AIOpsLab problem runs through the Python bridge.
+    Aiopslab,
+    /// Any program speaking the runner protocol (`RUNNER_COMMAND`).
+    Exec,
+    /// A built-in simulation: no cluster, no LLM, nothing real is run.
+    Simulate,
+}
+
+/// Runner settings, shared by the API server (internal workers) and the worker daemon.
+#[derive(Debug, Clone, Args)]
+pub struct RunnerArgs {
+    /// How tasks are executed: `aiopslab` (real runs through the Python bridge), `exec` (RUNNER_COMMAND, a
+    /// program speaking the runner protocol) or `simulate` (a built-in simulation that runs nothing real).
+    #[arg(long = "runner", env = "TASK_RUNNER", default_value = "aiopslab")]
+    pub runner: RunnerKind,
+
+    /// For `exec`: the program to run for each task, with arguments split on white space; the task is
+    /// given in its environment (see the README's runner protocol).
+    #[arg(long, env = "RUNNER_COMMAND")]
+    pub runner_command: Option<String>,
+
+    /// For `aiopslab`: the Python interpreter that has AIOpsLab installed.
+    #[arg(long, env = "AIOPSLAB_PYTHON", default_value = "python3")]
+    pub aiopslab_python: String,
+
+    /// For `aiopslab`: the bridge program shipped with the service.
+    #[arg(
+        long,
+        env = "AIOPSLAB_BRIDGE",
+        default_value = "deploy/aiopslab_bridge.py"
+    )]
+    pub aiopslab_bridge: PathBuf,
+
+    /// Seconds between SIGTERM and SIGKILL when a runner is stopped (cancel, timeout, shutdown).
+    #[arg(long, env = "RUNNER_KILL_GRACE_SECONDS", default_value_t = 10)]
+    pub runner_kill_grace_seconds: u64,
+}
+
+impl RunnerArgs {
+    /// The program and arguments that run a task, or why there are none.
+    pub fn program(&self) -> Result<Option<Vec<String>>, String> {
+        match self.runner {
+            RunnerKind::Simulate => Ok(None),
+            RunnerKind::Exec => {
+                let cmd = self
+                    .runner_command
+                    .as_deref()
+                    .map(str::trim)
+                    .filter(|c| !c.is_empty())
+                    .ok_or("TASK_RUNNER=exec needs RUNNER_COMMAND")?;
+                Ok(Some(cmd.split_whitespace().map(str::to_owned).collect()))
+            }
+            RunnerKind::Aiopslab => Ok(Some(vec![
+                self.aiopslab_python.clone(),
+                self.aiopslab_bridge.display().to_string(),
+            ])),
+        }
+    }
+
+    /// Checks that the runner can start: the program exists (and, for `aiopslab`, the bridge file).
+    pub fn check(&self) -> Result<(), String> {
+        let Some(program) = self.program()? else {
+            return Ok(());
+        };
+        if find_program(&program[0]).is_none() {
+            return Err(format!("runner program `{}` was not found", program[0]));
+        }
+        if self.runner == RunnerKind::Aiopslab && !self.aiopslab_bridge.is_file() {
+            return Err(format!(
+                "the AIOpsLab bridge `{}` does not exist (set AIOPSLAB_BRIDGE)",
+                self.aiopslab_bridge.display()
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn kill_grace(&self) -> Duration {
+        Duration::from_secs(self.runner_kill_grace_seconds)
+    }
+}
+
+/// The path of a program, looked up on PATH unless it has a slash.
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    if name.contains('/') {
+        let p = PathBuf::from(name);
+        return p.is_file().then_some(p);
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+/// One claimed task, as the engine needs it.
+#[derive(Debug, Clone)]
+pub struct TaskSpec {
+    pub task_id: Uuid,
+    pub problem_id: String,
+    pub attempt: i32,
+    pub worker_id: String,
+    /// The kind cluster this run drives (`AIOPSLAB_CLUSTER`).
+    pub cluster: String,
+    /// The effective parameters (`max_steps`, `timeout`, `agent_config`, …).
+    pub parameters: Value,
+}
+
+impl TaskSpec {
+    pub fn max_steps(&self) -> u64 {
+        self.parameters
+            .get("max_steps")
+            .and_then(Value::as_u64)
+            .unwrap_or(30)
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(
+            self.parameters
+                .get("timeout")
+                .and_then(Value::as_u64)
+                .unwrap_or(1800),
+        )
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunOutcome {
+    /// The runner finished and produced a result (`success` may still be false: the agent did not solve the
+    /// problem). `metrics.duration_seconds` and `metrics.steps_taken` are added.
+    Completed { result: Map<String, Value> },
+    /// The run failed (crash, non-zero exit, no result, too many steps).
+    Failed {
+        error: String,
+        result: Option<Map<String, Value>>,
+    },
+    /// The run passed its timeout and was stopped.
+    TimedOut { error: String },
+    /// The task was cancelled (or is no longer this worker's) and the run was stopped.
+    Cancelled,
+    /// The worker is shutting down: the run was stopped and the task should go back to the queue.
+    Interrupted,
+}
+
+/// What can end a run from outside.
+#[derive(Debug, Clone, Default)]
+pub struct RunControl {
+    /// Cancelled by the server (cancel, timeout seen by the reaper, lost lease).
+    pub cancel: CancellationToken,
+    /// The worker is stopping: give the task back.
+    pub interrupt: CancellationToken,
+}
+
+/// Where the run's log entries go, as they happen.
+pub type LogSender = mpsc::UnboundedSender<NewLogEntry>;
+
+pub(crate) fn entry(
+    level: LogLevel,
+    message: impl Into<String>,
+    context: Option<Value>,
+) -> NewLogEntry {
+    NewLogEntry {
+        timestamp: Some(chrono::Utc::now()),
+        level,
+        message: message.into(),
+        context,
+    }
+}
+
+/// Runs one task to its outcome. `deadline` is when the task's timeout expires (counted from its start).
+pub async fn execute(
+    args: &RunnerArgs,
+    spec: &TaskSpec,
+    deadline: Instant,
+    control: &RunControl,
+    logs: &LogSender,
+) -> RunOutcome {
+    match args.program() {
+        Err(e) => RunOutcome::Failed {
+            error: e,
+            result: None,
+        },
+        Ok(None) => simulate::run(spec, deadline, control, logs).await,
+        Ok(Some(program)) => {
+            process::run(&program, spec, deadline, control, logs, args.kill_grace()).await
+        }
+    }
+}
+
+/// The longest log message kept from a runner line (the server refuses longer ones).
+pub(crate) const MAX_MESSAGE_CHARS: usize = 16_000;

@@ -1,0 +1,225 @@
+//! Runners that are programs (`exec`, `aiopslab`): started in their own process group, read line by line,
+//! and stopped as a group — SIGTERM, then SIGKILL after the grace period — so no process outlives its task.
+
+use std::{collections::VecDeque, process::Stdio, time::Duration};
+
+use nix::{
+    sys::signal::{Signal, killpg},
+    unistd::Pid,
+};
+use serde_json::{Map, Value};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+    time::{Instant, sleep_until},
+};
+
+use super::{
+    LogSender, RunControl, RunOutcome, TaskSpec, entry,
+    protocol::{self, Event, truncate},
+};
+use crate::LogLevel;
+
+/// Lines of stderr kept for the error of a failed run.
+const STDERR_TAIL: usize = 20;
+/// How long output is still read after the runner exited (its children may hold the pipes open).
+const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
+
+enum Stop {
+    Cancel,
+    Interrupt,
+    Timeout,
+    TooManySteps,
+}
+
+pub(crate) async fn run(
+    program: &[String],
+    spec: &TaskSpec,
+    deadline: Instant,
+    control: &RunControl,
+    logs: &LogSender,
+    grace: Duration,
+) -> RunOutcome {
+    let started = Instant::now();
+    let mut cmd = Command::new(&program[0]);
+    cmd.args(&program[1..])
+        .env("TASK_ID", spec.task_id.to_string())
+        .env("PROBLEM_ID", &spec.problem_id)
+        .env("MAX_STEPS", spec.max_steps().to_string())
+        .env("TIMEOUT_SECONDS", spec.timeout().as_secs().to_string())
+        .env("ATTEMPT", spec.attempt.to_string())
+        .env("WORKER_ID", &spec.worker_id)
+        .env("AIOPSLAB_CLUSTER", &spec.cluster)
+        .env("TASK_PARAMETERS", spec.parameters.to_string())
+        .env("PYTHONUNBUFFERED", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            return RunOutcome::Failed {
+                error: format!("cannot start the runner `{}`: {e}", program.join(" ")),
+                result: None,
+            };
+        }
+    };
+    let pgid = child.id().map(|id| Pid::from_raw(id as i32));
+    let _ = logs.send(entry(
+        LogLevel::Info,
+        format!("Runner started: {}", program.join(" ")),
+        Some(serde_json::json!({"pid": child.id(), "cluster": spec.cluster, "attempt": spec.attempt})),
+    ));
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr is piped")).lines();
+    let (mut out_open, mut err_open) = (true, true);
+    let mut tail: VecDeque<String> = VecDeque::new();
+    let mut steps: u64 = 0;
+    let mut result: Option<Map<String, Value>> = None;
+    let mut exit: Option<std::process::ExitStatus> = None;
+    let mut drain_until = Instant::now() + Duration::from_secs(86400 * 365);
+    let max_steps = spec.max_steps();
+
+    let stop = loop {
+        if exit.is_some() && !out_open && !err_open {
+            break None;
+        }
+        tokio::select! {
+            line = stdout.next_line(), if out_open => match line {
+                Ok(Some(line)) => match protocol::parse_line(&line) {
+                    Event::Log(e) => { let _ = logs.send(e); }
+                    Event::Step(s) => {
+                        steps += 1;
+                        if steps > max_steps {
+                            let _ = logs.send(entry(LogLevel::Error, format!("The runner took more than max_steps ({max_steps}) steps: stopping it"), None));
+                            break Some(Stop::TooManySteps);
+                        }
+                        let _ = logs.send(protocol::step_entry(steps, &s));
+                    }
+                    Event::Result(r) => {
+                        if result.is_some() {
+                            let _ = logs.send(entry(LogLevel::Warning, "A second result event was ignored", None));
+                        } else {
+                            result = Some(r);
+                        }
+                    }
+                },
+                _ => out_open = false,
+            },
+            line = stderr.next_line(), if err_open => match line {
+                Ok(Some(line)) => {
+                    let _ = logs.send(entry(LogLevel::Warning, truncate(&line), Some(serde_json::json!({"stream": "stderr"}))));
+                    if tail.len() == STDERR_TAIL { tail.pop_front(); }
+                    tail.push_back(line);
+                }
+                _ => err_open = false,
+            },
+            status = child.wait(), if exit.is_none() => {
+                match status {
+                    Ok(s) => exit = Some(s),
+                    Err(e) => {
+                        let _ = logs.send(entry(LogLevel::Error, format!("waiting for the runner failed: {e}"), None));
+                        break Some(Stop::Interrupt);
+                    }
+                }
+                drain_until = Instant::now() + DRAIN_AFTER_EXIT;
+            },
+            _ = sleep_until(drain_until), if exit.is_some() => break None,
+            _ = sleep_until(deadline) => break Some(Stop::Timeout),
+            _ = control.cancel.cancelled() => break Some(Stop::Cancel),
+            _ = control.interrupt.cancelled() => break Some(Stop::Interrupt),
+        }
+    };
+
+    if stop.is_some() && exit.is_none() {
+        exit = stop_group(&mut child, pgid, grace).await;
+    }
+    // Whatever the runner left behind in its group goes too.
+    if let Some(pgid) = pgid {
+        let _ = killpg(pgid, Signal::SIGKILL);
+    }
+    if exit.is_none() {
+        exit = child.wait().await.ok();
+    }
+
+    let with_tail = |msg: String| {
+        if tail.is_empty() {
+            msg
+        } else {
+            format!(
+                "{msg}; last stderr lines:\n{}",
+                tail.iter().cloned().collect::<Vec<_>>().join("\n")
+            )
+        }
+    };
+    match stop {
+        Some(Stop::Cancel) => return RunOutcome::Cancelled,
+        Some(Stop::Interrupt) => return RunOutcome::Interrupted,
+        Some(Stop::Timeout) => {
+            return RunOutcome::TimedOut {
+                error: format!(
+                    "the run exceeded its timeout of {} s and was stopped",
+                    spec.timeout().as_secs()
+                ),
+            };
+        }
+        Some(Stop::TooManySteps) => {
+            return RunOutcome::Failed {
+                error: format!(
+                    "the runner took more than max_steps ({max_steps}) steps and was stopped"
+                ),
+                result,
+            };
+        }
+        None => {}
+    }
+    match (exit, result) {
+        (Some(s), Some(mut r)) if s.success() => {
+            protocol::finish_result(&mut r, steps, started.elapsed());
+            RunOutcome::Completed { result: r }
+        }
+        (Some(s), None) if s.success() => RunOutcome::Failed {
+            error: with_tail("the runner exited with status 0 without a result event".to_owned()),
+            result: None,
+        },
+        (Some(s), result) => {
+            use std::os::unix::process::ExitStatusExt;
+            let how = match (s.code(), s.signal()) {
+                (Some(c), _) => format!("the runner exited with status {c}"),
+                (None, Some(sig)) => format!("the runner was killed by signal {sig}"),
+                _ => "the runner ended abnormally".to_owned(),
+            };
+            RunOutcome::Failed {
+                error: with_tail(how),
+                result,
+            }
+        }
+        (None, result) => RunOutcome::Failed {
+            error: with_tail("the runner's exit status could not be read".to_owned()),
+            result,
+        },
+    }
+}
+
+/// SIGTERM to the whole group, then SIGKILL after `grace`.
+async fn stop_group(
+    child: &mut Child,
+    pgid: Option<Pid>,
+    grace: Duration,
+) -> Option<std::process::ExitStatus> {
+    if let Some(pgid) = pgid {
+        let _ = killpg(pgid, Signal::SIGTERM);
+    }
+    match tokio::time::timeout(grace, child.wait()).await {
+        Ok(Ok(s)) => Some(s),
+        _ => {
+            if let Some(pgid) = pgid {
+                let _ = killpg(pgid, Signal::SIGKILL);
+            }
+            let _ = child.start_kill();
+            child.wait().await.ok()
+        }
+    }
+}

@@ -1,0 +1,495 @@
+//! The execution engine with real child processes: every outcome of the `exec` runner (a fixture script),
+//! of the simulation, and of the AIOpsLab bridge against a fake `aiopslab` package; and no process left.
+
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant as StdInstant},
+};
+
+use serde_json::{Value, json};
+use task_executor_shared::{
+    LogLevel,
+    api::NewLogEntry,
+    runner::{RunControl, RunOutcome, RunnerArgs, RunnerKind, TaskSpec, execute},
+};
+use tokio::{sync::mpsc, time::Instant};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn args(kind: RunnerKind) -> RunnerArgs {
+    RunnerArgs {
+        runner: kind,
+        runner_command: Some(fixtures().join("runner.sh").display().to_string()),
+        aiopslab_python: fixtures()
+            .join("python_with_fake_aiopslab.sh")
+            .display()
+            .to_string(),
+        aiopslab_bridge: PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/aiopslab_bridge.py"),
+        runner_kill_grace_seconds: 1,
+    }
+}
+
+fn spec(problem: &str, parameters: Value) -> TaskSpec {
+    let mut p = parameters;
+    let obj = p.as_object_mut().unwrap();
+    obj.entry("max_steps").or_insert(json!(30));
+    obj.entry("timeout").or_insert(json!(60));
+    TaskSpec {
+        task_id: uuid::Uuid::new_v4(),
+        problem_id: problem.to_owned(),
+        attempt: 2,
+        worker_id: "worker-007-kind".to_owned(),
+        cluster: "aiops-7".to_owned(),
+        parameters: p,
+    }
+}
+
+struct Run {
+    outcome: RunOutcome,
+    logs: Vec<NewLogEntry>,
+}
+
+async fn run_with(
+    args: &RunnerArgs,
+    spec: &TaskSpec,
+    deadline: Duration,
+    control: RunControl,
+) -> Run {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let outcome = execute(args, spec, Instant::now() + deadline, &control, &tx).await;
+    drop(tx);
+    let mut logs = Vec::new();
+    while let Some(e) = rx.recv().await {
+        logs.push(e);
+    }
+    Run { outcome, logs }
+}
+
+async fn run(args: &RunnerArgs, spec: &TaskSpec) -> Run {
+    run_with(args, spec, Duration::from_secs(60), RunControl::default()).await
+}
+
+fn messages(r: &Run) -> Vec<&str> {
+    r.logs.iter().map(|e| e.message.as_str()).collect()
+}
+
+/// Whether a process is gone (or a zombie waiting for its reaper).
+fn gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+    }
+}
+
+async fn assert_gone(pid_file: &std::path::Path) {
+    let pid: u32 = std::fs::read_to_string(pid_file)
+        .expect("the runner wrote its child's pid")
+        .trim()
+        .parse()
+        .unwrap();
+    let start = StdInstant::now();
+    while !gone(pid) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "process {pid} survived its task"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn exec_success_streams_logs_and_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("child.pid");
+    let s = spec(
+        "p-1",
+        json!({"mode": "success", "pid_file": pid_file, "max_steps": 7, "timeout": 90}),
+    );
+    let r = run(&args(RunnerKind::Exec), &s).await;
+    let RunOutcome::Completed { result } = &r.outcome else {
+        panic!("{:?}", r.outcome)
+    };
+    assert_eq!(result["success"], true);
+    assert_eq!(result["output"], "Detection Accuracy: Correct");
+    assert_eq!(result["metrics"]["TTD"], 1.5);
+    assert_eq!(result["metrics"]["steps_taken"], 2);
+    assert!(result["metrics"]["duration_seconds"].as_f64().unwrap() >= 0.0);
+    assert_eq!(
+        result["env"],
+        json!({"task_id": s.task_id.to_string(), "problem_id": "p-1", "max_steps": "7", "timeout": "90",
+               "attempt": "2", "worker_id": "worker-007-kind", "cluster": "aiops-7"})
+    );
+    let m = messages(&r);
+    assert!(
+        m.contains(&"deploying") && m.contains(&"plain output line"),
+        "{m:?}"
+    );
+    assert!(
+        m.contains(&"step 1: kubectl get pods") && m.contains(&"step 2: submit(\"Yes\")"),
+        "{m:?}"
+    );
+    let warn = r
+        .logs
+        .iter()
+        .find(|e| e.message == "a warning on stderr")
+        .expect("stderr line logged");
+    assert_eq!(warn.level, LogLevel::Warning);
+    let deploying = r.logs.iter().find(|e| e.message == "deploying").unwrap();
+    assert_eq!(deploying.context, Some(json!({"phase": "init"})));
+    assert_gone(&pid_file).await;
+}
+
+#[tokio::test]
+async fn exec_unsolved_problem_completes_with_success_false() {
+    let r = run(
+        &args(RunnerKind::Exec),
+        &spec("p", json!({"mode": "unsolved"})),
+    )
+    .await;
+    let RunOutcome::Completed { result } = &r.outcome else {
+        panic!("{:?}", r.outcome)
+    };
+    assert_eq!(result["success"], false);
+    assert_eq!(result["metrics"]["steps_taken"], 1);
+}
+
+#[tokio::test]
+async fn exec_nonzero_exit_fails_with_status_and_stderr() {
+    let r = run(&args(RunnerKind::Exec), &spec("p", json!({"mode": "fail"}))).await;
+    let RunOutcome::Failed { error, .. } = &r.outcome else {
+        panic!("{:?}", r.outcome)
+    };
+    assert!(error.contains("exited with status 3"), "{error}");
+    assert!(
+        error.contains("RuntimeError: cluster unreachable"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn exec_without_result_fails() {
+    let r = run(
+        &args(RunnerKind::Exec),
+        &spec("p", json!({"mode": "noresult"})),
+    )
+    .await;
+    let RunOutcome::Failed { error, .. } = &r.outcome else {
+        panic!("{:?}", r.outcome)
+    };
+    assert!(error.contains("without a result"), "{error}");
+}
+
+#[tokio::test]
+async fn exec_crash_fails_with_the_signal() {
+    let r = run(
+        &args(RunnerKind::Exec),
+        &spec("p", json!({"mode": "crash"})),
+    )
+    .await;
+    let RunOutcome::Failed { error, .. } = &r.outcome else {
+        panic!("{:?}", r.outcome)
+    };
+    assert!(error.contains("killed by signal 9"), "{error}");
+}
+
+#[tokio::test]
+async fn exec_too_many_steps_is_stopped_with_its_children() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("child.pid");
+    let r = run(
+        &args(RunnerKind::Exec),
+        &spec(
+            "p",
+            json!({"mode": "steps", "max_steps": 5, "pid_file": pid_file}),
+        ),
+    )
+    .await;
+    let RunOutcome::Failed { error, .. } = &r.outcome else {
+        panic!("{:?}", r.outcome)
+    };
+    assert!(error.contains("more than max_steps (5)"), "{error}");
+    assert_eq!(
+        r.logs
+            .iter()
+            .filter(|e| e.message.starts_with("step "))
+            .count(),
+        5
+    );
+    assert_gone(&pid_file).await;
+}
+
+#[tokio::test]
+async fn exec_past_timeout_is_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("child.pid");
+    let s = spec("p", json!({"mode": "hang", "pid_file": pid_file}));
+    let r = run_with(
+        &args(RunnerKind::Exec),
+        &s,
+        Duration::from_millis(800),
+        RunControl::default(),
+    )
+    .await;
+    assert!(
+        matches!(r.outcome, RunOutcome::TimedOut { .. }),
+        "{:?}",
+        r.outcome
+    );
+    assert!(messages(&r).contains(&"hanging"));
+    assert_gone(&pid_file).await;
+}
+
+#[tokio::test]
+async fn exec_cancel_stops_a_runner_that_ignores_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("child.pid");
+    let s = spec("p", json!({"mode": "stubborn", "pid_file": pid_file}));
+    let control = RunControl::default();
+    let cancel = control.cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        cancel.cancel();
+    });
+    let r = run_with(
+        &args(RunnerKind::Exec),
+        &s,
+        Duration::from_secs(60),
+        control,
+    )
+    .await;
+    assert_eq!(r.outcome, RunOutcome::Cancelled);
+    assert_gone(&pid_file).await;
+}
+
+#[tokio::test]
+async fn exec_interrupt_stops_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("child.pid");
+    let control = RunControl::default();
+    control.interrupt.cancel();
+    let s = spec("p", json!({"mode": "hang", "pid_file": pid_file}));
+    let r = run_with(
+        &args(RunnerKind::Exec),
+        &s,
+        Duration::from_secs(60),
+        control,
+    )
+    .await;
+    assert_eq!(r.outcome, RunOutcome::Interrupted);
+}
+
+#[tokio::test]
+async fn exec_missing_program_fails_clearly() {
+    let mut a = args(RunnerKind::Exec);
+    a.runner_command = Some("/nonexistent/runner --flag".to_owned());
+    assert!(a.check().unwrap_err().contains("/nonexistent/runner"));
+    let r = run(&a, &spec("p", json!({}))).await;
+    let RunOutcome::Failed { error, .. } = &r.outcome else {
+        panic!("{:?}", r.outcome)
+    };
+    assert!(error.contains("cannot start the runner"), "{error}");
+    a.runner_command = None;
+    assert!(a.check().unwrap_err().contains("RUNNER_COMMAND"));
+}
+
+#[tokio::test]
+async fn simulation_outcomes() {
+    let a = args(RunnerKind::Simulate);
+    let sim = |outcome: &str, steps: u64| json!({"simulate": {"steps": steps, "step_ms": 10, "outcome": outcome}});
+
+    let r = run(&a, &spec("p", sim("success", 4))).await;
+    let RunOutcome::Completed { result } = &r.outcome else {
+        panic!("{:?}", r.outcome)
+    };
+    assert_eq!(result["success"], true);
+    assert_eq!(result["simulated"], true);
+    assert_eq!(result["metrics"]["steps_taken"], 4);
+    assert_eq!(result["metrics"]["Detection Accuracy"], "Correct");
+    assert!(
+        messages(&r)[0].starts_with("[simulation]"),
+        "named as a simulation in the logs"
+    );
+    assert_eq!(
+        r.logs
+            .iter()
+            .filter(|e| e.message.starts_with("step "))
+            .count(),
+        4
+    );
+
+    let r = run(&a, &spec("p", sim("failure", 2))).await;
+    let RunOutcome::Completed { result } = &r.outcome else {
+        panic!("{:?}", r.outcome)
+    };
+    assert_eq!(result["success"], false);
+
+    let r = run(&a, &spec("p", sim("crash", 4))).await;
+    assert!(
+        matches!(&r.outcome, RunOutcome::Failed { error, .. } if error.contains("crash")),
+        "{:?}",
+        r.outcome
+    );
+
+    let r = run_with(
+        &a,
+        &spec("p", sim("hang", 1)),
+        Duration::from_millis(300),
+        RunControl::default(),
+    )
+    .await;
+    assert!(
+        matches!(r.outcome, RunOutcome::TimedOut { .. }),
+        "{:?}",
+        r.outcome
+    );
+
+    let mut s = spec("p", sim("success", 10));
+    s.parameters["max_steps"] = json!(3);
+    let r = run(&a, &s).await;
+    assert!(
+        matches!(&r.outcome, RunOutcome::Failed { error, .. } if error.contains("max_steps (3)")),
+        "{:?}",
+        r.outcome
+    );
+
+    let control = RunControl::default();
+    control.cancel.cancel();
+    let r = run_with(
+        &a,
+        &spec("p", sim("success", 5)),
+        Duration::from_secs(60),
+        control,
+    )
+    .await;
+    assert_eq!(r.outcome, RunOutcome::Cancelled);
+}
+
+#[tokio::test]
+async fn aiopslab_bridge_runs_a_problem_against_the_fake_package() {
+    let a = args(RunnerKind::Aiopslab);
+    a.check().expect("the bridge and python are found");
+    let s = spec(
+        "misconfig_app_hotel_res-detection-1",
+        json!({"agent_config": {"agent": "fake_agent:ScriptedAgent", "answer": "Yes"}, "max_steps": 10}),
+    );
+    let r = run(&a, &s).await;
+    let RunOutcome::Completed { result } = &r.outcome else {
+        panic!("{:?} {:?}", r.outcome, messages(&r))
+    };
+    assert_eq!(
+        result["success"], true,
+        "success follows AIOpsLab's evaluation"
+    );
+    let m = &result["metrics"];
+    assert_eq!(m["Detection Accuracy"], "Correct");
+    assert_eq!(m["TTD"], 1.25);
+    assert_eq!(m["steps"], 3);
+    assert_eq!(m["in_tokens"], 300);
+    assert_eq!(m["steps_taken"], 3, "one step event per agent action");
+    assert_eq!(
+        m["cluster"], "aiops-7",
+        "the run drives its worker's cluster"
+    );
+    let steps: Vec<&str> = r
+        .logs
+        .iter()
+        .filter(|e| e.message.starts_with("step "))
+        .map(|e| e.message.as_str())
+        .collect();
+    assert_eq!(steps.len(), 3);
+    assert_eq!(steps[2], "step 3: submit(\"Yes\")");
+
+    let wrong = spec(
+        "p-detection-1",
+        json!({"agent_config": {"agent": "fake_agent:ScriptedAgent", "answer": "No"}}),
+    );
+    let r = run(&a, &wrong).await;
+    let RunOutcome::Completed { result } = &r.outcome else {
+        panic!("{:?}", r.outcome)
+    };
+    assert_eq!(result["success"], false);
+    assert_eq!(result["metrics"]["Detection Accuracy"], "Incorrect");
+
+    let looping = spec(
+        "p",
+        json!({"agent_config": {"agent": "fake_agent:Looper"}, "max_steps": 4}),
+    );
+    let r = run(&a, &looping).await;
+    let RunOutcome::Completed { result } = &r.outcome else {
+        panic!("{:?}", r.outcome)
+    };
+    assert_eq!(result["metrics"]["steps_taken"], 4);
+    assert_eq!(result["metrics"]["Detection Accuracy"], "Invalid Format");
+
+    let unknown = spec(
+        "unknown-problem",
+        json!({"agent_config": {"agent": "fake_agent:ScriptedAgent"}}),
+    );
+    let r = run(&a, &unknown).await;
+    let RunOutcome::Failed { error, .. } = &r.outcome else {
+        panic!("{:?}", r.outcome)
+    };
+    assert!(
+        error.contains("exited with status 1") && error.contains("not found"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn aiopslab_bridge_without_aiopslab_fails_at_once_saying_how_to_install() {
+    let mut a = args(RunnerKind::Aiopslab);
+    a.aiopslab_python = "python3".to_owned();
+    let r = run(&a, &spec("p", json!({"agent_config": {"model": "gpt-4"}}))).await;
+    let RunOutcome::Failed { error, .. } = &r.outcome else {
+        panic!("{:?}", r.outcome)
+    };
+    assert!(error.contains("exited with status 3"), "{error}");
+    assert!(
+        error.contains("AIOpsLab is not importable") && error.contains("pip install"),
+        "{error}"
+    );
+    assert!(
+        r.logs.iter().any(|e| e.level == LogLevel::Critical),
+        "a critical log entry says it too"
+    );
+}
+
+#[tokio::test]
+async fn aiopslab_bridge_chat_agent_needs_an_api_key() {
+    let mut a = args(RunnerKind::Aiopslab);
+    // A wrapper that clears the key, so the test does not depend on the caller's environment.
+    let dir = tempfile::tempdir().unwrap();
+    let wrapper = dir.path().join("py.sh");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nunset OPENAI_API_KEY\nexec {} \"$@\"\n",
+            fixtures().join("python_with_fake_aiopslab.sh").display()
+        ),
+    )
+    .unwrap();
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&wrapper)
+        .status()
+        .unwrap();
+    a.aiopslab_python = wrapper.display().to_string();
+    let r = run(
+        &a,
+        &spec(
+            "p",
+            json!({"agent_config": {"model": "gpt-4", "temperature": 0.7}}),
+        ),
+    )
+    .await;
+    let RunOutcome::Failed { error, .. } = &r.outcome else {
+        panic!("{:?}", r.outcome)
+    };
+    assert!(error.contains("OPENAI_API_KEY"), "{error}");
+}
