@@ -49,6 +49,27 @@ pub struct Config {
     #[arg(long, env = "TASK_MAX_ATTEMPTS", default_value_t = 2, value_parser = clap::value_parser!(i32).range(1..=100))]
     pub task_max_attempts: i32,
 
+    /// Internal workers (inside this process) started at boot.
+    #[arg(long, env = "NUM_INTERNAL_WORKERS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=64))]
+    pub num_internal_workers: u32,
+
+    /// Start the internal workers at boot (`true` or `false`).
+    #[arg(long, env = "AUTO_START_WORKERS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub auto_start_workers: bool,
+
+    /// Prefix of internal worker ids (`PREFIX-001-kind`, …). Give each API server replica on one database
+    /// its own prefix so that their workers never collide.
+    #[arg(long, env = "INTERNAL_WORKER_PREFIX", default_value = "worker", value_parser = parse_prefix)]
+    pub internal_worker_prefix: String,
+
+    /// Kind clusters of the internal workers, comma-separated, in worker order (`AIOPSLAB_CLUSTER` of each
+    /// run). A worker without one here uses `PREFIX-NNN` (kube context `kind-PREFIX-NNN`).
+    #[arg(long, env = "INTERNAL_KIND_CLUSTERS", value_delimiter = ',')]
+    pub internal_kind_clusters: Vec<String>,
+
+    #[command(flatten)]
+    pub runner: task_executor_shared::runner::RunnerArgs,
+
     /// Log level: debug, info, warning or error.
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     pub log_level: LogLevelArg,
@@ -56,6 +77,18 @@ pub struct Config {
     /// Log format: text for people, json for log collectors.
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+}
+
+fn parse_prefix(s: &str) -> Result<String, String> {
+    if !s.is_empty()
+        && s.len() <= 100
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        Ok(s.to_owned())
+    } else {
+        Err("1-100 letters, digits, '-' or '_'".to_owned())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

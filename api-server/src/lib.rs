@@ -8,6 +8,7 @@ pub mod params;
 pub mod routes;
 pub mod startup;
 pub mod store;
+pub mod supervisor;
 pub mod telemetry;
 
 pub use config::Config;

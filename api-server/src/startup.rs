@@ -16,8 +16,11 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::Config,
     error,
-    routes::{health::HealthApi, tasks::TasksApi, workers::WorkersApi},
+    routes::{
+        health::HealthApi, internal::InternalWorkersApi, tasks::TasksApi, workers::WorkersApi,
+    },
     store::{self, queue::LeasePolicy},
+    supervisor::{Supervisor, WorkerEnv},
 };
 
 /// What every handler and background loop shares.
@@ -29,6 +32,7 @@ pub struct AppState {
     /// look at once.
     pub queue_changed: Arc<Notify>,
     pub lease: LeasePolicy,
+    pub supervisor: Arc<Supervisor>,
 }
 
 pub struct Application {
@@ -40,11 +44,14 @@ pub struct Application {
 /// How long in-flight requests get to finish after the stop signal.
 const GRACEFUL_TIMEOUT: Duration = Duration::from_secs(30);
 
-pub fn api_service(state: &AppState) -> OpenApiService<(HealthApi, TasksApi, WorkersApi), ()> {
+type Apis = (HealthApi, TasksApi, InternalWorkersApi, WorkersApi);
+
+pub fn api_service(state: &AppState) -> OpenApiService<Apis, ()> {
     OpenApiService::new(
         (
             HealthApi { state: state.clone() },
             TasksApi { state: state.clone() },
+            InternalWorkersApi { state: state.clone() },
             WorkersApi { state: state.clone() },
         ),
         "AIOpsLab Task Executor",
@@ -68,14 +75,29 @@ impl Application {
             .first()
             .and_then(|a| a.as_socket_addr().map(|s| s.port()))
             .context("the listener has no TCP address")?;
+        let queue_changed = Arc::new(Notify::new());
+        let lease = LeasePolicy {
+            heartbeat_timeout: config.heartbeat_timeout(),
+            claim_grace: chrono::Duration::seconds(config.claim_grace_seconds as i64),
+            max_attempts: config.task_max_attempts,
+        };
+        let supervisor = Arc::new(Supervisor::new(
+            WorkerEnv {
+                db: db.clone(),
+                lease,
+                queue_changed: queue_changed.clone(),
+                runner: config.runner.clone(),
+                prefix: config.internal_worker_prefix.clone(),
+                clusters: config.internal_kind_clusters.clone(),
+                heartbeat_interval: reaper_interval(lease.heartbeat_timeout),
+            },
+            config.num_internal_workers as usize,
+        ));
         let state = AppState {
             db,
-            queue_changed: Arc::new(Notify::new()),
-            lease: LeasePolicy {
-                heartbeat_timeout: config.heartbeat_timeout(),
-                claim_grace: chrono::Duration::seconds(config.claim_grace_seconds as i64),
-                max_attempts: config.task_max_attempts,
-            },
+            queue_changed,
+            lease,
+            supervisor,
             config: Arc::new(config),
         };
         Ok(Application {
@@ -110,12 +132,22 @@ impl Application {
             .around(error::edge);
         tracing::info!(port = self.port, database = %store::redact(&self.state.config.database_url), "listening");
         let reaper = tokio::spawn(reaper_loop(self.state.clone(), stop.clone()));
+        if self.state.config.auto_start_workers && self.state.config.num_internal_workers > 0 {
+            if let Err(e) = self.state.config.runner.check() {
+                tracing::warn!(error = %e, "the runner is not usable: internal workers will fail their tasks");
+            }
+            let _ = self.state.supervisor.start();
+        }
         let stop_signal = stop.clone();
+        let supervisor = self.state.supervisor.clone();
         let result = Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(
                 app,
                 async move {
                     shutdown.await;
+                    // Like POST /workers/internal/stop: running tasks go back to the queue, none is left
+                    // `running` behind this process.
+                    supervisor.stop(false).await;
                     stop_signal.cancel();
                 },
                 Some(GRACEFUL_TIMEOUT),

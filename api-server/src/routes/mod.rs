@@ -1,6 +1,7 @@
 //! The HTTP layer: one `#[OpenApi]` struct per resource, combined in [`crate::startup`].
 
 pub mod health;
+pub mod internal;
 pub mod tasks;
 pub mod workers;
 

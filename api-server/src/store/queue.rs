@@ -438,6 +438,7 @@ pub async fn report_logs(
 }
 
 /// How a run ended, as its worker reports it.
+#[derive(Debug, Clone)]
 pub enum Outcome {
     Completed(api::JsonObject),
     Failed {
@@ -639,4 +640,54 @@ async fn time_out(
     .await?;
     tracing::warn!(task_id = %t.id, worker_id = %worker, "task timed out");
     Ok(true)
+}
+
+/// Gives a run back to the queue without counting it: the worker is stopping (shutdown, stop of the internal
+/// workers) and the run was interrupted, not lost. Status `pending`, attempt decremented so that the next
+/// claim gets the same number. Fenced like every report.
+pub async fn give_back(
+    db: &DatabaseConnection,
+    worker_id: &str,
+    task_id: Uuid,
+    attempt: i32,
+) -> StoreResult<task::Model> {
+    let at = now();
+    let txn = db.begin().await?;
+    let q = task::Entity::update_many()
+        .col_expr(
+            task::Column::Status,
+            Expr::value(TaskStatus::Pending.as_str()),
+        )
+        .col_expr(
+            task::Column::Attempt,
+            Expr::col(task::Column::Attempt).sub(1),
+        )
+        .col_expr(task::Column::WorkerId, Expr::value(Option::<String>::None))
+        .col_expr(
+            task::Column::StartedAt,
+            Expr::value(Option::<DateTime<Utc>>::None),
+        )
+        .col_expr(
+            task::Column::LeaseExpiresAt,
+            Expr::value(Option::<DateTime<Utc>>::None),
+        )
+        .col_expr(task::Column::UpdatedAt, Expr::value(at));
+    let updated = fenced(q, task_id, worker_id, attempt)
+        .exec_with_returning(&txn)
+        .await?;
+    let Some(t) = updated.into_iter().next() else {
+        drop(txn);
+        return Err(refusal(db, task_id, worker_id, attempt).await);
+    };
+    append_log(
+        &txn,
+        task_id,
+        Some(attempt),
+        LogLevel::Warning,
+        &format!("Task returned to the queue: worker {worker_id} stopped it (attempt {attempt} not counted)"),
+        Some(json!({"event": "requeued", "worker_id": worker_id, "attempt": attempt, "reason": "worker stopping"})),
+    )
+    .await?;
+    txn.commit().await?;
+    Ok(t)
 }

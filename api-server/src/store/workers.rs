@@ -204,3 +204,16 @@ pub async fn one_with_status(
     let status = derive_status(&w, held.len(), now(), heartbeat_timeout);
     Ok((w, status, held))
 }
+
+/// Marks an internal worker that finishes its task before it goes (`stopping`).
+pub async fn set_stopping(db: &DatabaseConnection, id: &str) -> StoreResult<()> {
+    worker::Entity::update_many()
+        .col_expr(
+            worker::Column::Status,
+            sea_orm::sea_query::Expr::value(WorkerStatus::Stopping.as_str()),
+        )
+        .filter(worker::Column::Id.eq(id))
+        .exec(db)
+        .await?;
+    Ok(())
+}

@@ -14,6 +14,15 @@ use api_server::{Application, Config};
 use reqwest::StatusCode;
 use sea_orm::{ConnectionTrait, Database};
 use serde_json::Value;
+use task_executor_shared::runner::RunnerKind;
+
+/// A file of the engine's test fixtures (runner scripts, the fake aiopslab package).
+pub fn fixture(name: &str) -> String {
+    format!(
+        "{}/../shared/tests/fixtures/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -185,16 +194,35 @@ impl TestApp {
     }
 
     pub async fn spawn_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> TestApp {
-        let (db_url, dir) = match backend {
+        let (db_url, dir) = Self::fresh_database(backend).await;
+        Self::spawn_on(db_url, dir, tweak).await
+    }
+
+    /// A fresh database URL of the backend, and the folder that holds it (SQLite).
+    pub async fn fresh_database(backend: Backend) -> (String, Option<tempfile::TempDir>) {
+        match backend {
             Backend::Sqlite => {
                 let dir = tempfile::tempdir().expect("tempdir");
                 let url = format!("sqlite://{}?mode=rwc", dir.path().join("test.db").display());
                 (url, Some(dir))
             }
             Backend::Postgres => (fresh_pg_database().await, None),
-        };
+        }
+    }
+
+    /// A server on an existing database.
+    pub async fn spawn_on(
+        db_url: String,
+        dir: Option<tempfile::TempDir>,
+        tweak: impl FnOnce(&mut Config),
+    ) -> TestApp {
         let mut config = Config::for_database(&db_url);
         config.bind_addr = "127.0.0.1:0".to_owned();
+        // Tests that want internal workers turn them on; the others see the queue as they left it.
+        config.auto_start_workers = false;
+        config.runner.runner = RunnerKind::Simulate;
+        config.runner.runner_command = Some(fixture("runner.sh"));
+        config.runner.runner_kill_grace_seconds = 1;
         tweak(&mut config);
         let app = Application::build(config)
             .await

@@ -4,5 +4,6 @@ mod helpers;
 
 mod errors;
 mod health;
+mod internal;
 mod tasks;
 mod workers;

@@ -252,8 +252,13 @@ async fn exec_cancel_stops_a_runner_that_ignores_sigterm() {
     let s = spec("p", json!({"mode": "stubborn", "pid_file": pid_file}));
     let control = RunControl::default();
     let cancel = control.cancel.clone();
+    let started = pid_file.clone();
     tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Cancel once the runner is up (its child's pid written), however slow the machine is.
+        while !started.exists() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
         cancel.cancel();
     });
     let r = run_with(
