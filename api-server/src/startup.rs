@@ -172,6 +172,8 @@ pub fn reaper_interval(heartbeat_timeout: chrono::Duration) -> Duration {
 /// Recovers from lost workers and overdue tasks until stopped. Safe in every replica: each change it makes
 /// is conditional on the run it saw.
 async fn reaper_loop(state: AppState, stop: CancellationToken) {
+    let started = tokio::time::Instant::now();
+    let grace = state.lease.heartbeat_timeout.to_std().unwrap_or_default();
     let mut tick = tokio::time::interval(reaper_interval(state.lease.heartbeat_timeout));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -179,7 +181,7 @@ async fn reaper_loop(state: AppState, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        match store::queue::reap(&state.db, &state.lease).await {
+        match store::queue::reap(&state.db, &state.lease, started.elapsed() >= grace).await {
             Ok(r) => {
                 if !r.released.is_empty() {
                     state.queue_changed.notify_waiters();

@@ -253,3 +253,9 @@ pub struct FailTaskRequest {
     /// Whatever partial result the runner produced; `error` is added to it.
     pub result: Option<JsonObject>,
 }
+
+/// A run given back by a worker that stops: the task goes back to the queue without using an attempt.
+#[derive(Debug, Clone, Object, Serialize, Deserialize)]
+pub struct ReleaseTaskRequest {
+    pub attempt: i32,
+}

@@ -1,7 +1,16 @@
-//! `worker-daemon`: the standalone worker for kind cluster hosts. Not implemented yet (see the open issue
-//! "The worker daemon"); this binary only exists so that the workspace has its final layout.
+//! `worker-daemon`: parses the configuration, sets up logging and runs the daemon (`worker-daemon --help`).
 
-fn main() -> std::process::ExitCode {
-    eprintln!("worker-daemon: not implemented yet; use the API server's worker endpoints directly");
-    std::process::ExitCode::FAILURE
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cfg = worker_daemon::config::Config::parse();
+    worker_daemon::init_logging(cfg.log_level, cfg.log_format);
+    match worker_daemon::run(cfg).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("worker-daemon: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

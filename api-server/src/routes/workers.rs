@@ -12,8 +12,8 @@ use task_executor_shared::{
     WorkerId, WorkerStatus,
     api::{
         CompleteTaskRequest, FailTaskRequest, HeartbeatRequest, HeartbeatResponse,
-        RegisterWorkerRequest, RegisterWorkerResponse, ReportLogsRequest, ReportLogsResponse, Task,
-        Worker,
+        RegisterWorkerRequest, RegisterWorkerResponse, ReleaseTaskRequest, ReportLogsRequest,
+        ReportLogsResponse, Task, Worker,
     },
 };
 use uuid::Uuid;
@@ -285,6 +285,33 @@ impl WorkersApi {
         )
         .await?;
         tracing::info!(task_id = %t.id, worker_id = %worker_id.0, status = %status, "task failed");
+        Ok(Json(t.into()))
+    }
+
+    /// Release a task (for workers that stop)
+    ///
+    /// The worker is shutting down and stopped the run: the task goes back to `pending` without using an
+    /// attempt. Fenced like `complete`.
+    #[oai(
+        path = "/workers/:worker_id/tasks/:task_id/release",
+        method = "post",
+        operation_id = "release_task"
+    )]
+    async fn release(
+        &self,
+        worker_id: Path<WorkerId>,
+        task_id: Path<Uuid>,
+        body: Json<ReleaseTaskRequest>,
+    ) -> Result<Json<Task>, ApiError> {
+        let t = queue::give_back(
+            &self.state.db,
+            worker_id.0.as_str(),
+            task_id.0,
+            body.0.attempt,
+        )
+        .await?;
+        self.state.queue_changed.notify_waiters();
+        tracing::info!(task_id = %t.id, worker_id = %worker_id.0, "task released by its worker");
         Ok(Json(t.into()))
     }
 }

@@ -548,9 +548,34 @@ pub struct ReapReport {
 /// One pass of recovery, safe to run in every replica at once (every change is conditional):
 /// workers silent past the heartbeat timeout become offline; running tasks whose lease expired are
 /// released; running tasks past `started_at + parameters.timeout` become `timeout`.
-pub async fn reap(db: &DatabaseConnection, policy: &LeasePolicy) -> StoreResult<ReapReport> {
+///
+/// `leases` is false during the first heartbeat timeout after this server started: leases that expired while
+/// no server was running are not held against workers that have not had a chance to heartbeat since.
+pub async fn reap(
+    db: &DatabaseConnection,
+    policy: &LeasePolicy,
+    leases: bool,
+) -> StoreResult<ReapReport> {
     let at = now();
     let mut report = ReapReport::default();
+    if !leases {
+        for t in task::Entity::find()
+            .filter(task::Column::Status.eq(TaskStatus::Running.as_str()))
+            .all(db)
+            .await?
+        {
+            if t.started_at
+                .is_some_and(|s| s + Duration::seconds(timeout_seconds(&t)) < at)
+            {
+                let txn = db.begin().await?;
+                if time_out(&txn, &t, at).await? {
+                    report.timed_out.push(t.id);
+                }
+                txn.commit().await?;
+            }
+        }
+        return Ok(report);
+    }
     let stale = worker::Entity::update_many()
         .col_expr(
             worker::Column::Status,

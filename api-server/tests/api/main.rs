@@ -2,6 +2,7 @@
 
 mod helpers;
 
+mod daemon;
 mod errors;
 mod health;
 mod internal;

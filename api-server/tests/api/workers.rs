@@ -851,7 +851,49 @@ async fn bad_input_on_worker_routes(backend: Backend) {
     );
 }
 
+async fn release_gives_the_task_back_uncounted(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.register("w", json!({})).await;
+    let t = app.create_task(json!({"problem_id": "p"})).await;
+    let id = t["id"].as_str().unwrap();
+    app.claim_one("w").await;
+    let wrong = app
+        .post(
+            &format!("/api/v1/workers/w/tasks/{id}/release"),
+            json!({"attempt": 2}),
+        )
+        .await;
+    assert_error(&wrong, StatusCode::CONFLICT, "stale_attempt");
+    let r = app
+        .post(
+            &format!("/api/v1/workers/w/tasks/{id}/release"),
+            json!({"attempt": 1}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["status"], "pending");
+    assert_eq!(r.body["attempt"], 0);
+    assert!(r.body["worker_id"].is_null());
+    assert_eq!(
+        app.claim_one("w").await["attempt"],
+        1,
+        "the released run was not counted"
+    );
+    let logs = app
+        .get(&format!("/api/v1/tasks/{id}/logs?level=warning"))
+        .await
+        .body;
+    assert!(
+        logs[0]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Task returned to the queue"),
+        "{logs}"
+    );
+}
+
 crate::both_backends!(
+    release_gives_the_task_back_uncounted,
     register_list_and_get,
     a_task_from_claim_to_complete,
     fail_keeps_the_error_and_counts,

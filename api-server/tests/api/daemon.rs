@@ -1,0 +1,423 @@
+//! The worker daemon as operators run it: real `api-server` and `worker-daemon` processes on loopback, on both
+//! database backends. `cargo test --workspace` builds both binaries.
+
+use std::{path::PathBuf, process::Stdio, time::Duration};
+
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+
+use crate::helpers::{Backend, TestApp};
+
+fn daemon_bin() -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_BIN_EXE_api-server")).with_file_name("worker-daemon");
+    assert!(
+        p.is_file(),
+        "{} is missing: run the tests with `cargo test --workspace`, which builds it",
+        p.display()
+    );
+    p
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn signal(child: &Child, sig: Signal) {
+    if let Some(id) = child.id() {
+        let _ = kill(Pid::from_raw(id as i32), sig);
+    }
+}
+
+/// An `api-server` process.
+struct Server {
+    child: Child,
+    port: u16,
+    db_url: String,
+    env: Vec<(String, String)>,
+    client: reqwest::Client,
+}
+
+impl Server {
+    async fn start(db_url: &str, env: &[(&str, &str)]) -> Server {
+        let mut s = Server {
+            child: Command::new("true").spawn().unwrap(),
+            port: free_port(),
+            db_url: db_url.to_owned(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            client: reqwest::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap(),
+        };
+        s.spawn().await;
+        s
+    }
+
+    async fn spawn(&mut self) {
+        self.child = Command::new(env!("CARGO_BIN_EXE_api-server"))
+            .env("DATABASE_URL", &self.db_url)
+            .env("BIND_ADDR", format!("127.0.0.1:{}", self.port))
+            .env("NUM_INTERNAL_WORKERS", "0")
+            .env("LOG_LEVEL", "warning")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        for _ in 0..200 {
+            if let Ok(r) = self.client.get(self.url("/ready")).send().await
+                && r.status() == StatusCode::OK
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the api-server did not become ready");
+    }
+
+    async fn stop(&mut self) {
+        signal(&self.child, Signal::SIGTERM);
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(status.success(), "api-server exits 0 on SIGTERM: {status}");
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    async fn create(&self, body: Value) -> Value {
+        let r = self
+            .client
+            .post(self.url("/api/v1/tasks"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        r.json().await.unwrap()
+    }
+
+    async fn task(&self, t: &Value) -> Value {
+        self.get(&format!("/api/v1/tasks/{}", t["id"].as_str().unwrap()))
+            .await
+    }
+
+    /// Polls until `check` holds, for up to 60 s.
+    async fn until<T, F, Fut>(&self, what: &str, mut check: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(v) = check().await {
+                return v;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "timed out waiting for: {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// A `worker-daemon` process running the simulation.
+fn daemon(server: &Server, id: &str, env: &[(&str, &str)]) -> Child {
+    Command::new(daemon_bin())
+        .env("TASK_EXECUTOR_URL", server.url(""))
+        .env("WORKER_ID", id)
+        .env("TASK_RUNNER", "simulate")
+        .env("HEARTBEAT_INTERVAL_SECONDS", "1")
+        .env("CLAIM_WAIT_SECONDS", "5")
+        .env("LOG_LEVEL", "warning")
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+async fn exits_zero(child: &mut Child, within: Duration) {
+    let status = tokio::time::timeout(within, child.wait())
+        .await
+        .expect("the daemon exits")
+        .unwrap();
+    assert!(status.success(), "the daemon exits 0: {status}");
+}
+
+fn sim(steps: u64, step_ms: u64) -> Value {
+    json!({"simulate": {"steps": steps, "step_ms": step_ms}})
+}
+
+async fn daemons_share_a_batch_and_complete_each_task_once(backend: Backend) {
+    let (db, _dir) = TestApp::fresh_database(backend).await;
+    let server = Server::start(&db, &[]).await;
+    let _a = daemon(&server, "host-a-kind", &[("MAX_PARALLEL_TASKS", "2")]);
+    let _b = daemon(&server, "host-b-kind", &[("MAX_PARALLEL_TASKS", "2")]);
+    let mut tasks = Vec::new();
+    for i in 0..24 {
+        tasks.push(
+            server
+                .create(json!({"problem_id": format!("batch-{i}"), "parameters": sim(2, 50)}))
+                .await,
+        );
+    }
+    for t in &tasks {
+        let done = server
+            .until("the task completed", || async {
+                let cur = server.task(t).await;
+                (cur["status"] == "completed").then_some(cur)
+            })
+            .await;
+        assert_eq!(done["attempt"], 1);
+        assert!(done["worker_id"] == "host-a-kind" || done["worker_id"] == "host-b-kind");
+    }
+    let workers = server.get("/api/v1/workers").await;
+    let counted: i64 = workers
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["tasks_completed"].as_i64().unwrap())
+        .sum();
+    assert_eq!(counted, 24, "each task completed exactly once: {workers}");
+    let w = server.get("/api/v1/workers/host-a-kind").await;
+    assert_eq!(w["capabilities"]["max_parallel_tasks"], 2);
+    assert_eq!(w["metadata"]["runner"], "simulate");
+    assert!(w["metadata"]["version"].is_string());
+}
+
+async fn a_killed_daemons_task_is_finished_by_another(backend: Backend) {
+    let (db, _dir) = TestApp::fresh_database(backend).await;
+    let server = Server::start(&db, &[("WORKER_HEARTBEAT_TIMEOUT_SECONDS", "2")]).await;
+    let mut a = daemon(&server, "doomed", &[]);
+    let t = server
+        .create(json!({"problem_id": "long-run", "parameters": sim(10, 200)}))
+        .await;
+    server
+        .until("the doomed daemon runs the task", || async {
+            let cur = server.task(&t).await;
+            (cur["status"] == "running" && cur["worker_id"] == "doomed").then_some(())
+        })
+        .await;
+    let _b = daemon(&server, "survivor", &[]);
+    signal(&a, Signal::SIGKILL);
+    let _ = a.wait().await;
+    let done = server
+        .until("the survivor completed the task", || async {
+            let cur = server.task(&t).await;
+            (cur["status"] == "completed").then_some(cur)
+        })
+        .await;
+    assert_eq!(done["worker_id"], "survivor");
+    assert_eq!(
+        done["attempt"], 2,
+        "requeued once after the heartbeat timeout"
+    );
+    assert_eq!(
+        server.get("/api/v1/workers/doomed").await["status"],
+        "offline"
+    );
+}
+
+async fn a_server_restart_loses_nothing(backend: Backend) {
+    let (db, _dir) = TestApp::fresh_database(backend).await;
+    let mut server = Server::start(&db, &[]).await;
+    let _a = daemon(&server, "r-a", &[("MAX_PARALLEL_TASKS", "2")]);
+    let _b = daemon(&server, "r-b", &[("MAX_PARALLEL_TASKS", "2")]);
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        tasks.push(
+            server
+                .create(json!({"problem_id": format!("restart-{i}"), "parameters": sim(4, 250)}))
+                .await,
+        );
+    }
+    server
+        .until("some tasks running", || async {
+            let h = server.get("/health").await;
+            (h["queue"]["running"].as_i64().unwrap() > 0).then_some(())
+        })
+        .await;
+    server.stop().await;
+    // Runs go on while the server is away; their outcomes wait in the daemons.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    server.spawn().await;
+    for t in &tasks {
+        let done = server
+            .until("every task completed after the restart", || async {
+                let cur = server.task(t).await;
+                (cur["status"] == "completed").then_some(cur)
+            })
+            .await;
+        assert_eq!(done["result"]["success"], true);
+    }
+    let h = server.get("/health").await;
+    assert_eq!(h["queue"]["completed"], 10, "{h}");
+    assert_eq!(h["queue"]["running"], 0);
+    assert_eq!(h["queue"]["pending"], 0);
+}
+
+async fn sigterm_drains_then_releases(backend: Backend) {
+    let (db, _dir) = TestApp::fresh_database(backend).await;
+    let server = Server::start(&db, &[]).await;
+
+    // Drain: the running task finishes, then the daemon goes offline and exits 0.
+    let mut a = daemon(&server, "drainer", &[]);
+    let t = server
+        .create(json!({"problem_id": "drain-me", "parameters": sim(8, 250)}))
+        .await;
+    server
+        .until("running", || async {
+            (server.task(&t).await["status"] == "running").then_some(())
+        })
+        .await;
+    signal(&a, Signal::SIGTERM);
+    exits_zero(&mut a, Duration::from_secs(30)).await;
+    assert_eq!(
+        server.task(&t).await["status"],
+        "completed",
+        "finished within the grace period"
+    );
+    assert_eq!(
+        server.get("/api/v1/workers/drainer").await["status"],
+        "offline"
+    );
+    let waiting = server.create(json!({"problem_id": "left-for-later"})).await;
+
+    // Past the grace period the run is stopped and released: pending again, no attempt used.
+    let mut b = daemon(&server, "short-grace", &[("SHUTDOWN_GRACE_SECONDS", "1")]);
+    server
+        .until("the waiting task runs", || async {
+            (server.task(&waiting).await["status"] == "running").then_some(())
+        })
+        .await;
+    let long = server
+        .create(json!({"problem_id": "too-long", "parameters": sim(100, 500)}))
+        .await;
+    let _ = long;
+    let hang = server.create(json!({"problem_id": "hang", "parameters": {"simulate": {"outcome": "hang", "steps": 1, "step_ms": 10}}})).await;
+    let _ = hang;
+    server
+        .until("the first one done", || async {
+            (server.task(&waiting).await["status"] == "completed").then_some(())
+        })
+        .await;
+    let running = server
+        .until("a long task runs", || async {
+            let list = server.get("/api/v1/tasks?status=running").await;
+            list.as_array().unwrap().first().cloned()
+        })
+        .await;
+    signal(&b, Signal::SIGTERM);
+    exits_zero(&mut b, Duration::from_secs(30)).await;
+    let after = server.task(&running).await;
+    assert_eq!(after["status"], "pending", "released: {after}");
+    assert_eq!(after["attempt"], 0, "the interrupted run is not counted");
+
+    // A second signal stops at once, still reporting.
+    let mut c = daemon(&server, "impatient", &[("SHUTDOWN_GRACE_SECONDS", "300")]);
+    server
+        .until("a task runs on the third daemon", || async {
+            let list = server.get("/api/v1/tasks?status=running").await;
+            list.as_array().unwrap().first().cloned()
+        })
+        .await;
+    signal(&c, Signal::SIGTERM);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    signal(&c, Signal::SIGTERM);
+    exits_zero(&mut c, Duration::from_secs(20)).await;
+    let h = server.get("/health").await;
+    assert_eq!(h["queue"]["running"], 0, "nothing left running: {h}");
+}
+
+async fn check_reports_problems_clearly(backend: Backend) {
+    let (db, _dir) = TestApp::fresh_database(backend).await;
+    let server = Server::start(&db, &[]).await;
+    let run_check = |env: Vec<(&'static str, String)>| async move {
+        let out = Command::new(daemon_bin())
+            .arg("check")
+            .envs(env)
+            .output()
+            .await
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, text) = run_check(vec![
+        ("TASK_EXECUTOR_URL", server.url("")),
+        ("TASK_RUNNER", "simulate".into()),
+    ])
+    .await;
+    assert!(ok, "{text}");
+    assert!(text.contains("answers"), "{text}");
+
+    let (ok, text) = run_check(vec![
+        (
+            "TASK_EXECUTOR_URL",
+            format!("http://127.0.0.1:{}", free_port()),
+        ),
+        ("TASK_RUNNER", "simulate".into()),
+    ])
+    .await;
+    assert!(!ok);
+    assert!(text.contains("does not answer"), "{text}");
+
+    let (ok, text) = run_check(vec![
+        ("TASK_EXECUTOR_URL", server.url("")),
+        ("TASK_RUNNER", "exec".into()),
+        ("RUNNER_COMMAND", "/nonexistent/my-harness".into()),
+    ])
+    .await;
+    assert!(!ok);
+    assert!(
+        text.contains("/nonexistent/my-harness") && text.contains("not found"),
+        "{text}"
+    );
+
+    let (ok, text) = run_check(vec![
+        ("TASK_EXECUTOR_URL", server.url("")),
+        ("TASK_RUNNER", "exec".into()),
+    ])
+    .await;
+    assert!(!ok);
+    assert!(text.contains("RUNNER_COMMAND"), "{text}");
+}
+
+crate::both_backends!(
+    daemons_share_a_batch_and_complete_each_task_once,
+    a_killed_daemons_task_is_finished_by_another,
+    a_server_restart_loses_nothing,
+    sigterm_drains_then_releases,
+    check_reports_problems_clearly,
+);

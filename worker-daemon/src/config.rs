@@ -1,0 +1,170 @@
+//! The daemon's settings: every one a flag with an environment variable (`worker-daemon --help`).
+
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use task_executor_shared::runner::RunnerArgs;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "worker-daemon",
+    version,
+    about = "Worker daemon of the AIOpsLab task executor: registers with the API server, heartbeats, claims \
+             tasks and runs them on this host's kind clusters."
+)]
+pub struct Config {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Base URL of the API server.
+    #[arg(
+        long,
+        env = "TASK_EXECUTOR_URL",
+        default_value = "http://127.0.0.1:8000"
+    )]
+    pub server_url: String,
+
+    /// This worker's id (1-128 of letters, digits, '.', '_', '-'). Default: derived from the host name, so
+    /// it is stable across restarts.
+    #[arg(long, env = "WORKER_ID")]
+    pub worker_id: Option<String>,
+
+    /// The backend this worker runs tasks on.
+    #[arg(long, env = "BACKEND_TYPE", default_value = "kind")]
+    pub backend_type: String,
+
+    /// Tasks run at once (1-256); each drives its own kind cluster.
+    #[arg(long, env = "MAX_PARALLEL_TASKS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub max_parallel_tasks: u16,
+
+    /// Problem ids this worker takes, as comma-separated globs (`*`, `?`); empty takes every problem.
+    #[arg(long, env = "SUPPORTED_PROBLEMS", value_delimiter = ',')]
+    pub supported_problems: Vec<String>,
+
+    /// The kind cluster each parallel slot drives, comma-separated, one per slot (AIOPSLAB_CLUSTER of its
+    /// runs). Default: `kind` for one slot; with several, the `aiopslab` runner needs one name per slot.
+    #[arg(long, env = "KIND_CLUSTERS", value_delimiter = ',')]
+    pub kind_clusters: Vec<String>,
+
+    #[command(flatten)]
+    pub runner: RunnerArgs,
+
+    /// Seconds between heartbeats (keep well under the server's WORKER_HEARTBEAT_TIMEOUT_SECONDS).
+    #[arg(long = "heartbeat-interval", env = "HEARTBEAT_INTERVAL_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub heartbeat_interval_seconds: u64,
+
+    /// Seconds a claim waits on the server for a task (long poll, 0-60).
+    #[arg(long, env = "CLAIM_WAIT_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=60))]
+    pub claim_wait_seconds: u64,
+
+    /// Seconds running tasks get to finish after SIGTERM/SIGINT before they are stopped and released.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 300)]
+    pub shutdown_grace_seconds: u64,
+
+    /// Timeout of each HTTP request to the server, in seconds (a long poll gets its wait on top).
+    #[arg(long, env = "REQUEST_TIMEOUT_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub request_timeout_seconds: u64,
+
+    /// Log level: debug, info, warning or error.
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    pub log_level: LogLevel,
+
+    /// Log format: text or json.
+    #[arg(long, env = "LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Run the daemon (the default).
+    Run,
+    /// Check the configuration and what it depends on (API server reachable, runner present, kind clusters
+    /// existing for the aiopslab runner); exit non-zero with a message when something is missing.
+    Check,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    Debug,
+    Info,
+    #[value(alias = "warn")]
+    Warning,
+    Error,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Config {
+    /// The worker id: the configured one, else the host name (made valid) and the backend type.
+    pub fn worker_id(&self) -> String {
+        if let Some(id) = &self.worker_id {
+            return id.clone();
+        }
+        let host = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "host".to_owned());
+        let clean: String = host
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .take(100)
+            .collect();
+        format!("{clean}-{}", self.backend_type)
+    }
+
+    /// The cluster of each slot.
+    pub fn clusters(&self) -> Vec<String> {
+        (0..self.max_parallel_tasks as usize)
+            .map(|i| match self.kind_clusters.get(i) {
+                Some(c) => c.clone(),
+                None if i == 0 && self.kind_clusters.is_empty() => "kind".to_owned(),
+                None => format!("kind-{}", i + 1),
+            })
+            .collect()
+    }
+
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_interval_seconds)
+    }
+
+    pub fn server(&self) -> String {
+        self.server_url.trim_end_matches('/').to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Config::command().debug_assert();
+    }
+
+    #[test]
+    fn clusters_per_slot() {
+        let c = Config::parse_from([
+            "worker-daemon",
+            "--max-parallel-tasks",
+            "3",
+            "--kind-clusters",
+            "a,b",
+        ]);
+        assert_eq!(c.clusters(), vec!["a", "b", "kind-3"]);
+        let one = Config::parse_from(["worker-daemon"]);
+        assert_eq!(one.clusters(), vec!["kind"]);
+        assert!(task_executor_shared::validate::worker_id(&one.worker_id()).is_ok());
+    }
+}

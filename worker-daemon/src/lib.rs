@@ -1,0 +1,93 @@
+//! The worker daemon of the AIOpsLab task executor: runs on each host with kind clusters, registers with the
+//! API server, heartbeats, claims tasks over HTTP and runs them with the shared execution engine.
+
+pub mod check;
+pub mod client;
+pub mod config;
+pub mod daemon;
+
+use std::time::Duration;
+
+use config::{Command, Config, LogFormat, LogLevel};
+use tracing_subscriber::{EnvFilter, fmt};
+
+pub fn init_logging(level: LogLevel, format: LogFormat) {
+    let level = match level {
+        LogLevel::Debug => "debug",
+        LogLevel::Info => "info",
+        LogLevel::Warning => "warn",
+        LogLevel::Error => "error",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(format!(
+            "warn,worker_daemon={level},task_executor_shared={level}"
+        ))
+    });
+    let b = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => b.try_init(),
+        LogFormat::Json => b.json().flatten_event(true).try_init(),
+    };
+}
+
+/// `worker-daemon check`: prints what is fine, or fails with what is not.
+pub async fn check(cfg: &Config) -> anyhow::Result<()> {
+    let client = client::Client::new(
+        &cfg.server(),
+        &cfg.worker_id(),
+        Duration::from_secs(cfg.request_timeout_seconds),
+    )?;
+    for line in check::local(cfg).map_err(anyhow::Error::msg)? {
+        println!("ok: {line}");
+    }
+    println!(
+        "ok: {}",
+        check::server(cfg, &client)
+            .await
+            .map_err(anyhow::Error::msg)?
+    );
+    Ok(())
+}
+
+/// Runs the daemon until SIGTERM/SIGINT (then drains; a second signal stops runs at once).
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    if matches!(cfg.command, Some(Command::Check)) {
+        return check(&cfg).await;
+    }
+    for line in check::local(&cfg).map_err(anyhow::Error::msg)? {
+        tracing::info!("check ok: {line}");
+    }
+    let shutdown = daemon::Shutdown::default();
+    let grace = Duration::from_secs(cfg.shutdown_grace_seconds);
+    let d = daemon::Daemon::new(cfg, shutdown.clone())?;
+    let signals = tokio::spawn(handle_signals(shutdown, grace));
+    let r = d.run().await;
+    signals.abort();
+    r
+}
+
+async fn handle_signals(shutdown: daemon::Shutdown, grace: Duration) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot listen for signals");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!(
+        grace_seconds = grace.as_secs(),
+        "stopping: no new claims; running tasks get the grace period"
+    );
+    shutdown.draining.cancel();
+    tokio::select! {
+        _ = tokio::time::sleep(grace) => tracing::warn!("grace period over: stopping running tasks"),
+        _ = term.recv() => tracing::warn!("second signal: stopping running tasks now"),
+        _ = int.recv() => tracing::warn!("second signal: stopping running tasks now"),
+    }
+    shutdown.forced.cancel();
+}
