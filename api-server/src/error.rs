@@ -16,7 +16,9 @@ use poem_openapi::{
 };
 use task_executor_shared::api::ErrorBody;
 
-use crate::store::StoreError;
+use crate::{metrics::Metrics, store::StoreError};
+use poem::PathPattern;
+use tracing::Instrument;
 
 /// The largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -171,9 +173,15 @@ fn valid_request_id(v: &str) -> bool {
     !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic())
 }
 
-/// The outermost middleware: assigns the request id, bounds and checks the body, and turns every error into
-/// the specification's JSON body.
-pub async fn edge<E: Endpoint>(next: Arc<E>, mut req: Request) -> poem::Result<Response> {
+/// The outermost middleware: assigns the request id, opens the request's tracing span, bounds and checks the
+/// body, turns every error into the specification's JSON body, and records the HTTP metrics by route template.
+pub async fn edge<E: Endpoint>(
+    next: Arc<E>,
+    mut req: Request,
+    metrics: Arc<Metrics>,
+) -> poem::Result<Response> {
+    let started = std::time::Instant::now();
+    let method = req.method().to_string();
     let rid = req
         .headers()
         .get("x-request-id")
@@ -182,6 +190,9 @@ pub async fn edge<E: Endpoint>(next: Arc<E>, mut req: Request) -> poem::Result<R
         .map(str::to_owned)
         .unwrap_or_else(|| format!("req_{}", uuid::Uuid::new_v4().simple()));
     let header_value = HeaderValue::from_str(&rid).expect("request ids are visible ASCII");
+    let span = tracing::info_span!("request", request_id = %rid, method = %method, path = %req.uri().path());
+    let mut route: Option<String> = None;
+    let route_slot = &mut route;
     let mut resp = REQUEST_ID
         .scope(rid, async move {
             let bytes = match req.take_body().into_bytes_limit(MAX_BODY_BYTES).await {
@@ -210,6 +221,7 @@ pub async fn edge<E: Endpoint>(next: Arc<E>, mut req: Request) -> poem::Result<R
             match next.call(req).await {
                 Ok(resp) => {
                     let resp = resp.into_response();
+                    *route_slot = resp.data::<PathPattern>().map(|p| p.0.to_string());
                     if resp.status().is_client_error() || resp.status().is_server_error() {
                         if is_json(&resp) {
                             return resp;
@@ -220,6 +232,7 @@ pub async fn edge<E: Endpoint>(next: Arc<E>, mut req: Request) -> poem::Result<R
                     resp
                 }
                 Err(err) => {
+                    *route_slot = err.data::<PathPattern>().map(|p| p.0.to_string());
                     let (status, kind, detail) = classify(&err);
                     let resp = err.into_response();
                     if is_json(&resp) && resp.status() == status {
@@ -235,7 +248,16 @@ pub async fn edge<E: Endpoint>(next: Arc<E>, mut req: Request) -> poem::Result<R
                 }
             }
         })
+        .instrument(span)
         .await;
     resp.headers_mut().insert("x-request-id", header_value);
+    metrics.http_request(
+        route
+            .filter(|r| !r.is_empty())
+            .unwrap_or_else(|| "unmatched".to_owned()),
+        method,
+        resp.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
     Ok(resp)
 }

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod params;
 pub mod routes;
 pub mod startup;

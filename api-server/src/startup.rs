@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::Config,
     error,
+    metrics::Metrics,
     routes::{
         health::HealthApi, internal::InternalWorkersApi, tasks::TasksApi, workers::WorkersApi,
     },
@@ -33,6 +34,7 @@ pub struct AppState {
     pub queue_changed: Arc<Notify>,
     pub lease: LeasePolicy,
     pub supervisor: Arc<Supervisor>,
+    pub metrics: Arc<Metrics>,
 }
 
 pub struct Application {
@@ -76,6 +78,7 @@ impl Application {
             .and_then(|a| a.as_socket_addr().map(|s| s.port()))
             .context("the listener has no TCP address")?;
         let queue_changed = Arc::new(Notify::new());
+        let metrics = Arc::new(Metrics::new());
         let lease = LeasePolicy {
             heartbeat_timeout: config.heartbeat_timeout(),
             claim_grace: chrono::Duration::seconds(config.claim_grace_seconds as i64),
@@ -90,6 +93,7 @@ impl Application {
                 prefix: config.internal_worker_prefix.clone(),
                 clusters: config.internal_kind_clusters.clone(),
                 heartbeat_interval: reaper_interval(lease.heartbeat_timeout),
+                metrics: metrics.clone(),
             },
             config.num_internal_workers as usize,
         ));
@@ -98,6 +102,7 @@ impl Application {
             queue_changed,
             lease,
             supervisor,
+            metrics,
             config: Arc::new(config),
         };
         Ok(Application {
@@ -125,11 +130,12 @@ impl Application {
         let api = api_service(&self.state);
         let ui = api.swagger_ui();
         let spec = api.spec_endpoint();
+        let metrics = self.state.metrics.clone();
         let app = Route::new()
             .nest("/docs", ui)
             .at("/openapi.json", spec)
             .nest("/", api)
-            .around(error::edge);
+            .around(move |ep, req| error::edge(ep, req, metrics.clone()));
         tracing::info!(port = self.port, database = %store::redact(&self.state.config.database_url), "listening");
         let reaper = tokio::spawn(reaper_loop(self.state.clone(), stop.clone()));
         if self.state.config.auto_start_workers && self.state.config.num_internal_workers > 0 {
@@ -183,6 +189,10 @@ async fn reaper_loop(state: AppState, stop: CancellationToken) {
         }
         match store::queue::reap(&state.db, &state.lease, started.elapsed() >= grace).await {
             Ok(r) => {
+                state.metrics.released(&r.released, "lease_expired");
+                for t in &r.timed_out {
+                    state.metrics.task_finished(t);
+                }
                 if !r.released.is_empty() {
                     state.queue_changed.notify_waiters();
                 }

@@ -50,6 +50,7 @@ pub struct WorkerEnv {
     pub prefix: String,
     pub clusters: Vec<String>,
     pub heartbeat_interval: Duration,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 #[derive(Default)]
@@ -344,7 +345,10 @@ async fn worker_main(
         tokio::pin!(notified);
         notified.as_mut().enable();
         match queue::claim(&env.db, &id, &env.lease).await {
-            Ok(Some(t)) => run_task(&env, &id, &cluster, t, &interrupt, &live).await,
+            Ok(Some(t)) => {
+                env.metrics.task_claimed(&t);
+                run_task(&env, &id, &cluster, t, &interrupt, &live).await
+            }
             Ok(None) => {
                 tokio::select! {
                     _ = graceful.cancelled() => {}
@@ -399,6 +403,7 @@ async fn heartbeat_loop(
         };
         match queue::heartbeat(&env.db, &id, &req, &env.lease).await {
             Ok(out) => {
+                env.metrics.released(&out.released, "claim_lost");
                 if let Some((task_id, cancel)) = current
                     && out.cancel_task_ids.contains(&task_id)
                 {
@@ -485,6 +490,7 @@ async fn run_task(
             match r {
                 Ok(_) => {
                     tracing::info!("run interrupted: task given back to the queue");
+                    env.metrics.tasks_requeued(1, "worker_stopping");
                     env.queue_changed.notify_waiters();
                 }
                 Err(e) => tracing::warn!(error = %e, "could not give the task back"),
@@ -498,7 +504,10 @@ async fn run_task(
         })
         .await;
         match r {
-            Ok(done) => tracing::info!(status = %done.status, "task finished"),
+            Ok(done) => {
+                tracing::info!(status = %done.status, "task finished");
+                env.metrics.task_finished(&done);
+            }
             Err(StoreError::Conflict { kind, detail }) => {
                 tracing::info!(kind, "outcome not recorded: {detail}")
             }

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod ids;
+pub mod metrics;
 pub mod runner;
 pub mod status;
 pub mod validate;

@@ -193,9 +193,11 @@ pub fn backoff(n: u32) -> Duration {
 }
 
 /// Retries `op` while it fails in a retryable way, until `give_up` fires. Returns the last error otherwise.
+/// Each retry is counted in `retries`.
 pub async fn retry<T, F, Fut>(
     what: &str,
     give_up: &CancellationToken,
+    retries: &opentelemetry::metrics::Counter<u64>,
     mut op: F,
 ) -> Result<T, ClientError>
 where
@@ -206,6 +208,7 @@ where
     loop {
         match op().await {
             Err(e) if e.retryable() && !give_up.is_cancelled() => {
+                retries.add(1, &[]);
                 if n == 0 || n % 10 == 0 {
                     tracing::warn!(error = %e, attempt = n + 1, "{what} failed; retrying");
                 }

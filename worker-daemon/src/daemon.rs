@@ -22,6 +22,7 @@ use uuid::Uuid;
 use crate::{
     client::{Client, ClientError, backoff, retry},
     config::Config,
+    metrics::DaemonMetrics,
 };
 
 const LOG_BATCH: usize = 200;
@@ -49,10 +50,15 @@ pub struct Daemon {
     shutdown: Shutdown,
     /// Fires `FORCED_DELIVERY_WINDOW` after a forced stop: delivery gives up then.
     give_up: CancellationToken,
+    metrics: Arc<DaemonMetrics>,
 }
 
 impl Daemon {
-    pub fn new(cfg: Config, shutdown: Shutdown) -> anyhow::Result<Arc<Self>> {
+    pub fn new(
+        cfg: Config,
+        shutdown: Shutdown,
+        metrics: Arc<DaemonMetrics>,
+    ) -> anyhow::Result<Arc<Self>> {
         let worker_id = cfg.worker_id();
         WorkerId::parse(worker_id.clone())
             .map_err(|e| anyhow::anyhow!("invalid worker id `{worker_id}`: {e}"))?;
@@ -68,6 +74,7 @@ impl Daemon {
             held: Mutex::new(HashMap::new()),
             shutdown,
             give_up: CancellationToken::new(),
+            metrics,
         }))
     }
 
@@ -91,9 +98,12 @@ impl Daemon {
 
     async fn register(&self) -> Result<(), ClientError> {
         let req = self.registration();
-        retry("registration", &self.shutdown.draining, || {
-            self.client.register(&req)
-        })
+        retry(
+            "registration",
+            &self.shutdown.draining,
+            &self.metrics.report_retries,
+            || self.client.register(&req),
+        )
         .await
     }
 
@@ -249,7 +259,9 @@ impl Daemon {
         tracing::info!(problem_id = %task.problem_id, "running task");
 
         let (tx, rx) = mpsc::unbounded_channel();
+        self.metrics.running.add(1, &[]);
         let shipper = tokio::spawn(ship_logs(
+            self.metrics.clone(),
             self.client.clone(),
             task.id,
             task.attempt,
@@ -266,21 +278,32 @@ impl Daemon {
         )
         .await;
         drop(tx);
+        self.metrics.running.add(-1, &[]);
         let _ = shipper.await;
+        self.metrics.backlog.add(1, &[]);
         self.deliver(&task, outcome).await;
+        self.metrics.backlog.add(-1, &[]);
         self.held.lock().expect("held lock").remove(&task.id);
     }
 
     /// Reports the outcome until the server has it (or refuses it for good).
     async fn deliver(&self, task: &Task, outcome: RunOutcome) {
         let (id, attempt) = (task.id, task.attempt);
+        let retries = &self.metrics.report_retries;
+        self.metrics.run_ended(match &outcome {
+            RunOutcome::Completed { .. } => "completed",
+            RunOutcome::Failed { .. } => "failed",
+            RunOutcome::TimedOut { .. } => "timeout",
+            RunOutcome::Cancelled => "cancelled",
+            RunOutcome::Interrupted => "released",
+        });
         let r = match outcome {
             RunOutcome::Completed { result } => {
                 let body = api::CompleteTaskRequest {
                     attempt,
                     result: result.into_iter().collect(),
                 };
-                retry("reporting completion", &self.give_up, || {
+                retry("reporting completion", &self.give_up, retries, || {
                     self.client.complete(id, &body)
                 })
                 .await
@@ -292,7 +315,7 @@ impl Daemon {
                     status: None,
                     result: result.map(|r| r.into_iter().collect()),
                 };
-                retry("reporting failure", &self.give_up, || {
+                retry("reporting failure", &self.give_up, retries, || {
                     self.client.fail(id, &body)
                 })
                 .await
@@ -304,7 +327,7 @@ impl Daemon {
                     status: Some(api::FailStatus::Timeout),
                     result: None,
                 };
-                retry("reporting the timeout", &self.give_up, || {
+                retry("reporting the timeout", &self.give_up, retries, || {
                     self.client.fail(id, &body)
                 })
                 .await
@@ -314,7 +337,7 @@ impl Daemon {
                 return;
             }
             RunOutcome::Interrupted => {
-                retry("releasing the task", &self.give_up, || {
+                retry("releasing the task", &self.give_up, retries, || {
                     self.client.release(id, attempt)
                 })
                 .await
@@ -335,6 +358,7 @@ impl Daemon {
 /// Sends a run's log entries in order, in batches, retrying until the server has each batch. A refusal (the
 /// task is no longer this worker's) stops the run.
 async fn ship_logs(
+    metrics: Arc<DaemonMetrics>,
     client: Client,
     task: Uuid,
     attempt: i32,
@@ -356,11 +380,16 @@ async fn ship_logs(
         if refused {
             continue;
         }
-        match retry("sending task logs", &give_up, || {
-            client.logs(task, attempt, &batch)
-        })
-        .await
-        {
+        metrics.backlog.add(1, &[]);
+        let sent = retry(
+            "sending task logs",
+            &give_up,
+            &metrics.report_retries,
+            || client.logs(task, attempt, &batch),
+        )
+        .await;
+        metrics.backlog.add(-1, &[]);
+        match sent {
             Ok(()) => {}
             Err(e @ ClientError::Status { .. }) => {
                 tracing::info!(task_id = %task, error = %e, "logs refused: stopping the run");

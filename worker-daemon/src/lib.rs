@@ -5,6 +5,7 @@ pub mod check;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod metrics;
 
 use std::time::Duration;
 
@@ -59,10 +60,21 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     let shutdown = daemon::Shutdown::default();
     let grace = Duration::from_secs(cfg.shutdown_grace_seconds);
-    let d = daemon::Daemon::new(cfg, shutdown.clone())?;
+    let metrics = std::sync::Arc::new(metrics::DaemonMetrics::new());
+    let metrics_stop = tokio_util::sync::CancellationToken::new();
+    if let Some(addr) = cfg.metrics_addr.clone() {
+        let (m, stop) = (metrics.clone(), metrics_stop.clone());
+        tokio::spawn(async move {
+            if let Err(e) = metrics::serve(addr, m, stop).await {
+                tracing::error!(error = %e, "the metrics endpoint failed");
+            }
+        });
+    }
+    let d = daemon::Daemon::new(cfg, shutdown.clone(), metrics)?;
     let signals = tokio::spawn(handle_signals(shutdown, grace));
     let r = d.run().await;
     signals.abort();
+    metrics_stop.cancel();
     r
 }
 

@@ -3,7 +3,10 @@
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use poem_openapi::{ApiResponse, Object, OpenApi, payload::Json};
+use poem_openapi::{
+    ApiResponse, Object, OpenApi,
+    payload::{Json, PlainText},
+};
 use task_executor_shared::{TaskStatus, WorkerStatus};
 
 use super::ApiTags;
@@ -128,6 +131,21 @@ impl HealthApi {
 
 #[OpenApi(tag = "ApiTags::Health")]
 impl HealthApi {
+    /// Prometheus metrics
+    ///
+    /// Tasks created, claimed, finished by status, requeued by reason; queue depth and the age of the oldest
+    /// pending task; claim wait and run duration; workers by status; HTTP requests by route template; the
+    /// database pool. Prometheus text format.
+    #[oai(path = "/metrics", method = "get", operation_id = "metrics")]
+    async fn metrics(&self) -> PlainText<String> {
+        PlainText(
+            self.state
+                .metrics
+                .render(&self.state.db, self.state.lease.heartbeat_timeout)
+                .await,
+        )
+    }
+
     /// Health check
     ///
     /// Database connectivity and latency, workers by status, tasks by status.

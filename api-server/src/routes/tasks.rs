@@ -82,6 +82,7 @@ impl TasksApi {
         Ok(match created {
             Created::New => {
                 tracing::info!(task_id = %task.id, problem_id = %task.problem_id, "task created");
+                self.state.metrics.task_created();
                 self.state.queue_changed.notify_waiters();
                 CreateResponse::Created(Json(task.into()))
             }
@@ -142,6 +143,7 @@ impl TasksApi {
     async fn cancel_task(&self, task_id: Path<Uuid>) -> Result<Json<CancelResponse>, ApiError> {
         let task = tasks::cancel(&self.state.db, task_id.0).await?;
         tracing::info!(task_id = %task.id, "task cancelled");
+        self.state.metrics.task_finished(&task);
         Ok(Json(CancelResponse {
             message: "Task cancelled successfully".to_owned(),
             task_id: task.id,

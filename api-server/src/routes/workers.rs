@@ -72,6 +72,9 @@ impl WorkersApi {
         body: Json<RegisterWorkerRequest>,
     ) -> Result<RegisterResponse, ApiError> {
         let r = workers::register(&self.state.db, &body.0, self.state.lease.max_attempts).await?;
+        self.state
+            .metrics
+            .released(&r.released, "worker_reregistered");
         if !r.released.is_empty() {
             self.state.queue_changed.notify_waiters();
         }
@@ -157,6 +160,7 @@ impl WorkersApi {
             &self.state.lease,
         )
         .await?;
+        self.state.metrics.released(&out.released, "claim_lost");
         if !out.released.is_empty() {
             self.state.queue_changed.notify_waiters();
         }
@@ -194,6 +198,7 @@ impl WorkersApi {
                 queue::claim(&self.state.db, worker_id.0.as_str(), &self.state.lease).await?
             {
                 tracing::info!(task_id = %t.id, worker_id = %worker_id.0, attempt = t.attempt, "task claimed");
+                self.state.metrics.task_claimed(&t);
                 return Ok(ClaimResponse::Claimed(Json(t.into())));
             }
             let now = Instant::now();
@@ -249,6 +254,7 @@ impl WorkersApi {
         )
         .await?;
         tracing::info!(task_id = %t.id, worker_id = %worker_id.0, "task completed");
+        self.state.metrics.task_finished(&t);
         Ok(Json(t.into()))
     }
 
@@ -285,6 +291,7 @@ impl WorkersApi {
         )
         .await?;
         tracing::info!(task_id = %t.id, worker_id = %worker_id.0, status = %status, "task failed");
+        self.state.metrics.task_finished(&t);
         Ok(Json(t.into()))
     }
 
@@ -310,6 +317,7 @@ impl WorkersApi {
             body.0.attempt,
         )
         .await?;
+        self.state.metrics.tasks_requeued(1, "worker_stopping");
         self.state.queue_changed.notify_waiters();
         tracing::info!(task_id = %t.id, worker_id = %worker_id.0, "task released by its worker");
         Ok(Json(t.into()))

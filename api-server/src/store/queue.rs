@@ -182,7 +182,7 @@ pub struct HeartbeatOutcome {
     /// Reported tasks the worker must stop: cancelled, timed out, or no longer its own.
     pub cancel_task_ids: Vec<Uuid>,
     /// Tasks the server thought the worker held but the heartbeat did not list: released.
-    pub released: Vec<Uuid>,
+    pub released: Vec<task::Model>,
 }
 
 /// Records a heartbeat: extends the lease of the reported tasks, tells which of them to stop, and releases
@@ -269,8 +269,8 @@ pub async fn heartbeat(
         let reason = format!(
             "worker {worker_id} no longer reports the task (its claim was lost on the way)"
         );
-        if release_lost(&txn, t, &reason, policy.max_attempts).await? {
-            released.push(t.id);
+        if let Some(changed) = release_lost(&txn, t, &reason, policy.max_attempts).await? {
+            released.push(changed);
         }
         txn.commit().await?;
     }
@@ -283,13 +283,13 @@ pub async fn heartbeat(
 
 /// Releases a running task whose worker is gone: back to `pending` while it has attempts left (the attempt
 /// number is kept, the next claim increments it), else `failed` with an error naming the worker. Conditional
-/// on the run being the same one, so concurrent reapers release it once. Returns whether it changed.
+/// on the run being the same one, so concurrent reapers release it once. Returns the task as changed, if it was.
 pub async fn release_lost(
     txn: &DatabaseTransaction,
     t: &task::Model,
     reason: &str,
     max_attempts: i32,
-) -> StoreResult<bool> {
+) -> StoreResult<Option<task::Model>> {
     let at = now();
     let worker = t.worker_id.clone().unwrap_or_default();
     let requeue = t.attempt < max_attempts;
@@ -326,10 +326,14 @@ pub async fn release_lost(
                 Expr::value(json!({"success": false, "error": error, "lost_worker_id": worker})),
             );
     }
-    let res = fenced(q, t.id, &worker, t.attempt).exec(txn).await?;
-    if res.rows_affected == 0 {
-        return Ok(false);
-    }
+    let Some(changed) = fenced(q, t.id, &worker, t.attempt)
+        .exec_with_returning(txn)
+        .await?
+        .into_iter()
+        .next()
+    else {
+        return Ok(None);
+    };
     let (level, message, event) = if requeue {
         (
             LogLevel::Warning,
@@ -356,7 +360,7 @@ pub async fn release_lost(
     )
     .await?;
     tracing::warn!(task_id = %t.id, worker_id = %worker, attempt = t.attempt, requeued = requeue, "{message}");
-    Ok(true)
+    Ok(Some(changed))
 }
 
 /// The fence of every write about one run of a task.
@@ -541,8 +545,9 @@ pub async fn finish(
 #[derive(Debug, Default)]
 pub struct ReapReport {
     pub workers_offline: Vec<String>,
-    pub released: Vec<Uuid>,
-    pub timed_out: Vec<Uuid>,
+    /// Tasks of lost workers, requeued (pending) or failed (out of attempts).
+    pub released: Vec<task::Model>,
+    pub timed_out: Vec<task::Model>,
 }
 
 /// One pass of recovery, safe to run in every replica at once (every change is conditional):
@@ -568,8 +573,8 @@ pub async fn reap(
                 .is_some_and(|s| s + Duration::seconds(timeout_seconds(&t)) < at)
             {
                 let txn = db.begin().await?;
-                if time_out(&txn, &t, at).await? {
-                    report.timed_out.push(t.id);
+                if let Some(changed) = time_out(&txn, &t, at).await? {
+                    report.timed_out.push(changed);
                 }
                 txn.commit().await?;
             }
@@ -599,16 +604,16 @@ pub async fn reap(
             .map(|s| s + Duration::seconds(timeout_seconds(&t)));
         if deadline.is_some_and(|d| d < at) {
             let txn = db.begin().await?;
-            if time_out(&txn, &t, at).await? {
-                report.timed_out.push(t.id);
+            if let Some(changed) = time_out(&txn, &t, at).await? {
+                report.timed_out.push(changed);
             }
             txn.commit().await?;
         } else if t.lease_expires_at.is_some_and(|l| l < at) {
             let txn = db.begin().await?;
             let worker = t.worker_id.clone().unwrap_or_default();
             let reason = format!("worker {worker} stopped sending heartbeats (lease expired)");
-            if release_lost(&txn, &t, &reason, policy.max_attempts).await? {
-                report.released.push(t.id);
+            if let Some(changed) = release_lost(&txn, &t, &reason, policy.max_attempts).await? {
+                report.released.push(changed);
             }
             txn.commit().await?;
         }
@@ -628,7 +633,7 @@ async fn time_out(
     txn: &DatabaseTransaction,
     t: &task::Model,
     at: DateTime<Utc>,
-) -> StoreResult<bool> {
+) -> StoreResult<Option<task::Model>> {
     let worker = t.worker_id.clone().unwrap_or_default();
     let secs = timeout_seconds(t);
     let error = format!(
@@ -650,10 +655,14 @@ async fn time_out(
             task::Column::Result,
             Expr::value(json!({"success": false, "error": error})),
         );
-    let res = fenced(q, t.id, &worker, t.attempt).exec(txn).await?;
-    if res.rows_affected == 0 {
-        return Ok(false);
-    }
+    let Some(changed) = fenced(q, t.id, &worker, t.attempt)
+        .exec_with_returning(txn)
+        .await?
+        .into_iter()
+        .next()
+    else {
+        return Ok(None);
+    };
     append_log(
         txn,
         t.id,
@@ -664,7 +673,7 @@ async fn time_out(
     )
     .await?;
     tracing::warn!(task_id = %t.id, worker_id = %worker, "task timed out");
-    Ok(true)
+    Ok(Some(changed))
 }
 
 /// Gives a run back to the queue without counting it: the worker is stopping (shutdown, stop of the internal

@@ -89,7 +89,7 @@ pub struct Registered {
     /// False when the id was already known (a restarted worker coming back).
     pub created: bool,
     /// Tasks the worker still held, put back in the queue (or failed, out of attempts).
-    pub released: Vec<uuid::Uuid>,
+    pub released: Vec<task::Model>,
 }
 
 /// Registers a worker, or re-registers a known one: its capabilities are replaced, it is online again, and
@@ -129,8 +129,10 @@ pub async fn register(
             .await?;
         for t in held {
             let reason = format!("worker {id} registered again (restarted) while holding the task");
-            if super::queue::release_lost(&txn, &t, &reason, max_attempts).await? {
-                released.push(t.id);
+            if let Some(changed) =
+                super::queue::release_lost(&txn, &t, &reason, max_attempts).await?
+            {
+                released.push(changed);
             }
         }
     }

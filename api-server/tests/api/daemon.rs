@@ -358,6 +358,40 @@ async fn sigterm_drains_then_releases(backend: Backend) {
     assert_eq!(h["queue"]["running"], 0, "nothing left running: {h}");
 }
 
+async fn the_daemon_serves_its_metrics(backend: Backend) {
+    let (db, _dir) = TestApp::fresh_database(backend).await;
+    let server = Server::start(&db, &[]).await;
+    let port = free_port();
+    let _d = daemon(
+        &server,
+        "measured",
+        &[("METRICS_ADDR", &format!("127.0.0.1:{port}"))],
+    );
+    let t = server
+        .create(json!({"problem_id": "m", "parameters": sim(2, 20)}))
+        .await;
+    server
+        .until("completed", || async {
+            (server.task(&t).await["status"] == "completed").then_some(())
+        })
+        .await;
+    let text = server
+        .until("the daemon's metrics show the run", || async {
+            let r = server
+                .client
+                .get(format!("http://127.0.0.1:{port}/metrics"))
+                .send()
+                .await
+                .ok()?;
+            let text = r.text().await.ok()?;
+            text.contains(r#"worker_daemon_task_runs_total{outcome="completed"} 1"#)
+                .then_some(text)
+        })
+        .await;
+    assert!(text.contains("worker_daemon_report_backlog 0"), "{text}");
+    assert!(text.contains("worker_daemon_running_tasks 0"), "{text}");
+}
+
 async fn check_reports_problems_clearly(backend: Backend) {
     let (db, _dir) = TestApp::fresh_database(backend).await;
     let server = Server::start(&db, &[]).await;
@@ -420,4 +454,5 @@ crate::both_backends!(
     a_server_restart_loses_nothing,
     sigterm_drains_then_releases,
     check_reports_problems_clearly,
+    the_daemon_serves_its_metrics,
 );

@@ -6,5 +6,6 @@ mod daemon;
 mod errors;
 mod health;
 mod internal;
+mod metrics;
 mod tasks;
 mod workers;
