@@ -146,11 +146,14 @@ impl Application {
         }
         let stop_signal = stop.clone();
         let supervisor = self.state.supervisor.clone();
+        // Under systemd (Type=notify): ready once listening with migrations applied. A no-op elsewhere.
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
         let result = Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(
                 app,
                 async move {
                     shutdown.await;
+                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
                     // Like POST /workers/internal/stop: running tasks go back to the queue, none is left
                     // `running` behind this process.
                     supervisor.stop(false).await;

@@ -116,6 +116,8 @@ impl Daemon {
             anyhow::bail!("cannot register with {}: {e}", self.cfg.server());
         }
         tracing::info!(worker_id = %self.worker_id, server = %self.cfg.server(), slots = self.cfg.max_parallel_tasks, "registered");
+        // Under systemd (Type=notify): ready once registered. A no-op elsewhere.
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
         let beat_stop = CancellationToken::new();
         let beat = tokio::spawn(self.clone().heartbeat_loop(beat_stop.clone()));
         let forced = self.shutdown.forced.clone();

@@ -95,6 +95,7 @@ async fn handle_signals(shutdown: daemon::Shutdown, grace: Duration) {
         grace_seconds = grace.as_secs(),
         "stopping: no new claims; running tasks get the grace period"
     );
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     shutdown.draining.cancel();
     tokio::select! {
         _ = tokio::time::sleep(grace) => tracing::warn!("grace period over: stopping running tasks"),

@@ -456,3 +456,33 @@ crate::both_backends!(
     check_reports_problems_clearly,
     the_daemon_serves_its_metrics,
 );
+
+/// Both binaries tell systemd (Type=notify) when they are ready: the server once it listens, the daemon once
+/// registered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_is_reported_to_systemd() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let recv = |sock: &std::os::unix::net::UnixDatagram| {
+        let mut buf = [0u8; 512];
+        let n = sock.recv(&mut buf).expect("a notification within 30 s");
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    };
+    let db = format!("sqlite://{}?mode=rwc", dir.path().join("n.db").display());
+    let notify = sock_path.display().to_string();
+    let server = Server::start(&db, &[("NOTIFY_SOCKET", notify.as_str())]).await;
+    assert!(
+        recv(&sock).contains("READY=1"),
+        "the server reports READY=1"
+    );
+    let _d = daemon(&server, "notifier", &[("NOTIFY_SOCKET", notify.as_str())]);
+    assert!(
+        recv(&sock).contains("READY=1"),
+        "the daemon reports READY=1 once registered"
+    );
+    let w = server.get("/api/v1/workers/notifier").await;
+    assert_eq!(w["id"], "notifier", "registered before it said ready");
+}
