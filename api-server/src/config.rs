@@ -1,6 +1,7 @@
 //! The server's settings: every one a flag with an environment variable, documented in `--help`.
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
+pub use task_executor_shared::telemetry::{LogFormat, LogLevelArg};
 
 /// The default database: a SQLite file in the working directory, so that one command starts a working
 /// service on a fresh machine.
@@ -89,21 +90,6 @@ fn parse_prefix(s: &str) -> Result<String, String> {
     } else {
         Err("1-100 letters, digits, '-' or '_'".to_owned())
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogLevelArg {
-    Debug,
-    Info,
-    #[value(alias = "warn")]
-    Warning,
-    Error,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 impl Config {

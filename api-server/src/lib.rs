@@ -10,7 +10,6 @@ pub mod routes;
 pub mod startup;
 pub mod store;
 pub mod supervisor;
-pub mod telemetry;
 
 pub use config::Config;
 pub use startup::Application;

@@ -5,7 +5,11 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let config = api_server::Config::parse();
-    api_server::telemetry::init(config.log_level, config.log_format);
+    task_executor_shared::telemetry::init_logging(
+        config.log_level,
+        config.log_format,
+        &["api_server"],
+    );
     match api_server::run(config).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -35,10 +35,6 @@ use crate::store::{
 const POLL_TICK: Duration = Duration::from_millis(500);
 /// How long an outcome report is retried while the database does not answer.
 const REPORT_RETRY_FOR: Duration = Duration::from_secs(120);
-/// Log entries per batch.
-const LOG_BATCH: usize = 200;
-/// How long a batch waits for more entries before it is written.
-const LOG_LINGER: Duration = Duration::from_millis(200);
 
 /// What the supervisor needs from the server.
 #[derive(Clone)]
@@ -530,16 +526,7 @@ async fn ship_logs(
     cancel: CancellationToken,
 ) {
     let mut refused = false;
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        let linger = tokio::time::sleep(LOG_LINGER);
-        tokio::pin!(linger);
-        while batch.len() < LOG_BATCH {
-            tokio::select! {
-                e = rx.recv() => match e { Some(e) => batch.push(e), None => break },
-                _ = &mut linger => break,
-            }
-        }
+    while let Some(batch) = runner::next_log_batch(&mut rx).await {
         if refused {
             continue;
         }

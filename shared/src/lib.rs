@@ -8,6 +8,7 @@ pub mod ids;
 pub mod metrics;
 pub mod runner;
 pub mod status;
+pub mod telemetry;
 pub mod validate;
 
 pub use ids::{ProblemId, WorkerId};

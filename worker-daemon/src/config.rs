@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use task_executor_shared::runner::RunnerArgs;
+pub use task_executor_shared::telemetry::{LogFormat, LogLevelArg};
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -71,7 +72,7 @@ pub struct Config {
 
     /// Log level: debug, info, warning or error.
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
-    pub log_level: LogLevel,
+    pub log_level: LogLevelArg,
 
     /// Log format: text or json.
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
@@ -85,21 +86,6 @@ pub enum Command {
     /// Check the configuration and what it depends on (API server reachable, runner present, kind clusters
     /// existing for the aiopslab runner); exit non-zero with a message when something is missing.
     Check,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogLevel {
-    Debug,
-    Info,
-    #[value(alias = "warn")]
-    Warning,
-    Error,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 impl Config {

@@ -25,8 +25,6 @@ use crate::{
     metrics::DaemonMetrics,
 };
 
-const LOG_BATCH: usize = 200;
-const LOG_LINGER: Duration = Duration::from_millis(300);
 /// After a forced stop, how long undelivered reports are still tried.
 const FORCED_DELIVERY_WINDOW: Duration = Duration::from_secs(30);
 
@@ -369,16 +367,7 @@ async fn ship_logs(
     give_up: CancellationToken,
 ) {
     let mut refused = false;
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        let linger = tokio::time::sleep(LOG_LINGER);
-        tokio::pin!(linger);
-        while batch.len() < LOG_BATCH {
-            tokio::select! {
-                e = rx.recv() => match e { Some(e) => batch.push(e), None => break },
-                _ = &mut linger => break,
-            }
-        }
+    while let Some(batch) = runner::next_log_batch(&mut rx).await {
         if refused {
             continue;
         }

@@ -9,27 +9,7 @@ pub mod metrics;
 
 use std::time::Duration;
 
-use config::{Command, Config, LogFormat, LogLevel};
-use tracing_subscriber::{EnvFilter, fmt};
-
-pub fn init_logging(level: LogLevel, format: LogFormat) {
-    let level = match level {
-        LogLevel::Debug => "debug",
-        LogLevel::Info => "info",
-        LogLevel::Warning => "warn",
-        LogLevel::Error => "error",
-    };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new(format!(
-            "warn,worker_daemon={level},task_executor_shared={level}"
-        ))
-    });
-    let b = fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => b.try_init(),
-        LogFormat::Json => b.json().flatten_event(true).try_init(),
-    };
-}
+use config::{Command, Config};
 
 /// `worker-daemon check`: prints what is fine, or fails with what is not.
 pub async fn check(cfg: &Config) -> anyhow::Result<()> {

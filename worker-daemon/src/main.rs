@@ -5,7 +5,11 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cfg = worker_daemon::config::Config::parse();
-    worker_daemon::init_logging(cfg.log_level, cfg.log_format);
+    task_executor_shared::telemetry::init_logging(
+        cfg.log_level,
+        cfg.log_format,
+        &["worker_daemon"],
+    );
     match worker_daemon::run(cfg).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

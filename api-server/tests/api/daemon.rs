@@ -11,7 +11,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
-use crate::helpers::{Backend, TestApp};
+use crate::helpers::{Backend, TestApp, wait_for};
 
 fn daemon_bin() -> PathBuf {
     let p = PathBuf::from(env!("CARGO_BIN_EXE_api-server")).with_file_name("worker-daemon");
@@ -129,23 +129,13 @@ impl Server {
             .await
     }
 
-    /// Polls until `check` holds, for up to 60 s.
-    async fn until<T, F, Fut>(&self, what: &str, mut check: F) -> T
+    /// Polls until `check` holds, for up to 60 s (processes start slower than in-process servers).
+    async fn until<T, F, Fut>(&self, what: &str, check: F) -> T
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Option<T>>,
     {
-        let start = std::time::Instant::now();
-        loop {
-            if let Some(v) = check().await {
-                return v;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "timed out waiting for: {what}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_for(what, Duration::from_secs(60), check).await
     }
 }
 

@@ -377,21 +377,27 @@ impl TestApp {
 
     /// Polls `check` until it returns `Some`, for up to 20 s (time-based behaviour is configured short; this
     /// bound only stops a broken test from hanging).
-    pub async fn eventually<T, F, Fut>(&self, what: &str, mut check: F) -> T
+    pub async fn eventually<T, F, Fut>(&self, what: &str, check: F) -> T
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Option<T>>,
     {
-        let start = std::time::Instant::now();
-        loop {
-            if let Some(v) = check().await {
-                return v;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "timed out waiting for: {what}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        wait_for(what, Duration::from_secs(20), check).await
+    }
+}
+
+/// Polls `check` every 100 ms until it returns `Some`; fails the test after `limit`.
+pub async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
         }
+        assert!(start.elapsed() < limit, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

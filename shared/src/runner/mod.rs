@@ -214,5 +214,30 @@ pub async fn execute(
     }
 }
 
+/// Log entries in one batch at most.
+pub const LOG_BATCH: usize = 200;
+/// How long a batch waits for more entries before it is sent.
+pub const LOG_LINGER: Duration = Duration::from_millis(250);
+
+/// The next batch of a run's log entries: waits for one, then takes what follows within [`LOG_LINGER`], up
+/// to [`LOG_BATCH`]. `None` once the run is over and every entry was taken.
+pub async fn next_log_batch(
+    rx: &mut mpsc::UnboundedReceiver<NewLogEntry>,
+) -> Option<Vec<NewLogEntry>> {
+    let mut batch = vec![rx.recv().await?];
+    let linger = tokio::time::sleep(LOG_LINGER);
+    tokio::pin!(linger);
+    while batch.len() < LOG_BATCH {
+        tokio::select! {
+            e = rx.recv() => match e {
+                Some(e) => batch.push(e),
+                None => break,
+            },
+            _ = &mut linger => break,
+        }
+    }
+    Some(batch)
+}
+
 /// The longest log message kept from a runner line (the server refuses longer ones).
 pub(crate) const MAX_MESSAGE_CHARS: usize = 16_000;

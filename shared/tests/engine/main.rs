@@ -232,7 +232,7 @@ async fn exec_past_timeout_is_stopped() {
     let r = run_with(
         &args(RunnerKind::Exec),
         &s,
-        Duration::from_millis(800),
+        Duration::from_secs(5),
         RunControl::default(),
     )
     .await;
