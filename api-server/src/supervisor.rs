@@ -8,7 +8,6 @@ use std::{
     time::Duration,
 };
 
-use chrono::Utc;
 use sea_orm::DatabaseConnection;
 use serde_json::json;
 use task_executor_shared::{
@@ -429,12 +428,7 @@ async fn run_task(
         cluster: cluster.to_owned(),
         parameters: t.parameters.clone(),
     };
-    let started = t.started_at.unwrap_or_else(Utc::now);
-    let remaining = (started
-        + chrono::Duration::from_std(spec.timeout()).unwrap_or(chrono::Duration::MAX)
-        - Utc::now())
-    .to_std()
-    .unwrap_or(Duration::ZERO);
+    let deadline = spec.deadline(t.started_at);
     let control = RunControl {
         cancel: CancellationToken::new(),
         interrupt: interrupt.child_token(),
@@ -451,14 +445,7 @@ async fn run_task(
         rx,
         control.cancel.clone(),
     ));
-    let outcome = runner::execute(
-        &env.runner,
-        &spec,
-        Instant::now() + remaining,
-        &control,
-        &tx,
-    )
-    .await;
+    let outcome = runner::execute(&env.runner, &spec, deadline, &control, &tx).await;
     drop(tx);
     let _ = shipper.await;
 

@@ -7,7 +7,6 @@ use std::{
     time::Duration,
 };
 
-use chrono::Utc;
 use reqwest::StatusCode;
 use serde_json::json;
 use task_executor_shared::{
@@ -15,7 +14,7 @@ use task_executor_shared::{
     api::{self, HeartbeatRequest, NewLogEntry, RegisterWorkerRequest, Task, WorkerCapabilities},
     runner::{self, RunControl, RunOutcome, TaskSpec},
 };
-use tokio::{sync::mpsc, time::Instant};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -238,14 +237,7 @@ impl Daemon {
             cluster: cluster.to_owned(),
             parameters: serde_json::Value::Object(task.parameters.clone().into_iter().collect()),
         };
-        // The timeout counts from the server's start of the run, never beyond it.
-        let timeout = spec.timeout();
-        let started = task.started_at.unwrap_or_else(Utc::now);
-        let left = (started + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX)
-            - Utc::now())
-        .to_std()
-        .unwrap_or(Duration::ZERO)
-        .min(timeout);
+        let deadline = spec.deadline(task.started_at);
         let control = RunControl {
             cancel: CancellationToken::new(),
             interrupt: self.shutdown.forced.child_token(),
@@ -269,14 +261,7 @@ impl Daemon {
             control.cancel.clone(),
             self.give_up.clone(),
         ));
-        let outcome = runner::execute(
-            &self.cfg.runner,
-            &spec,
-            Instant::now() + left,
-            &control,
-            &tx,
-        )
-        .await;
+        let outcome = runner::execute(&self.cfg.runner, &spec, deadline, &control, &tx).await;
         drop(tx);
         self.metrics.running.add(-1, &[]);
         let _ = shipper.await;

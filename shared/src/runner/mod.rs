@@ -148,6 +148,17 @@ impl TaskSpec {
                 .unwrap_or(1800),
         )
     }
+
+    /// When the run must end: the task's timeout counted from the server's start of the run (`started_at`),
+    /// never later than the full timeout from now (clocks of two hosts may differ).
+    pub fn deadline(&self, started_at: Option<chrono::DateTime<chrono::Utc>>) -> Instant {
+        let timeout = self.timeout();
+        let now = chrono::Utc::now();
+        let end = started_at.unwrap_or(now)
+            + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX);
+        let left = (end - now).to_std().unwrap_or(Duration::ZERO).min(timeout);
+        Instant::now() + left
+    }
 }
 
 /// How a run ended.
@@ -241,3 +252,38 @@ pub async fn next_log_batch(
 
 /// The longest log message kept from a runner line (the server refuses longer ones).
 pub(crate) const MAX_MESSAGE_CHARS: usize = 16_000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(timeout: u64) -> TaskSpec {
+        TaskSpec {
+            task_id: Uuid::nil(),
+            problem_id: "p".to_owned(),
+            attempt: 1,
+            worker_id: "w".to_owned(),
+            cluster: "kind".to_owned(),
+            parameters: serde_json::json!({"timeout": timeout, "max_steps": 5}),
+        }
+    }
+
+    #[test]
+    fn deadline_counts_from_the_start_of_the_run_and_never_exceeds_the_timeout() {
+        let s = spec(60);
+        let now = Instant::now();
+        let started = chrono::Utc::now() - chrono::Duration::seconds(50);
+        let left = s.deadline(Some(started)) - now;
+        assert!(
+            left <= Duration::from_millis(10_050) && left > Duration::from_secs(8),
+            "{left:?}"
+        );
+        let ahead = chrono::Utc::now() + chrono::Duration::seconds(500);
+        assert!(
+            s.deadline(Some(ahead)) - now <= Duration::from_secs(60) + Duration::from_millis(50)
+        );
+        let long_ago = chrono::Utc::now() - chrono::Duration::seconds(500);
+        assert!(s.deadline(Some(long_ago)) <= Instant::now());
+        assert_eq!(s.max_steps(), 5);
+    }
+}
