@@ -266,10 +266,13 @@ pub async fn heartbeat(
             continue;
         }
         let txn = db.begin().await?;
-        let reason = format!(
-            "worker {worker_id} no longer reports the task (its claim was lost on the way)"
-        );
-        if let Some(changed) = release_lost(&txn, t, &reason, policy.max_attempts).await? {
+        // The worker never had the task (a claim answer that did not arrive, a long poll whose client went
+        // away): the run did not happen, so it does not count as an attempt.
+        let reason =
+            format!("worker {worker_id} never received it (the claim was lost on the way)");
+        if let Some(changed) =
+            uncounted_requeue(&txn, t.id, worker_id, t.attempt, &reason, "claim lost").await?
+        {
             released.push(changed);
         }
         txn.commit().await?;
@@ -685,8 +688,35 @@ pub async fn give_back(
     task_id: Uuid,
     attempt: i32,
 ) -> StoreResult<task::Model> {
-    let at = now();
     let txn = db.begin().await?;
+    let reason = format!("worker {worker_id} stopped it");
+    let Some(t) = uncounted_requeue(
+        &txn,
+        task_id,
+        worker_id,
+        attempt,
+        &reason,
+        "worker stopping",
+    )
+    .await?
+    else {
+        drop(txn);
+        return Err(refusal(db, task_id, worker_id, attempt).await);
+    };
+    txn.commit().await?;
+    Ok(t)
+}
+
+/// Puts a run back to `pending` with its attempt decremented (the run never happened, or was interrupted by
+/// the worker), fenced by worker and attempt. Returns the task as changed, if the run was still held.
+async fn uncounted_requeue(
+    txn: &DatabaseTransaction,
+    task_id: Uuid,
+    worker_id: &str,
+    attempt: i32,
+    reason: &str,
+    why: &str,
+) -> StoreResult<Option<task::Model>> {
     let q = task::Entity::update_many()
         .col_expr(
             task::Column::Status,
@@ -705,23 +735,25 @@ pub async fn give_back(
             task::Column::LeaseExpiresAt,
             Expr::value(Option::<DateTime<Utc>>::None),
         )
-        .col_expr(task::Column::UpdatedAt, Expr::value(at));
-    let updated = fenced(q, task_id, worker_id, attempt)
-        .exec_with_returning(&txn)
-        .await?;
-    let Some(t) = updated.into_iter().next() else {
-        drop(txn);
-        return Err(refusal(db, task_id, worker_id, attempt).await);
+        .col_expr(task::Column::UpdatedAt, Expr::value(now()));
+    let Some(t) = fenced(q, task_id, worker_id, attempt)
+        .exec_with_returning(txn)
+        .await?
+        .into_iter()
+        .next()
+    else {
+        return Ok(None);
     };
     append_log(
-        &txn,
+        txn,
         task_id,
         Some(attempt),
         LogLevel::Warning,
-        &format!("Task returned to the queue: worker {worker_id} stopped it (attempt {attempt} not counted)"),
-        Some(json!({"event": "requeued", "worker_id": worker_id, "attempt": attempt, "reason": "worker stopping"})),
+        &format!("Task returned to the queue: {reason} (attempt {attempt} not counted)"),
+        Some(
+            json!({"event": "requeued", "worker_id": worker_id, "attempt": attempt, "reason": why}),
+        ),
     )
     .await?;
-    txn.commit().await?;
-    Ok(t)
+    Ok(Some(t))
 }

@@ -637,11 +637,12 @@ async fn heartbeat_reconciles_tasks_the_worker_does_not_report(backend: Backend)
         .heartbeat("w", json!({"status": "idle", "current_task_id": null}))
         .await;
     assert_eq!(hb.status, StatusCode::OK);
+    let back = app.task(&t["id"]).await;
     assert_eq!(
-        app.task(&t["id"]).await["status"],
-        "pending",
+        back["status"], "pending",
         "a claim lost on the way is requeued"
     );
+    assert_eq!(back["attempt"], 0, "the worker never had it: not counted");
 
     // With the default grace, a heartbeat that left before the claim answer does not requeue the task.
     let app = TestApp::spawn(backend).await;
@@ -892,7 +893,32 @@ async fn release_gives_the_task_back_uncounted(backend: Backend) {
     );
 }
 
+/// A long poll whose client went away may still claim (the server cannot always tell): the worker's next
+/// heartbeat, which does not list the task, puts it back without counting an attempt.
+async fn a_claim_for_a_client_that_left_is_put_back(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |c| c.claim_grace_seconds = 0).await;
+    app.register("w", json!({})).await;
+    let impatient = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let gone = impatient
+        .post(app.url("/api/v1/workers/w/claim?wait_seconds=20"))
+        .send()
+        .await;
+    assert!(gone.is_err(), "the client gave up");
+    let t = app.create_task(json!({"problem_id": "p"})).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    app.heartbeat("w", json!({"status": "idle"})).await;
+    let now = app.task(&t["id"]).await;
+    assert_eq!(now["status"], "pending", "{now}");
+    assert_eq!(now["attempt"], 0);
+    assert_eq!(app.claim_one("w").await["attempt"], 1);
+}
+
 crate::both_backends!(
+    a_claim_for_a_client_that_left_is_put_back,
     release_gives_the_task_back_uncounted,
     register_list_and_get,
     a_task_from_claim_to_complete,
