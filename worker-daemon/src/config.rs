@@ -19,6 +19,7 @@ pub struct Config {
 
     /// Base URL of the API server.
     #[arg(
+        global = true,
         long,
         env = "TASK_EXECUTOR_URL",
         default_value = "http://127.0.0.1:8000"
@@ -27,55 +28,60 @@ pub struct Config {
 
     /// This worker's id (1-128 of letters, digits, '.', '_', '-'). Default: derived from the host name, so
     /// it is stable across restarts.
-    #[arg(long, env = "WORKER_ID")]
+    #[arg(global = true, long, env = "WORKER_ID")]
     pub worker_id: Option<String>,
 
     /// The backend this worker runs tasks on.
-    #[arg(long, env = "BACKEND_TYPE", default_value = "kind")]
+    #[arg(global = true, long, env = "BACKEND_TYPE", default_value = "kind")]
     pub backend_type: String,
 
     /// Tasks run at once (1-256); each drives its own kind cluster.
-    #[arg(long, env = "MAX_PARALLEL_TASKS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    #[arg(global = true, long, env = "MAX_PARALLEL_TASKS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub max_parallel_tasks: u16,
 
     /// Problem ids this worker takes, as comma-separated globs (`*`, `?`); empty takes every problem.
-    #[arg(long, env = "SUPPORTED_PROBLEMS", value_delimiter = ',')]
+    #[arg(global = true, long, env = "SUPPORTED_PROBLEMS", value_delimiter = ',')]
     pub supported_problems: Vec<String>,
 
     /// The kind cluster each parallel slot drives, comma-separated, one per slot (AIOPSLAB_CLUSTER of its
     /// runs). Default: `kind` for one slot; with several, the `aiopslab` runner needs one name per slot.
-    #[arg(long, env = "KIND_CLUSTERS", value_delimiter = ',')]
+    #[arg(global = true, long, env = "KIND_CLUSTERS", value_delimiter = ',')]
     pub kind_clusters: Vec<String>,
 
     #[command(flatten)]
     pub runner: RunnerArgs,
 
     /// Seconds between heartbeats (keep well under the server's WORKER_HEARTBEAT_TIMEOUT_SECONDS).
-    #[arg(long = "heartbeat-interval", env = "HEARTBEAT_INTERVAL_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    #[arg(global = true, long = "heartbeat-interval", env = "HEARTBEAT_INTERVAL_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub heartbeat_interval_seconds: u64,
 
     /// Seconds a claim waits on the server for a task (long poll, 0-60).
-    #[arg(long, env = "CLAIM_WAIT_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=60))]
+    #[arg(global = true, long, env = "CLAIM_WAIT_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=60))]
     pub claim_wait_seconds: u64,
 
     /// Seconds running tasks get to finish after SIGTERM/SIGINT before they are stopped and released.
-    #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 300)]
+    #[arg(
+        global = true,
+        long,
+        env = "SHUTDOWN_GRACE_SECONDS",
+        default_value_t = 300
+    )]
     pub shutdown_grace_seconds: u64,
 
     /// Timeout of each HTTP request to the server, in seconds (a long poll gets its wait on top).
-    #[arg(long, env = "REQUEST_TIMEOUT_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=600))]
+    #[arg(global = true, long, env = "REQUEST_TIMEOUT_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=600))]
     pub request_timeout_seconds: u64,
 
     /// Address to serve this daemon's Prometheus metrics on (`GET /metrics`), e.g. `0.0.0.0:9101`. Off when unset.
-    #[arg(long, env = "METRICS_ADDR")]
+    #[arg(global = true, long, env = "METRICS_ADDR")]
     pub metrics_addr: Option<String>,
 
     /// Log level: debug, info, warning or error.
-    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    #[arg(global = true, long, env = "LOG_LEVEL", default_value = "info")]
     pub log_level: LogLevelArg,
 
     /// Log format: text or json.
-    #[arg(long, env = "LOG_FORMAT", default_value = "text")]
+    #[arg(global = true, long, env = "LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
 }
 

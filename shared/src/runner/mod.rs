@@ -38,20 +38,31 @@ pub enum RunnerKind {
 pub struct RunnerArgs {
     /// How tasks are executed: `aiopslab` (real runs through the Python bridge), `exec` (RUNNER_COMMAND, a
     /// program speaking the runner protocol) or `simulate` (a built-in simulation that runs nothing real).
-    #[arg(long = "runner", env = "TASK_RUNNER", default_value = "aiopslab")]
+    #[arg(
+        global = true,
+        long = "runner",
+        env = "TASK_RUNNER",
+        default_value = "aiopslab"
+    )]
     pub runner: RunnerKind,
 
     /// For `exec`: the program to run for each task, with arguments split on white space; the task is
     /// given in its environment (see the README's runner protocol).
-    #[arg(long, env = "RUNNER_COMMAND")]
+    #[arg(global = true, long, env = "RUNNER_COMMAND")]
     pub runner_command: Option<String>,
 
     /// For `aiopslab`: the Python interpreter that has AIOpsLab installed.
-    #[arg(long, env = "AIOPSLAB_PYTHON", default_value = "python3")]
+    #[arg(
+        global = true,
+        long,
+        env = "AIOPSLAB_PYTHON",
+        default_value = "python3"
+    )]
     pub aiopslab_python: String,
 
     /// For `aiopslab`: the bridge program shipped with the service.
     #[arg(
+        global = true,
         long,
         env = "AIOPSLAB_BRIDGE",
         default_value = "deploy/aiopslab_bridge.py"
@@ -59,7 +70,12 @@ pub struct RunnerArgs {
     pub aiopslab_bridge: PathBuf,
 
     /// Seconds between SIGTERM and SIGKILL when a runner is stopped (cancel, timeout, shutdown).
-    #[arg(long, env = "RUNNER_KILL_GRACE_SECONDS", default_value_t = 10)]
+    #[arg(
+        global = true,
+        long,
+        env = "RUNNER_KILL_GRACE_SECONDS",
+        default_value_t = 10
+    )]
     pub runner_kill_grace_seconds: u64,
 }
 

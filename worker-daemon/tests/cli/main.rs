@@ -83,4 +83,18 @@ fn check_fails_clearly_without_a_server_or_a_runner() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad/id"));
+
+    // Flags may also follow the subcommand, as operators tend to type them.
+    let out = daemon()
+        .args([
+            "check",
+            "--server-url",
+            "http://127.0.0.1:9",
+            "--runner",
+            "simulate",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not answer"));
 }
