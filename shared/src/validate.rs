@@ -47,30 +47,6 @@ pub fn problem_glob(s: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether `name` matches the glob `pattern` (`*` any run of characters, `?` exactly one).
-pub fn glob_matches(pattern: &str, name: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let n: Vec<char> = name.chars().collect();
-    let (mut pi, mut ni) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while ni < n.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
-            pi += 1;
-            ni += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some((pi, ni));
-            pi += 1;
-        } else if let Some((sp, sn)) = star {
-            pi = sp + 1;
-            ni = sn + 1;
-            star = Some((sp, sn + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,18 +74,9 @@ mod tests {
 
     #[test]
     fn globs() {
-        assert!(glob_matches("test-*", "test-problem-001"));
-        assert!(glob_matches("*", "anything"));
-        assert!(glob_matches("a?c", "abc"));
-        assert!(!glob_matches("a?c", "ac"));
-        assert!(glob_matches(
-            "*-detection-*",
-            "pod_kill_hotel_res-detection-1"
-        ));
-        assert!(!glob_matches("test-*", "benchmark-1"));
-        assert!(glob_matches("a*b*c", "aXXbYYc"));
-        assert!(!glob_matches("a*b*c", "aXXbYY"));
         assert!(problem_glob("test-*").is_ok());
+        assert!(problem_glob("*-detection-?").is_ok());
         assert!(problem_glob("te[st]").is_err());
+        assert!(problem_glob("").is_err());
     }
 }
