@@ -296,39 +296,19 @@ pub async fn release_lost(
     let at = now();
     let worker = t.worker_id.clone().unwrap_or_default();
     let requeue = t.attempt < max_attempts;
-    let mut q = task::Entity::update_many()
-        .col_expr(task::Column::UpdatedAt, Expr::value(at))
-        .col_expr(
-            task::Column::LeaseExpiresAt,
-            Expr::value(Option::<DateTime<Utc>>::None),
-        );
-    if requeue {
-        q = q
-            .col_expr(
-                task::Column::Status,
-                Expr::value(TaskStatus::Pending.as_str()),
-            )
-            .col_expr(task::Column::WorkerId, Expr::value(Option::<String>::None))
-            .col_expr(
-                task::Column::StartedAt,
-                Expr::value(Option::<DateTime<Utc>>::None),
-            );
+    let q = if requeue {
+        back_to_pending(at)
     } else {
         let error = format!(
             "{reason}; attempt {} of {max_attempts}, no attempts left",
             t.attempt
         );
-        q = q
-            .col_expr(
-                task::Column::Status,
-                Expr::value(TaskStatus::Failed.as_str()),
-            )
-            .col_expr(task::Column::CompletedAt, Expr::value(at))
-            .col_expr(
-                task::Column::Result,
-                Expr::value(json!({"success": false, "error": error, "lost_worker_id": worker})),
-            );
-    }
+        ended(
+            TaskStatus::Failed,
+            json!({"success": false, "error": error, "lost_worker_id": worker}),
+            at,
+        )
+    };
     let Some(changed) = fenced(q, t.id, &worker, t.attempt)
         .exec_with_returning(txn)
         .await?
@@ -364,6 +344,43 @@ pub async fn release_lost(
     .await?;
     tracing::warn!(task_id = %t.id, worker_id = %worker, attempt = t.attempt, requeued = requeue, "{message}");
     Ok(Some(changed))
+}
+
+/// A run that ended: its final status and result, completion time, no lease. (The holder is kept, so that
+/// its late reports are answered with why they are refused.)
+fn ended(
+    status: TaskStatus,
+    result: serde_json::Value,
+    at: DateTime<Utc>,
+) -> sea_orm::UpdateMany<task::Entity> {
+    task::Entity::update_many()
+        .col_expr(task::Column::Status, Expr::value(status.as_str()))
+        .col_expr(task::Column::Result, Expr::value(result))
+        .col_expr(task::Column::UpdatedAt, Expr::value(at))
+        .col_expr(task::Column::CompletedAt, Expr::value(at))
+        .col_expr(
+            task::Column::LeaseExpiresAt,
+            Expr::value(Option::<DateTime<Utc>>::None),
+        )
+}
+
+/// A run put back in the queue: pending, no holder, no start, no lease.
+fn back_to_pending(at: DateTime<Utc>) -> sea_orm::UpdateMany<task::Entity> {
+    task::Entity::update_many()
+        .col_expr(
+            task::Column::Status,
+            Expr::value(TaskStatus::Pending.as_str()),
+        )
+        .col_expr(task::Column::WorkerId, Expr::value(Option::<String>::None))
+        .col_expr(
+            task::Column::StartedAt,
+            Expr::value(Option::<DateTime<Utc>>::None),
+        )
+        .col_expr(
+            task::Column::LeaseExpiresAt,
+            Expr::value(Option::<DateTime<Utc>>::None),
+        )
+        .col_expr(task::Column::UpdatedAt, Expr::value(at))
 }
 
 /// The fence of every write about one run of a task.
@@ -505,15 +522,7 @@ pub async fn finish(
         }
     };
     let txn = db.begin().await?;
-    let q = task::Entity::update_many()
-        .col_expr(task::Column::Status, Expr::value(status.as_str()))
-        .col_expr(task::Column::Result, Expr::value(result))
-        .col_expr(task::Column::UpdatedAt, Expr::value(at))
-        .col_expr(task::Column::CompletedAt, Expr::value(at))
-        .col_expr(
-            task::Column::LeaseExpiresAt,
-            Expr::value(Option::<DateTime<Utc>>::None),
-        );
+    let q = ended(status, result, at);
     let updated = fenced(q, task_id, worker_id, attempt)
         .exec_with_returning(&txn)
         .await?;
@@ -643,21 +652,11 @@ async fn time_out(
         "the task exceeded its timeout of {secs} s (attempt {})",
         t.attempt
     );
-    let q = task::Entity::update_many()
-        .col_expr(
-            task::Column::Status,
-            Expr::value(TaskStatus::Timeout.as_str()),
-        )
-        .col_expr(task::Column::UpdatedAt, Expr::value(at))
-        .col_expr(task::Column::CompletedAt, Expr::value(at))
-        .col_expr(
-            task::Column::LeaseExpiresAt,
-            Expr::value(Option::<DateTime<Utc>>::None),
-        )
-        .col_expr(
-            task::Column::Result,
-            Expr::value(json!({"success": false, "error": error})),
-        );
+    let q = ended(
+        TaskStatus::Timeout,
+        json!({"success": false, "error": error}),
+        at,
+    );
     let Some(changed) = fenced(q, t.id, &worker, t.attempt)
         .exec_with_returning(txn)
         .await?
@@ -717,25 +716,10 @@ async fn uncounted_requeue(
     reason: &str,
     why: &str,
 ) -> StoreResult<Option<task::Model>> {
-    let q = task::Entity::update_many()
-        .col_expr(
-            task::Column::Status,
-            Expr::value(TaskStatus::Pending.as_str()),
-        )
-        .col_expr(
-            task::Column::Attempt,
-            Expr::col(task::Column::Attempt).sub(1),
-        )
-        .col_expr(task::Column::WorkerId, Expr::value(Option::<String>::None))
-        .col_expr(
-            task::Column::StartedAt,
-            Expr::value(Option::<DateTime<Utc>>::None),
-        )
-        .col_expr(
-            task::Column::LeaseExpiresAt,
-            Expr::value(Option::<DateTime<Utc>>::None),
-        )
-        .col_expr(task::Column::UpdatedAt, Expr::value(now()));
+    let q = back_to_pending(now()).col_expr(
+        task::Column::Attempt,
+        Expr::col(task::Column::Attempt).sub(1),
+    );
     let Some(t) = fenced(q, task_id, worker_id, attempt)
         .exec_with_returning(txn)
         .await?
