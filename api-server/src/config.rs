@@ -1,6 +1,7 @@
 //! The server's settings: every one a flag with an environment variable, documented in `--help`.
 
 use clap::Parser;
+use task_executor_shared::params;
 pub use task_executor_shared::telemetry::{LogFormat, LogLevelArg};
 
 /// The default database: a SQLite file in the working directory, so that one command starts a working
@@ -29,11 +30,11 @@ pub struct Config {
     pub bind_addr: String,
 
     /// Timeout of a task, in minutes, when its parameters give none (`parameters.timeout`, in seconds).
-    #[arg(long, env = "DEFAULT_TIMEOUT_MINUTES", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=10080))]
+    #[arg(long, env = "DEFAULT_TIMEOUT_MINUTES", default_value_t = params::DEFAULT_TIMEOUT_MINUTES, value_parser = clap::value_parser!(u32).range(1..=10080))]
     pub default_timeout_minutes: u32,
 
     /// Agent steps of a task when its parameters give none (`parameters.max_steps`).
-    #[arg(long, env = "DEFAULT_MAX_STEPS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    #[arg(long, env = "DEFAULT_MAX_STEPS", default_value_t = params::DEFAULT_MAX_STEPS, value_parser = clap::value_parser!(u32).range(1..=10000))]
     pub default_max_steps: u32,
 
     /// A worker whose last heartbeat is older than this is offline, and the tasks it held are requeued.
@@ -98,6 +99,14 @@ impl Config {
         let mut c = Config::parse_from(["api-server"]);
         c.database_url = url.to_owned();
         c
+    }
+
+    /// What fills in the parameters a new task leaves out.
+    pub fn param_defaults(&self) -> params::Defaults {
+        params::Defaults {
+            max_steps: self.default_max_steps,
+            timeout_minutes: self.default_timeout_minutes,
+        }
     }
 
     pub fn heartbeat_timeout(&self) -> chrono::Duration {

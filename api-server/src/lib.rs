@@ -1,13 +1,17 @@
-//! The API server of the AIOpsLab task executor: HTTP API, task queue on PostgreSQL or SQLite, and (with the
-//! later modules) the worker protocol and the internal worker supervisor. `main.rs` only parses the
-//! configuration and calls [`run`].
+//! The API server of the AIOpsLab task executor: HTTP API, task queue on PostgreSQL or SQLite, the server
+//! side of the worker protocol, and the supervisor of internal workers. `main.rs` only parses the
+//! configuration and calls [`run`]. The README's "Code map" says what each module is for.
 
 pub mod config;
+pub mod dispatch;
 pub mod error;
+pub mod idempotency;
 pub mod metrics;
-pub mod params;
+pub mod middleware;
+pub mod reaper;
 pub mod routes;
 pub mod startup;
+pub mod state;
 pub mod store;
 pub mod supervisor;
 

@@ -6,17 +6,13 @@ use opentelemetry::{
     KeyValue,
     metrics::{Counter, Gauge, Histogram},
 };
-use sea_orm::{
-    ColumnTrait, DatabaseBackend, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
-    QuerySelect,
-    sea_query::{Expr, ExprTrait},
-};
+use sea_orm::{DatabaseBackend, DatabaseConnection};
 use task_executor_shared::{
     TaskStatus, WorkerStatus,
     metrics::{HTTP_SECONDS, Prom, TASK_SECONDS},
 };
 
-use crate::store::{self, entity::task, workers};
+use crate::store::{self, entity::task, stats, workers};
 
 /// Seconds from `a` to `b`, never negative.
 fn seconds_between(a: chrono::DateTime<chrono::Utc>, b: chrono::DateTime<chrono::Utc>) -> f64 {
@@ -119,7 +115,7 @@ impl Metrics {
 
     /// A task reached a final status (from any path: report, reaper, cancel).
     pub fn task_finished(&self, t: &task::Model) {
-        let status = KeyValue::new("status", t.status.clone());
+        let status = KeyValue::new("status", t.status.as_str());
         self.tasks_finished.add(1, std::slice::from_ref(&status));
         if let (Some(s), Some(c)) = (t.started_at, t.completed_at) {
             let secs = seconds_between(s, c);
@@ -138,7 +134,7 @@ impl Metrics {
     /// Tasks released from a lost or restarted worker: requeued, or failed when out of attempts.
     pub fn released(&self, tasks: &[task::Model], reason: &'static str) {
         for t in tasks {
-            if t.status == TaskStatus::Pending.as_str() {
+            if t.status == TaskStatus::Pending {
                 self.tasks_requeued(1, reason);
             } else {
                 self.task_finished(t);
@@ -191,35 +187,22 @@ impl Metrics {
         db: &DatabaseConnection,
         heartbeat_timeout: chrono::Duration,
     ) -> store::StoreResult<()> {
-        // Only the live part of the queue is counted: both states are served by indexes and stay small,
-        // however many finished tasks the table keeps (finished ones are counted by tasks_finished_total).
-        for status in [TaskStatus::Pending, TaskStatus::Running] {
-            let n = task::Entity::find()
-                .filter(task::Column::Status.eq(status.as_str()))
-                .count(db)
-                .await?;
+        // Only the live part of the queue is counted (finished tasks are counted by tasks_finished_total).
+        let live = stats::live_queue(db).await?;
+        for (status, n) in [
+            (TaskStatus::Pending, live.pending),
+            (TaskStatus::Running, live.running),
+        ] {
             self.queue_tasks
                 .record(n as i64, &[KeyValue::new("status", status.as_str())]);
         }
-        let oldest: Option<Option<chrono::DateTime<chrono::Utc>>> = task::Entity::find()
-            .select_only()
-            .column_as(Expr::col(task::Column::CreatedAt).min(), "oldest")
-            .filter(task::Column::Status.eq(TaskStatus::Pending.as_str()))
-            .into_tuple()
-            .one(db)
-            .await?;
-        let age = oldest
-            .flatten()
+        let age = live
+            .oldest_pending
             .map(|t| seconds_between(t, store::now()))
             .unwrap_or(0.0);
         self.oldest_pending.record(age, &[]);
         let listed = workers::list_with_status(db, heartbeat_timeout).await?;
-        for s in [
-            WorkerStatus::Idle,
-            WorkerStatus::Busy,
-            WorkerStatus::Offline,
-            WorkerStatus::Stopping,
-        ] {
+        for s in WorkerStatus::all() {
             let n = listed.iter().filter(|(_, status, _)| *status == s).count() as i64;
             self.workers
                 .record(n, &[KeyValue::new("status", s.as_str())]);

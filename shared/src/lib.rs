@@ -1,15 +1,19 @@
-//! Types that cross the wire between the API server and the worker daemon: request and response bodies,
-//! task and worker states, and the checks on identifiers. Keeping them in one crate means the two binaries
-//! cannot drift apart; every type derives both poem-openapi (for the generated OpenAPI document) and serde
-//! (for the daemon's HTTP client).
+//! What the API server and the worker daemon share, so that the two binaries cannot drift apart: the types
+//! that cross the wire (request and response bodies, task and worker states, checked identifiers — each
+//! deriving both poem-openapi, for the generated OpenAPI document, and serde, for the daemon's HTTP client),
+//! a task's effective parameters, the execution engine (`runner`) and the worker loop (`worker`).
 
 pub mod api;
 pub mod ids;
 pub mod metrics;
+pub mod params;
 pub mod runner;
 pub mod status;
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod validate;
+pub mod worker;
 
 pub use ids::{ProblemId, WorkerId};
 pub use status::{LogLevel, TaskStatus, WorkerStatus};

@@ -1,57 +1,66 @@
-//! Task and worker states, and the one place that says which task transitions are allowed.
-
-use std::{fmt, str::FromStr};
+//! Task and worker states and log levels, and the one place that says which task transitions are allowed.
+//! Their names on the wire, in the database and in messages are the lowercase variant names (strum gives
+//! `as_str`, `FromStr`, `Display` and iteration; with the `sea-orm` feature, sea-orm maps them to columns).
 
 use poem_openapi::Enum;
 use serde::{Deserialize, Serialize};
+use strum::IntoEnumIterator;
 
-/// The life of a task: `pending` → `running` → one of the terminal states. A running task may go back to
-/// `pending` when its worker is lost (a requeue); a pending or running task may be cancelled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Enum, Serialize, Deserialize)]
-#[oai(rename_all = "lowercase")]
-#[serde(rename_all = "lowercase")]
-pub enum TaskStatus {
-    Pending,
-    Running,
-    Completed,
-    Failed,
-    Timeout,
-    Cancelled,
+/// Derives what every state enum of the service has: the OpenAPI enum, serde, strum's string conversions
+/// and iteration, and (for the API server) the sea-orm column mapping, all with lowercase names.
+macro_rules! state_enum {
+    ($(#[$doc:meta])* $vis:vis enum $name:ident { $($(#[$vdoc:meta])* $variant:ident),+ $(,)? } $(derive($($extra:path),*))?) => {
+        $(#[$doc])*
+        #[derive(
+            Debug, Clone, Copy, PartialEq, Eq, Hash, Enum, Serialize, Deserialize,
+            strum::EnumString, strum::IntoStaticStr, strum::Display, strum::EnumIter
+            $($(, $extra)*)?
+        )]
+        #[oai(rename_all = "lowercase")]
+        #[serde(rename_all = "lowercase")]
+        #[strum(serialize_all = "lowercase")]
+        #[cfg_attr(
+            feature = "sea-orm",
+            derive(sea_orm::DeriveActiveEnum),
+            sea_orm(rs_type = "String", db_type = "String(sea_orm::sea_query::StringLen::N(16))", rename_all = "lowercase")
+        )]
+        $vis enum $name { $($(#[$vdoc])* $variant),+ }
+
+        impl $name {
+            /// The name on the wire and in the database.
+            pub fn as_str(self) -> &'static str {
+                self.into()
+            }
+
+            /// Every value, in declaration order.
+            pub fn all() -> impl Iterator<Item = $name> {
+                <$name as IntoEnumIterator>::iter()
+            }
+        }
+    };
+}
+
+state_enum! {
+    /// The life of a task: `pending` → `running` → one of the terminal states. A running task may go back to
+    /// `pending` when its worker is lost or gives it back (a requeue); a pending or running task may be
+    /// cancelled.
+    pub enum TaskStatus {
+        Pending,
+        Running,
+        Completed,
+        Failed,
+        Timeout,
+        Cancelled,
+    }
 }
 
 impl TaskStatus {
-    pub const ALL: [TaskStatus; 6] = [
-        TaskStatus::Pending,
-        TaskStatus::Running,
-        TaskStatus::Completed,
-        TaskStatus::Failed,
-        TaskStatus::Timeout,
-        TaskStatus::Cancelled,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TaskStatus::Pending => "pending",
-            TaskStatus::Running => "running",
-            TaskStatus::Completed => "completed",
-            TaskStatus::Failed => "failed",
-            TaskStatus::Timeout => "timeout",
-            TaskStatus::Cancelled => "cancelled",
-        }
-    }
-
     /// A terminal task never changes again.
     pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            TaskStatus::Completed
-                | TaskStatus::Failed
-                | TaskStatus::Timeout
-                | TaskStatus::Cancelled
-        )
+        !matches!(self, TaskStatus::Pending | TaskStatus::Running)
     }
 
-    /// The state machine of a task, in one place.
+    /// The state machine of a task, in one place. The queue's transitions are checked against it.
     pub fn can_transition_to(self, next: TaskStatus) -> bool {
         use TaskStatus::*;
         matches!(
@@ -63,112 +72,37 @@ impl TaskStatus {
 
     /// The states from which a task may move to `next`, for conditional updates in SQL.
     pub fn sources_of(next: TaskStatus) -> Vec<TaskStatus> {
-        TaskStatus::ALL
-            .into_iter()
+        TaskStatus::all()
             .filter(|s| s.can_transition_to(next))
             .collect()
     }
 }
 
-impl fmt::Display for TaskStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+state_enum! {
+    /// What a worker is doing, as the server sees it. `busy` and `idle` are derived from the tasks the worker
+    /// holds; `offline` from a stale heartbeat or the worker saying so. `stopping` is a worker that finishes
+    /// its tasks before it goes away (an internal worker scaled down or drained, a daemon draining).
+    pub enum WorkerStatus {
+        Idle,
+        Busy,
+        Offline,
+        Stopping,
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UnknownVariant(pub String);
-
-impl fmt::Display for UnknownVariant {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "unknown value `{}`", self.0)
+state_enum! {
+    /// Severity of a task log entry, ordered from least to most severe.
+    pub enum LogLevel {
+        Debug,
+        Info,
+        Warning,
+        Error,
+        Critical,
     }
-}
-
-impl std::error::Error for UnknownVariant {}
-
-impl FromStr for TaskStatus {
-    type Err = UnknownVariant;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        TaskStatus::ALL
-            .into_iter()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| UnknownVariant(s.to_owned()))
-    }
-}
-
-/// What a worker is doing, as the server sees it. `busy` and `idle` are derived from the tasks the worker
-/// holds; `offline` from a stale heartbeat or the worker saying so. `stopping` is an internal worker that
-/// finishes its task before it goes away.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Enum, Serialize, Deserialize)]
-#[oai(rename_all = "lowercase")]
-#[serde(rename_all = "lowercase")]
-pub enum WorkerStatus {
-    Idle,
-    Busy,
-    Offline,
-    Stopping,
-}
-
-impl WorkerStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            WorkerStatus::Idle => "idle",
-            WorkerStatus::Busy => "busy",
-            WorkerStatus::Offline => "offline",
-            WorkerStatus::Stopping => "stopping",
-        }
-    }
-}
-
-impl FromStr for WorkerStatus {
-    type Err = UnknownVariant;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        [
-            WorkerStatus::Idle,
-            WorkerStatus::Busy,
-            WorkerStatus::Offline,
-            WorkerStatus::Stopping,
-        ]
-        .into_iter()
-        .find(|v| v.as_str() == s)
-        .ok_or_else(|| UnknownVariant(s.to_owned()))
-    }
-}
-
-/// Severity of a task log entry, ordered from least to most severe.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Enum, Serialize, Deserialize,
-)]
-#[oai(rename_all = "lowercase")]
-#[serde(rename_all = "lowercase")]
-pub enum LogLevel {
-    Debug,
-    Info,
-    Warning,
-    Error,
-    Critical,
+    derive(PartialOrd, Ord)
 }
 
 impl LogLevel {
-    pub const ALL: [LogLevel; 5] = [
-        LogLevel::Debug,
-        LogLevel::Info,
-        LogLevel::Warning,
-        LogLevel::Error,
-        LogLevel::Critical,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LogLevel::Debug => "debug",
-            LogLevel::Info => "info",
-            LogLevel::Warning => "warning",
-            LogLevel::Error => "error",
-            LogLevel::Critical => "critical",
-        }
-    }
-
     /// A number that grows with severity, stored beside the level so that "this level and worse" is one
     /// indexed comparison.
     pub fn severity(self) -> i16 {
@@ -182,24 +116,14 @@ impl LogLevel {
     }
 }
 
-impl FromStr for LogLevel {
-    type Err = UnknownVariant;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        LogLevel::ALL
-            .into_iter()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| UnknownVariant(s.to_owned()))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn terminal_states_have_no_way_out() {
-        for from in TaskStatus::ALL.into_iter().filter(|s| s.is_terminal()) {
-            for to in TaskStatus::ALL {
+        for from in TaskStatus::all().filter(|s| s.is_terminal()) {
+            for to in TaskStatus::all() {
                 assert!(!from.can_transition_to(to), "{from} -> {to}");
             }
         }
@@ -219,12 +143,17 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for s in TaskStatus::ALL {
+        for s in TaskStatus::all() {
             assert_eq!(s.as_str().parse::<TaskStatus>().unwrap(), s);
+            assert_eq!(s.to_string(), s.as_str());
         }
-        for l in LogLevel::ALL {
+        for l in LogLevel::all() {
             assert_eq!(l.as_str().parse::<LogLevel>().unwrap(), l);
         }
+        assert_eq!(TaskStatus::Cancelled.as_str(), "cancelled");
+        assert_eq!(WorkerStatus::Stopping.as_str(), "stopping");
+        assert!("Pending".parse::<TaskStatus>().is_err());
         assert!(LogLevel::Warning.severity() > LogLevel::Info.severity());
+        assert!(LogLevel::Warning > LogLevel::Info);
     }
 }

@@ -1,45 +1,20 @@
-//! The HTTP client of the worker protocol: timeouts on every call, kept-alive connections, the daemon's
-//! version in the User-Agent, and retries with exponential backoff and jitter for what can be retried.
+//! The worker protocol over HTTP: the daemon's [`Queue`]. Timeouts on every call, kept-alive connections, the
+//! daemon's version in the User-Agent, and each answer classified as the shared worker expects (retries,
+//! backoff and everything else live in `task_executor_shared::worker`).
 
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde::{Serialize, de::DeserializeOwned};
-use task_executor_shared::api::{
-    self, ErrorBody, HeartbeatRequest, HeartbeatResponse, NewLogEntry, RegisterWorkerRequest, Task,
+use task_executor_shared::{
+    api::{
+        self, CompleteTaskRequest, ErrorBody, FailTaskRequest, HeartbeatRequest, HeartbeatResponse,
+        NewLogEntry, RegisterWorkerRequest, Task,
+    },
+    worker::{Queue, QueueError},
 };
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// The server could not be reached or did not answer in time: retry.
-    #[error("the API server is unreachable: {0}")]
-    Transport(#[from] reqwest::Error),
-    /// The server answered with an error.
-    #[error("the API server answered {status}: {detail} ({kind})")]
-    Status {
-        status: StatusCode,
-        kind: String,
-        detail: String,
-    },
-}
-
-impl ClientError {
-    /// Worth retrying: the network, or the server failing (5xx, 429).
-    pub fn retryable(&self) -> bool {
-        match self {
-            ClientError::Transport(_) => true,
-            ClientError::Status { status, .. } => {
-                status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
-            }
-        }
-    }
-
-    pub fn is_status(&self, s: StatusCode) -> bool {
-        matches!(self, ClientError::Status { status, .. } if *status == s)
-    }
-}
 
 #[derive(Clone)]
 pub struct Client {
@@ -47,6 +22,25 @@ pub struct Client {
     base: String,
     worker_id: String,
     timeout: Duration,
+}
+
+fn unreachable(e: reqwest::Error) -> QueueError {
+    QueueError::Unavailable(format!("the API server is unreachable: {e}"))
+}
+
+/// An error answer, as the worker classifies it.
+fn classify(status: StatusCode, kind: String, detail: String) -> QueueError {
+    if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+        QueueError::Unavailable(format!("the API server answered {status}: {detail}"))
+    } else if status == StatusCode::NOT_FOUND && kind == "worker_not_found" {
+        QueueError::UnknownWorker
+    } else if status == StatusCode::CONFLICT || status == StatusCode::NOT_FOUND {
+        QueueError::Refused { kind, detail }
+    } else {
+        QueueError::Fatal(format!(
+            "the API server answered {status}: {detail} ({kind})"
+        ))
+    }
 }
 
 impl Client {
@@ -69,7 +63,7 @@ impl Client {
         format!("{}/api/v1/workers/{}{path}", self.base, self.worker_id)
     }
 
-    async fn check(resp: reqwest::Response) -> Result<reqwest::Response, ClientError> {
+    async fn check(resp: reqwest::Response) -> Result<reqwest::Response, QueueError> {
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);
@@ -79,73 +73,91 @@ impl Client {
             Ok(b) => (b.kind, b.detail),
             Err(_) => ("unknown".to_owned(), text.chars().take(500).collect()),
         };
-        Err(ClientError::Status {
-            status,
-            kind,
-            detail,
-        })
+        Err(classify(status, kind, detail))
     }
 
     async fn post<B: Serialize, R: DeserializeOwned>(
         &self,
         url: String,
         body: &B,
-    ) -> Result<R, ClientError> {
+    ) -> Result<R, QueueError> {
         let resp = self
             .http
             .post(url)
             .timeout(self.timeout)
             .json(body)
             .send()
-            .await?;
-        Ok(Self::check(resp).await?.json().await?)
+            .await
+            .map_err(unreachable)?;
+        Self::check(resp).await?.json().await.map_err(unreachable)
     }
 
     /// Whether the server answers at all (`/health`, 200 or 503).
-    pub async fn ping(&self) -> Result<StatusCode, ClientError> {
+    pub async fn ping(&self) -> Result<StatusCode, QueueError> {
         let resp = self
             .http
             .get(format!("{}/health", self.base))
             .timeout(self.timeout)
             .send()
-            .await?;
+            .await
+            .map_err(unreachable)?;
         Ok(resp.status())
     }
 
-    pub async fn register(&self, req: &RegisterWorkerRequest) -> Result<(), ClientError> {
-        let url = format!("{}/api/v1/workers/register", self.base);
-        let _: api::RegisterWorkerResponse = self.post(url, req).await?;
-        Ok(())
-    }
-
-    pub async fn heartbeat(
-        &self,
-        req: &HeartbeatRequest,
-    ) -> Result<HeartbeatResponse, ClientError> {
-        self.post(self.url("/heartbeat"), req).await
-    }
-
-    /// A task, or none within `wait` (long poll).
-    pub async fn claim(&self, wait: Duration) -> Result<Option<Task>, ClientError> {
+    async fn claim_now(&self, wait: Duration) -> Result<Option<Task>, QueueError> {
         let resp = self
             .http
             .post(self.url("/claim"))
             .query(&[("wait_seconds", wait.as_secs())])
             .timeout(self.timeout + wait)
             .send()
-            .await?;
+            .await
+            .map_err(unreachable)?;
         if resp.status() == StatusCode::NO_CONTENT {
             return Ok(None);
         }
-        Ok(Some(Self::check(resp).await?.json().await?))
+        Self::check(resp)
+            .await?
+            .json()
+            .await
+            .map(Some)
+            .map_err(unreachable)
+    }
+}
+
+impl Queue for Client {
+    fn worker_id(&self) -> &str {
+        &self.worker_id
     }
 
-    pub async fn logs(
+    async fn register(&self, req: &RegisterWorkerRequest) -> Result<(), QueueError> {
+        let url = format!("{}/api/v1/workers/register", self.base);
+        let _: api::RegisterWorkerResponse = self.post(url, req).await?;
+        Ok(())
+    }
+
+    async fn heartbeat(&self, req: &HeartbeatRequest) -> Result<HeartbeatResponse, QueueError> {
+        self.post(self.url("/heartbeat"), req).await
+    }
+
+    /// A long poll; when `stop` fires first the request is dropped.
+    async fn claim(
+        &self,
+        wait: Duration,
+        stop: &CancellationToken,
+    ) -> Result<Option<Task>, QueueError> {
+        tokio::select! {
+            _ = stop.cancelled() => Ok(None),
+            r = self.claim_now(wait) => r,
+        }
+    }
+
+    async fn report_logs(
         &self,
         task: Uuid,
         attempt: i32,
         entries: &[NewLogEntry],
-    ) -> Result<(), ClientError> {
+    ) -> Result<(), QueueError> {
         let body = api::ReportLogsRequest {
             attempt,
             entries: entries.to_vec(),
@@ -156,21 +168,17 @@ impl Client {
         Ok(())
     }
 
-    pub async fn complete(
-        &self,
-        task: Uuid,
-        body: &api::CompleteTaskRequest,
-    ) -> Result<Task, ClientError> {
+    async fn complete(&self, task: Uuid, body: &CompleteTaskRequest) -> Result<Task, QueueError> {
         self.post(self.url(&format!("/tasks/{task}/complete")), body)
             .await
     }
 
-    pub async fn fail(&self, task: Uuid, body: &api::FailTaskRequest) -> Result<Task, ClientError> {
+    async fn fail(&self, task: Uuid, body: &FailTaskRequest) -> Result<Task, QueueError> {
         self.post(self.url(&format!("/tasks/{task}/fail")), body)
             .await
     }
 
-    pub async fn release(&self, task: Uuid, attempt: i32) -> Result<Task, ClientError> {
+    async fn release(&self, task: Uuid, attempt: i32) -> Result<Task, QueueError> {
         self.post(
             self.url(&format!("/tasks/{task}/release")),
             &api::ReleaseTaskRequest { attempt },
@@ -179,56 +187,33 @@ impl Client {
     }
 }
 
-/// The delay before retry number `n` (0-based): 200 ms doubling up to 30 s, with ±25 % jitter so that many
-/// daemons coming back after a server restart do not arrive in step.
-pub fn backoff(n: u32) -> Duration {
-    let base = 200u64.saturating_mul(1u64 << n.min(8)).min(30_000);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0) as u64;
-    let jitter = (nanos % 500) as i64 - 250; // -250..250 per mille of a half
-    let ms = (base as i64 + base as i64 * jitter / 1000).max(50) as u64;
-    Duration::from_millis(ms)
-}
-
-/// Retries `op` while it fails in a retryable way, until `give_up` fires. Returns the last error otherwise.
-/// Each retry is counted in `retries`.
-pub async fn retry<T, F, Fut>(
-    what: &str,
-    give_up: &CancellationToken,
-    retries: &opentelemetry::metrics::Counter<u64>,
-    mut op: F,
-) -> Result<T, ClientError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, ClientError>>,
-{
-    let mut n = 0;
-    loop {
-        match op().await {
-            Err(e) if e.retryable() && !give_up.is_cancelled() => {
-                retries.add(1, &[]);
-                if n == 0 || n % 10 == 0 {
-                    tracing::warn!(error = %e, attempt = n + 1, "{what} failed; retrying");
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff(n)) => {}
-                    _ = give_up.cancelled() => {}
-                }
-                n += 1;
-            }
-            other => return other,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
-    fn backoff_grows_and_is_capped() {
-        assert!(super::backoff(0).as_millis() <= 250);
-        assert!(super::backoff(3).as_millis() >= 1200);
-        assert!(super::backoff(30).as_millis() <= 37_500);
+    fn answers_are_classified_for_the_worker() {
+        let c = |s: u16, kind: &str| {
+            classify(
+                StatusCode::from_u16(s).unwrap(),
+                kind.to_owned(),
+                "d".to_owned(),
+            )
+        };
+        assert!(matches!(c(503, "unavailable"), QueueError::Unavailable(_)));
+        assert!(matches!(c(429, "rate_limited"), QueueError::Unavailable(_)));
+        assert!(matches!(
+            c(404, "worker_not_found"),
+            QueueError::UnknownWorker
+        ));
+        assert!(matches!(
+            c(404, "task_not_found"),
+            QueueError::Refused { .. }
+        ));
+        assert!(matches!(
+            c(409, "stale_attempt"),
+            QueueError::Refused { .. }
+        ));
+        assert!(matches!(c(422, "validation_error"), QueueError::Fatal(_)));
     }
 }

@@ -10,6 +10,7 @@ pub mod metrics;
 use std::time::Duration;
 
 use config::{Command, Config};
+use task_executor_shared::worker::Shutdown;
 
 /// `worker-daemon check`: prints what is fine, or fails with what is not.
 pub async fn check(cfg: &Config) -> anyhow::Result<()> {
@@ -38,7 +39,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     for line in check::local(&cfg).map_err(anyhow::Error::msg)? {
         tracing::info!("check ok: {line}");
     }
-    let shutdown = daemon::Shutdown::default();
+    let shutdown = Shutdown::default();
     let grace = Duration::from_secs(cfg.shutdown_grace_seconds);
     let metrics = std::sync::Arc::new(metrics::DaemonMetrics::new());
     let metrics_stop = tokio_util::sync::CancellationToken::new();
@@ -50,15 +51,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             }
         });
     }
-    let d = daemon::Daemon::new(cfg, shutdown.clone(), metrics)?;
-    let signals = tokio::spawn(handle_signals(shutdown, grace));
-    let r = d.run().await;
+    let signals = tokio::spawn(handle_signals(shutdown.clone(), grace));
+    let r = daemon::run(cfg, shutdown, metrics).await;
     signals.abort();
     metrics_stop.cancel();
     r
 }
 
-async fn handle_signals(shutdown: daemon::Shutdown, grace: Duration) {
+async fn handle_signals(shutdown: Shutdown, grace: Duration) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),

@@ -11,8 +11,8 @@ use task_executor_shared::{TaskStatus, WorkerStatus};
 
 use super::ApiTags;
 use crate::{
-    startup::AppState,
-    store::{self, tasks, workers},
+    state::AppState,
+    store::{self, stats, workers},
 };
 
 pub struct HealthApi {
@@ -88,6 +88,10 @@ enum ReadyResponse {
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl HealthApi {
+    fn heartbeat_timeout(&self) -> chrono::Duration {
+        self.state.dispatcher.lease.heartbeat_timeout
+    }
+
     async fn ping(&self) -> Option<f64> {
         let start = Instant::now();
         match tokio::time::timeout(PING_TIMEOUT, self.state.db.ping()).await {
@@ -106,7 +110,7 @@ impl HealthApi {
     async fn counts(&self) -> Result<(WorkerCounts, QueueCounts), store::StoreError> {
         let mut w = WorkerCounts::default();
         for (_, status, _) in
-            workers::list_with_status(&self.state.db, self.state.lease.heartbeat_timeout).await?
+            workers::list_with_status(&self.state.db, self.heartbeat_timeout()).await?
         {
             w.total += 1;
             match status {
@@ -116,7 +120,7 @@ impl HealthApi {
                 WorkerStatus::Stopping => w.stopping += 1,
             }
         }
-        let c = tasks::counts_by_status(&self.state.db).await?;
+        let c = stats::counts_by_status(&self.state.db).await?;
         let q = QueueCounts {
             pending: c[&TaskStatus::Pending],
             running: c[&TaskStatus::Running],
@@ -141,7 +145,7 @@ impl HealthApi {
         PlainText(
             self.state
                 .metrics
-                .render(&self.state.db, self.state.lease.heartbeat_timeout)
+                .render(&self.state.db, self.heartbeat_timeout())
                 .await,
         )
     }
@@ -187,7 +191,7 @@ impl HealthApi {
     async fn ready(&self) -> ReadyResponse {
         let database = self.ping().await.is_some();
         let workers = database
-            && workers::list_with_status(&self.state.db, self.state.lease.heartbeat_timeout)
+            && workers::list_with_status(&self.state.db, self.heartbeat_timeout())
                 .await
                 .map(|ws| ws.iter().any(|(_, s, _)| *s != WorkerStatus::Offline))
                 .unwrap_or(false);

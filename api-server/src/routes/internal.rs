@@ -5,7 +5,7 @@ use task_executor_shared::WorkerStatus;
 use uuid::Uuid;
 
 use super::ApiTags;
-use crate::{error::ApiError, startup::AppState, supervisor::SupervisorError};
+use crate::{error::ApiError, state::AppState, supervisor::SupervisorError};
 
 pub struct InternalWorkersApi {
     pub state: AppState,

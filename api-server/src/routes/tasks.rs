@@ -8,15 +8,19 @@ use poem_openapi::{
 use task_executor_shared::{
     LogLevel, TaskStatus,
     api::{CancelResponse, CreateTaskRequest, LogEntry, Task, TaskSummary},
+    params,
 };
 use uuid::Uuid;
 
 use super::ApiTags;
 use crate::{
     error::ApiError,
-    params,
-    startup::AppState,
-    store::tasks::{self, Created, ListFilter, NewTask},
+    idempotency,
+    state::AppState,
+    store::{
+        logs,
+        tasks::{self, Created, ListFilter, NewTask},
+    },
 };
 
 pub struct TasksApi {
@@ -61,14 +65,11 @@ impl TasksApi {
         body: Json<CreateTaskRequest>,
     ) -> Result<CreateResponse, ApiError> {
         let req = body.0;
-        let cfg = &self.state.config;
-        let parameters = params::effective(
-            &req.parameters,
-            cfg.default_max_steps,
-            cfg.default_timeout_minutes,
-        )
-        .map_err(ApiError::validation)?;
-        let idempotency = idempotency_key.0.map(|k| (k, params::fingerprint(&req)));
+        let parameters = params::effective(&req.parameters, self.state.config.param_defaults())
+            .map_err(ApiError::validation)?;
+        let idempotency = idempotency_key
+            .0
+            .map(|k| (k, idempotency::fingerprint(&req)));
         let (task, created) = tasks::create(
             &self.state.db,
             NewTask {
@@ -83,7 +84,7 @@ impl TasksApi {
             Created::New => {
                 tracing::info!(task_id = %task.id, problem_id = %task.problem_id, "task created");
                 self.state.metrics.task_created();
-                self.state.queue_changed.notify_waiters();
+                self.state.dispatcher.wake();
                 CreateResponse::Created(Json(task.into()))
             }
             Created::Existing => CreateResponse::Existing(Json(task.into())),
@@ -170,7 +171,7 @@ impl TasksApi {
         )]
         limit: Query<u64>,
     ) -> Result<Json<Vec<LogEntry>>, ApiError> {
-        let rows = tasks::logs(&self.state.db, task_id.0, level.0, limit.0).await?;
+        let rows = logs::list(&self.state.db, task_id.0, level.0, limit.0).await?;
         Ok(Json(rows.into_iter().map(Into::into).collect()))
     }
 }

@@ -1,7 +1,7 @@
 //! `/api/v1/workers`: the registry, and the protocol remote workers speak (register, heartbeat, claim,
 //! report logs, complete, fail).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use poem_openapi::{
     ApiResponse, OpenApi,
@@ -16,21 +16,15 @@ use task_executor_shared::{
         ReportLogsResponse, Task, Worker,
     },
 };
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::ApiTags;
 use crate::{
     error::ApiError,
-    startup::AppState,
-    store::{
-        queue::{self, Outcome},
-        workers,
-    },
+    state::AppState,
+    store::{queue::Outcome, workers},
 };
-
-/// How often a long poll looks at the queue even when nothing in this process woke it (tasks created by
-/// another replica, or released by another replica's reaper).
-const POLL_TICK: Duration = Duration::from_millis(500);
 
 pub struct WorkersApi {
     pub state: AppState,
@@ -71,14 +65,7 @@ impl WorkersApi {
         &self,
         body: Json<RegisterWorkerRequest>,
     ) -> Result<RegisterResponse, ApiError> {
-        let r = workers::register(&self.state.db, &body.0, self.state.lease.max_attempts).await?;
-        self.state
-            .metrics
-            .released(&r.released, "worker_reregistered");
-        if !r.released.is_empty() {
-            self.state.queue_changed.notify_waiters();
-        }
-        tracing::info!(worker_id = %r.worker.id, created = r.created, released = r.released.len(), "worker registered");
+        let r = self.state.dispatcher.register(&body.0).await?;
         let resp = RegisterWorkerResponse {
             id: r.worker.id,
             backend_type: r.worker.backend_type,
@@ -105,8 +92,11 @@ impl WorkersApi {
         #[oai(validator(min_length = 1, max_length = 64))]
         backend_type: Query<Option<String>>,
     ) -> Result<Json<Vec<Worker>>, ApiError> {
-        let all =
-            workers::list_with_status(&self.state.db, self.state.lease.heartbeat_timeout).await?;
+        let all = workers::list_with_status(
+            &self.state.db,
+            self.state.dispatcher.lease.heartbeat_timeout,
+        )
+        .await?;
         Ok(Json(
             all.into_iter()
                 .filter(|(w, s, _)| {
@@ -131,7 +121,7 @@ impl WorkersApi {
         let (w, s, held) = workers::one_with_status(
             &self.state.db,
             worker_id.0.as_str(),
-            self.state.lease.heartbeat_timeout,
+            self.state.dispatcher.lease.heartbeat_timeout,
         )
         .await?;
         Ok(Json(workers::to_api(w, s, held)))
@@ -153,17 +143,11 @@ impl WorkersApi {
         worker_id: Path<WorkerId>,
         body: Json<HeartbeatRequest>,
     ) -> Result<Json<HeartbeatResponse>, ApiError> {
-        let out = queue::heartbeat(
-            &self.state.db,
-            worker_id.0.as_str(),
-            &body.0,
-            &self.state.lease,
-        )
-        .await?;
-        self.state.metrics.released(&out.released, "claim_lost");
-        if !out.released.is_empty() {
-            self.state.queue_changed.notify_waiters();
-        }
+        let out = self
+            .state
+            .dispatcher
+            .heartbeat(worker_id.0.as_str(), &body.0)
+            .await?;
         Ok(Json(HeartbeatResponse {
             message: "Heartbeat received".to_owned(),
             timestamp: out.at,
@@ -188,25 +172,19 @@ impl WorkersApi {
         #[oai(default, validator(maximum(value = "60")))]
         wait_seconds: Query<u64>,
     ) -> Result<ClaimResponse, ApiError> {
-        let deadline = Instant::now() + Duration::from_secs(wait_seconds.0);
-        loop {
-            // Subscribe before looking, so that a task created meanwhile cannot be missed.
-            let notified = self.state.queue_changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if let Some(t) =
-                queue::claim(&self.state.db, worker_id.0.as_str(), &self.state.lease).await?
-            {
-                tracing::info!(task_id = %t.id, worker_id = %worker_id.0, attempt = t.attempt, "task claimed");
-                self.state.metrics.task_claimed(&t);
-                return Ok(ClaimResponse::Claimed(Json(t.into())));
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Ok(ClaimResponse::NoTask);
-            }
-            let _ = tokio::time::timeout((deadline - now).min(POLL_TICK), notified).await;
-        }
+        let claimed = self
+            .state
+            .dispatcher
+            .claim(
+                worker_id.0.as_str(),
+                Duration::from_secs(wait_seconds.0),
+                &CancellationToken::new(),
+            )
+            .await?;
+        Ok(match claimed {
+            Some(t) => ClaimResponse::Claimed(Json(t.into())),
+            None => ClaimResponse::NoTask,
+        })
     }
 
     /// Report log entries of a running task
@@ -223,8 +201,11 @@ impl WorkersApi {
         task_id: Path<Uuid>,
         body: Json<ReportLogsRequest>,
     ) -> Result<Json<ReportLogsResponse>, ApiError> {
-        let accepted =
-            queue::report_logs(&self.state.db, worker_id.0.as_str(), task_id.0, body.0).await?;
+        let accepted = self
+            .state
+            .dispatcher
+            .report_logs(worker_id.0.as_str(), task_id.0, body.0)
+            .await?;
         Ok(Json(ReportLogsResponse { accepted }))
     }
 
@@ -245,16 +226,16 @@ impl WorkersApi {
         body: Json<CompleteTaskRequest>,
     ) -> Result<Json<Task>, ApiError> {
         let req = body.0;
-        let t = queue::finish(
-            &self.state.db,
-            worker_id.0.as_str(),
-            task_id.0,
-            req.attempt,
-            Outcome::Completed(req.result),
-        )
-        .await?;
-        tracing::info!(task_id = %t.id, worker_id = %worker_id.0, "task completed");
-        self.state.metrics.task_finished(&t);
+        let t = self
+            .state
+            .dispatcher
+            .finish(
+                worker_id.0.as_str(),
+                task_id.0,
+                req.attempt,
+                Outcome::Completed(req.result),
+            )
+            .await?;
         Ok(Json(t.into()))
     }
 
@@ -278,20 +259,16 @@ impl WorkersApi {
             .status
             .map(Into::into)
             .unwrap_or(task_executor_shared::TaskStatus::Failed);
-        let t = queue::finish(
-            &self.state.db,
-            worker_id.0.as_str(),
-            task_id.0,
-            req.attempt,
-            Outcome::Failed {
-                status,
-                error: req.error,
-                result: req.result,
-            },
-        )
-        .await?;
-        tracing::info!(task_id = %t.id, worker_id = %worker_id.0, status = %status, "task failed");
-        self.state.metrics.task_finished(&t);
+        let outcome = Outcome::Failed {
+            status,
+            error: req.error,
+            result: req.result,
+        };
+        let t = self
+            .state
+            .dispatcher
+            .finish(worker_id.0.as_str(), task_id.0, req.attempt, outcome)
+            .await?;
         Ok(Json(t.into()))
     }
 
@@ -310,16 +287,11 @@ impl WorkersApi {
         task_id: Path<Uuid>,
         body: Json<ReleaseTaskRequest>,
     ) -> Result<Json<Task>, ApiError> {
-        let t = queue::give_back(
-            &self.state.db,
-            worker_id.0.as_str(),
-            task_id.0,
-            body.0.attempt,
-        )
-        .await?;
-        self.state.metrics.tasks_requeued(1, "worker_stopping");
-        self.state.queue_changed.notify_waiters();
-        tracing::info!(task_id = %t.id, worker_id = %worker_id.0, "task released by its worker");
+        let t = self
+            .state
+            .dispatcher
+            .release(worker_id.0.as_str(), task_id.0, body.0.attempt)
+            .await?;
         Ok(Json(t.into()))
     }
 }

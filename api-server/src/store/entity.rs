@@ -1,7 +1,9 @@
-//! sea-orm entities of the three tables (see the migration for indexes).
+//! sea-orm entities of the three tables (see the migration for indexes). States and levels are the shared
+//! enums, stored as their lowercase names.
 
 pub mod task {
     use sea_orm::entity::prelude::*;
+    pub use task_executor_shared::TaskStatus;
 
     #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
     #[sea_orm(table_name = "tasks")]
@@ -9,7 +11,7 @@ pub mod task {
         #[sea_orm(primary_key, auto_increment = false)]
         pub id: Uuid,
         pub problem_id: String,
-        pub status: String,
+        pub status: TaskStatus,
         pub priority: i32,
         pub parameters: Json,
         pub result: Option<Json>,
@@ -32,6 +34,7 @@ pub mod task {
 
 pub mod task_log {
     use sea_orm::entity::prelude::*;
+    pub use task_executor_shared::LogLevel;
 
     #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
     #[sea_orm(table_name = "task_logs")]
@@ -40,7 +43,7 @@ pub mod task_log {
         pub id: i64,
         pub task_id: Uuid,
         pub timestamp: DateTimeUtc,
-        pub level: String,
+        pub level: LogLevel,
         pub severity: i16,
         pub message: String,
         pub context: Option<Json>,
@@ -55,6 +58,7 @@ pub mod task_log {
 
 pub mod worker {
     use sea_orm::entity::prelude::*;
+    pub use task_executor_shared::WorkerStatus;
 
     #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
     #[sea_orm(table_name = "workers")]
@@ -62,7 +66,7 @@ pub mod worker {
         #[sea_orm(primary_key, auto_increment = false)]
         pub id: String,
         pub backend_type: String,
-        pub status: String,
+        pub status: WorkerStatus,
         pub max_parallel_tasks: i32,
         pub supported_problems: Json,
         pub metadata: Option<Json>,

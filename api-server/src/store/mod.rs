@@ -2,7 +2,9 @@
 //! that take a connection or a transaction. Handlers and background loops call these and never build queries.
 
 pub mod entity;
+pub mod logs;
 pub mod queue;
+pub mod stats;
 pub mod tasks;
 pub mod workers;
 

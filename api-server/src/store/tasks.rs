@@ -1,20 +1,19 @@
-//! Tasks as researchers see them: creation (idempotent), lookup, listing, cancellation, logs, queue counts.
-
-use std::collections::HashMap;
+//! Tasks as researchers see them: creation (idempotent), lookup, listing, cancellation.
 
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
-    FromQueryResult, QueryFilter, QueryOrder, QuerySelect, Set, SqlErr, TransactionTrait,
-    sea_query::{Expr, ExprTrait},
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, Set, SqlErr, TransactionTrait,
 };
-use serde_json::Value;
+use serde_json::{Value, json};
 use task_executor_shared::{LogLevel, TaskStatus, api};
 use uuid::Uuid;
 
 use super::{
     StoreError, StoreResult,
-    entity::{task, task_log},
+    entity::task,
+    logs::append_log,
     now,
+    queue::transition::{self, Change, Entry, Guard},
 };
 
 /// A task to insert, its parameters already made effective.
@@ -46,7 +45,7 @@ pub async fn create(db: &DatabaseConnection, new: NewTask) -> StoreResult<(task:
     let model = task::ActiveModel {
         id: Set(Uuid::new_v4()),
         problem_id: Set(new.problem_id.clone()),
-        status: Set(TaskStatus::Pending.as_str().to_owned()),
+        status: Set(TaskStatus::Pending),
         priority: Set(new.priority),
         parameters: Set(new.parameters.clone()),
         result: Set(None),
@@ -81,7 +80,7 @@ pub async fn create(db: &DatabaseConnection, new: NewTask) -> StoreResult<(task:
         None,
         LogLevel::Info,
         "Task created",
-        Some(serde_json::json!({"event": "created", "priority": new.priority})),
+        Some(json!({"event": "created", "priority": new.priority})),
     )
     .await?;
     txn.commit().await?;
@@ -131,7 +130,7 @@ pub struct ListFilter {
 pub async fn list(db: &DatabaseConnection, f: &ListFilter) -> StoreResult<Vec<task::Model>> {
     let mut q = task::Entity::find();
     if let Some(s) = f.status {
-        q = q.filter(task::Column::Status.eq(s.as_str()));
+        q = q.filter(task::Column::Status.eq(s));
     }
     if let Some(p) = &f.problem_id {
         q = q.filter(task::Column::ProblemId.eq(p.as_str()));
@@ -151,28 +150,18 @@ pub async fn list(db: &DatabaseConnection, f: &ListFilter) -> StoreResult<Vec<ta
 /// its next heartbeat or report.
 #[tracing::instrument(skip(db), fields(task_id = %id))]
 pub async fn cancel(db: &DatabaseConnection, id: Uuid) -> StoreResult<task::Model> {
-    let at = now();
     let txn = db.begin().await?;
-    let sources: Vec<&str> = TaskStatus::sources_of(TaskStatus::Cancelled)
-        .into_iter()
-        .map(TaskStatus::as_str)
-        .collect();
-    let updated = task::Entity::update_many()
-        .col_expr(
-            task::Column::Status,
-            Expr::value(TaskStatus::Cancelled.as_str()),
-        )
-        .col_expr(task::Column::UpdatedAt, Expr::value(at))
-        .col_expr(task::Column::CompletedAt, Expr::value(at))
-        .col_expr(
-            task::Column::LeaseExpiresAt,
-            Expr::value(Option::<chrono::DateTime<chrono::Utc>>::None),
-        )
-        .filter(task::Column::Id.eq(id))
-        .filter(task::Column::Status.is_in(sources))
-        .exec_with_returning(&txn)
-        .await?;
-    let Some(task) = updated.into_iter().next() else {
+    let change = Change::End {
+        status: TaskStatus::Cancelled,
+        result: None,
+    };
+    let entry = Entry {
+        level: LogLevel::Info,
+        message: "Task cancelled".to_owned(),
+        context: json!({"event": "cancelled"}),
+        attempt: None,
+    };
+    let Some(task) = transition::apply(&txn, Guard::Task(id), change, entry).await? else {
         drop(txn);
         let existing = get(db, id).await?;
         return Err(StoreError::Conflict {
@@ -183,126 +172,8 @@ pub async fn cancel(db: &DatabaseConnection, id: Uuid) -> StoreResult<task::Mode
             ),
         });
     };
-    append_log(
-        &txn,
-        id,
-        None,
-        LogLevel::Info,
-        "Task cancelled",
-        Some(serde_json::json!({"event": "cancelled", "worker_id": task.worker_id})),
-    )
-    .await?;
     txn.commit().await?;
     Ok(task)
-}
-
-/// Appends one log entry written by the service itself (a state change).
-pub async fn append_log(
-    conn: &impl ConnectionTrait,
-    task_id: Uuid,
-    attempt: Option<i32>,
-    level: LogLevel,
-    message: &str,
-    context: Option<Value>,
-) -> Result<(), DbErr> {
-    task_log::Entity::insert(task_log::ActiveModel {
-        task_id: Set(task_id),
-        timestamp: Set(now()),
-        level: Set(level.as_str().to_owned()),
-        severity: Set(level.severity()),
-        message: Set(message.to_owned()),
-        context: Set(context),
-        attempt: Set(attempt),
-        ..Default::default()
-    })
-    .exec_without_returning(conn)
-    .await?;
-    Ok(())
-}
-
-/// Appends a batch of entries sent by a worker, in one statement.
-pub async fn append_logs(
-    conn: &impl ConnectionTrait,
-    task_id: Uuid,
-    attempt: i32,
-    entries: Vec<api::NewLogEntry>,
-) -> Result<u64, DbErr> {
-    if entries.is_empty() {
-        return Ok(0);
-    }
-    let at = now();
-    let n = entries.len() as u64;
-    let rows = entries.into_iter().map(|e| task_log::ActiveModel {
-        task_id: Set(task_id),
-        timestamp: Set(e
-            .timestamp
-            .map(|t| chrono::SubsecRound::trunc_subsecs(t, 6))
-            .unwrap_or(at)),
-        level: Set(e.level.as_str().to_owned()),
-        severity: Set(e.level.severity()),
-        message: Set(e.message),
-        context: Set(e.context),
-        attempt: Set(Some(attempt)),
-        ..Default::default()
-    });
-    task_log::Entity::insert_many(rows)
-        .exec_without_returning(conn)
-        .await?;
-    Ok(n)
-}
-
-/// A task's log in time order, from `min` severity up, at most `limit` entries.
-pub async fn logs(
-    db: &DatabaseConnection,
-    id: Uuid,
-    min: Option<LogLevel>,
-    limit: u64,
-) -> StoreResult<Vec<task_log::Model>> {
-    get(db, id).await?;
-    let mut q = task_log::Entity::find().filter(task_log::Column::TaskId.eq(id));
-    if let Some(min) = min {
-        q = q.filter(task_log::Column::Severity.gte(min.severity()));
-    }
-    Ok(q.order_by_asc(task_log::Column::Timestamp)
-        .order_by_asc(task_log::Column::Id)
-        .limit(limit)
-        .all(db)
-        .await?)
-}
-
-#[derive(FromQueryResult)]
-struct StatusCount {
-    status: String,
-    n: i64,
-}
-
-/// How many tasks are in each state (every state present, zero where none).
-pub async fn counts_by_status(db: &DatabaseConnection) -> StoreResult<HashMap<TaskStatus, i64>> {
-    let rows = task::Entity::find()
-        .select_only()
-        .column(task::Column::Status)
-        .column_as(Expr::col(task::Column::Id).count(), "n")
-        .group_by(task::Column::Status)
-        .into_model::<StatusCount>()
-        .all(db)
-        .await?;
-    let mut out: HashMap<TaskStatus, i64> = TaskStatus::ALL.into_iter().map(|s| (s, 0)).collect();
-    for r in rows {
-        if let Ok(s) = r.status.parse() {
-            out.insert(s, r.n);
-        }
-    }
-    Ok(out)
-}
-
-impl task::Model {
-    /// The status column as the enum. Only this service writes it; an unknown value is reported as failed.
-    pub fn task_status(&self) -> TaskStatus {
-        self.status.parse().unwrap_or_else(|_| {
-            tracing::error!(task_id = %self.id, status = %self.status, "unknown task status in the database");
-            TaskStatus::Failed
-        })
-    }
 }
 
 fn as_object(v: &Value) -> api::JsonObject {
@@ -315,7 +186,7 @@ fn as_object(v: &Value) -> api::JsonObject {
 impl From<task::Model> for api::Task {
     fn from(m: task::Model) -> Self {
         api::Task {
-            status: m.task_status(),
+            status: m.status,
             parameters: as_object(&m.parameters),
             id: m.id,
             problem_id: m.problem_id,
@@ -335,7 +206,7 @@ impl From<task::Model> for api::Task {
 impl From<task::Model> for api::TaskSummary {
     fn from(m: task::Model) -> Self {
         api::TaskSummary {
-            status: m.task_status(),
+            status: m.status,
             id: m.id,
             problem_id: m.problem_id,
             priority: m.priority,
@@ -343,18 +214,6 @@ impl From<task::Model> for api::TaskSummary {
             attempt: m.attempt,
             created_at: m.created_at,
             updated_at: m.updated_at,
-        }
-    }
-}
-
-impl From<task_log::Model> for api::LogEntry {
-    fn from(m: task_log::Model) -> Self {
-        api::LogEntry {
-            timestamp: m.timestamp,
-            level: m.level.parse().unwrap_or(LogLevel::Info),
-            message: m.message,
-            context: m.context,
-            attempt: m.attempt,
         }
     }
 }

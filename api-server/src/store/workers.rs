@@ -23,7 +23,7 @@ pub fn derive_status(
     now: DateTime<Utc>,
     heartbeat_timeout: chrono::Duration,
 ) -> WorkerStatus {
-    let stored = w.status.parse().unwrap_or(WorkerStatus::Offline);
+    let stored = w.status;
     if stored == WorkerStatus::Offline || w.last_heartbeat + heartbeat_timeout < now {
         WorkerStatus::Offline
     } else if stored == WorkerStatus::Stopping {
@@ -49,7 +49,7 @@ pub async fn running_by_worker(
         .select_only()
         .column(task::Column::Id)
         .column(task::Column::WorkerId)
-        .filter(task::Column::Status.eq(TaskStatus::Running.as_str()))
+        .filter(task::Column::Status.eq(TaskStatus::Running))
         .filter(task::Column::WorkerId.is_not_null())
         .into_model::<Held>()
         .all(db)
@@ -110,7 +110,7 @@ pub async fn register(
     let mut model = worker::ActiveModel {
         id: Set(id.to_owned()),
         backend_type: Set(req.backend_type.clone()),
-        status: Set(WorkerStatus::Idle.as_str().to_owned()),
+        status: Set(WorkerStatus::Idle),
         max_parallel_tasks: Set(req.capabilities.max_parallel_tasks),
         supported_problems: Set(serde_json::json!(req.capabilities.supported_problems)),
         metadata: Set(req.metadata.clone()),
@@ -124,7 +124,7 @@ pub async fn register(
     if !created {
         let held = task::Entity::find()
             .filter(task::Column::WorkerId.eq(id))
-            .filter(task::Column::Status.eq(TaskStatus::Running.as_str()))
+            .filter(task::Column::Status.eq(TaskStatus::Running))
             .all(&txn)
             .await?;
         for t in held {
@@ -199,7 +199,7 @@ pub async fn one_with_status(
         .select_only()
         .column(task::Column::Id)
         .filter(task::Column::WorkerId.eq(id))
-        .filter(task::Column::Status.eq(TaskStatus::Running.as_str()))
+        .filter(task::Column::Status.eq(TaskStatus::Running))
         .into_tuple()
         .all(db)
         .await?;
@@ -212,7 +212,7 @@ pub async fn set_stopping(db: &DatabaseConnection, id: &str) -> StoreResult<()> 
     worker::Entity::update_many()
         .col_expr(
             worker::Column::Status,
-            sea_orm::sea_query::Expr::value(WorkerStatus::Stopping.as_str()),
+            sea_orm::sea_query::Expr::value(WorkerStatus::Stopping),
         )
         .filter(worker::Column::Id.eq(id))
         .exec(db)

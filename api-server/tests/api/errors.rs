@@ -195,7 +195,7 @@ async fn request_id_is_echoed_or_made(backend: Backend) {
     assert_error(&r, StatusCode::NOT_FOUND, "not_found");
 }
 
-crate::both_backends!(
+task_executor_shared::both_backends!(
     bad_bodies_are_refused_and_nothing_is_stored,
     bad_paths_queries_and_methods,
     request_id_is_echoed_or_made,

@@ -85,7 +85,7 @@ async fn openapi_lists_every_route_and_docs_serve(backend: Backend) {
     assert!(html.contains("swagger"), "Swagger UI page");
 }
 
-crate::both_backends!(
+task_executor_shared::both_backends!(
     health_reports_database_and_queue,
     openapi_lists_every_route_and_docs_serve
 );

@@ -8,7 +8,7 @@ use sea_orm::{ConnectionTrait, Database, Statement};
 use serde_json::{Value, json};
 use task_executor_shared::runner::RunnerKind;
 
-use crate::helpers::{Backend, TestApp, assert_error};
+use crate::helpers::{Backend, TestApp, assert_error, wait_for};
 
 async fn with_workers(backend: Backend, n: u32, runner: RunnerKind) -> TestApp {
     TestApp::spawn_with(backend, |c| {
@@ -418,15 +418,15 @@ async fn sigterm_leaves_no_task_running(backend: Backend) {
         .unwrap();
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     let base = format!("http://127.0.0.1:{port}");
-    let mut up = false;
-    for _ in 0..100 {
-        if client.get(format!("{base}/ready")).send().await.is_ok() {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(up, "the server came up");
+    wait_for("the server came up", Duration::from_secs(20), || async {
+        client
+            .get(format!("{base}/ready"))
+            .send()
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
     let t: Value = client
         .post(format!("{base}/api/v1/tasks"))
         .json(&json!({"problem_id": "long", "parameters": {"simulate": {"steps": 1, "step_ms": 10, "outcome": "hang"}}}))
@@ -437,23 +437,18 @@ async fn sigterm_leaves_no_task_running(backend: Backend) {
         .await
         .unwrap();
     let id = t["id"].as_str().unwrap().to_owned();
-    let mut running = false;
-    for _ in 0..100 {
+    wait_for("the task started", Duration::from_secs(20), || async {
         let cur: Value = client
             .get(format!("{base}/api/v1/tasks/{id}"))
             .send()
             .await
-            .unwrap()
+            .ok()?
             .json()
             .await
-            .unwrap();
-        if cur["status"] == "running" {
-            running = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(running, "the task started");
+            .ok()?;
+        (cur["status"] == "running").then_some(())
+    })
+    .await;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
         nix::sys::signal::Signal::SIGTERM,
@@ -485,7 +480,7 @@ async fn sigterm_leaves_no_task_running(backend: Backend) {
     );
 }
 
-crate::both_backends!(
+task_executor_shared::both_backends!(
     simulated_task_runs_with_logs_visible_while_running,
     simulated_outcomes_end_in_the_right_status,
     exec_runner_outcomes_leave_no_process,

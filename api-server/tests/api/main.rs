@@ -2,7 +2,6 @@
 
 mod helpers;
 
-mod daemon;
 mod errors;
 mod health;
 mod internal;

@@ -119,4 +119,4 @@ async fn metrics_after_a_workload(backend: Backend) {
     assert!(!text.contains("00000000-0000-4000-8000-000000000000"));
 }
 
-crate::both_backends!(metrics_after_a_workload);
+task_executor_shared::both_backends!(metrics_after_a_workload);

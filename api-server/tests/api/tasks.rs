@@ -259,7 +259,7 @@ async fn logs_filter_by_level_and_limit(backend: Backend) {
     assert_eq!(one[0]["message"], "Task created");
 }
 
-crate::both_backends!(
+task_executor_shared::both_backends!(
     create_fills_defaults_and_get_returns_it,
     given_parameters_and_priority_are_kept,
     server_defaults_come_from_configuration,

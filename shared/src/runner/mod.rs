@@ -20,7 +20,11 @@ use tokio::{sync::mpsc, time::Instant};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::{LogLevel, api::NewLogEntry};
+use crate::{
+    LogLevel,
+    api::{NewLogEntry, Task},
+    params::TaskParams,
+};
 
 /// Which runner executes tasks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -46,8 +50,9 @@ pub struct RunnerArgs {
     )]
     pub runner: RunnerKind,
 
-    /// For `exec`: the program to run for each task, with arguments split on white space; the task is
-    /// given in its environment (see the README's runner protocol).
+    /// For `exec`: the program to run for each task, with its arguments, split like a shell would (quotes
+    /// keep spaces). It is the operator's, never a task's; the task is given in the runner's environment
+    /// (see the README's runner protocol).
     #[arg(global = true, long, env = "RUNNER_COMMAND")]
     pub runner_command: Option<String>,
 
@@ -80,7 +85,8 @@ pub struct RunnerArgs {
 }
 
 impl RunnerArgs {
-    /// The program and arguments that run a task, or why there are none.
+    /// The program and arguments that run a task, or why there are none. `RUNNER_COMMAND` is split like a
+    /// shell would split it (quotes keep spaces in an argument), but no shell ever runs it.
     pub fn program(&self) -> Result<Option<Vec<String>>, String> {
         match self.runner {
             RunnerKind::Simulate => Ok(None),
@@ -91,7 +97,14 @@ impl RunnerArgs {
                     .map(str::trim)
                     .filter(|c| !c.is_empty())
                     .ok_or("TASK_RUNNER=exec needs RUNNER_COMMAND")?;
-                Ok(Some(cmd.split_whitespace().map(str::to_owned).collect()))
+                shlex::split(cmd)
+                    .filter(|words| !words.is_empty())
+                    .map(Some)
+                    .ok_or_else(|| {
+                        format!(
+                            "RUNNER_COMMAND `{cmd}` has an unclosed quote or a trailing backslash"
+                        )
+                    })
             }
             RunnerKind::Aiopslab => Ok(Some(vec![
                 self.aiopslab_python.clone(),
@@ -105,7 +118,7 @@ impl RunnerArgs {
         let Some(program) = self.program()? else {
             return Ok(());
         };
-        if find_program(&program[0]).is_none() {
+        if which::which(&program[0]).is_err() {
             return Err(format!("runner program `{}` was not found", program[0]));
         }
         if self.runner == RunnerKind::Aiopslab && !self.aiopslab_bridge.is_file() {
@@ -122,19 +135,6 @@ impl RunnerArgs {
     }
 }
 
-/// The path of a program, looked up on PATH unless it has a slash.
-pub fn find_program(name: &str) -> Option<PathBuf> {
-    if name.contains('/') {
-        let p = PathBuf::from(name);
-        return p.is_file().then_some(p);
-    }
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join(name))
-            .find(|p| p.is_file())
-    })
-}
-
 /// One claimed task, as the engine needs it.
 #[derive(Debug, Clone)]
 pub struct TaskSpec {
@@ -145,30 +145,28 @@ pub struct TaskSpec {
     /// The kind cluster this run drives (`AIOPSLAB_CLUSTER`).
     pub cluster: String,
     /// The effective parameters (`max_steps`, `timeout`, `agent_config`, …).
-    pub parameters: Value,
+    pub params: TaskParams,
 }
 
 impl TaskSpec {
-    pub fn max_steps(&self) -> u64 {
-        self.parameters
-            .get("max_steps")
-            .and_then(Value::as_u64)
-            .unwrap_or(30)
-    }
-
-    pub fn timeout(&self) -> Duration {
-        Duration::from_secs(
-            self.parameters
-                .get("timeout")
-                .and_then(Value::as_u64)
-                .unwrap_or(1800),
-        )
+    /// The run of a claimed task by this worker on this cluster.
+    pub fn of(task: &Task, worker_id: &str, cluster: &str) -> TaskSpec {
+        TaskSpec {
+            task_id: task.id,
+            problem_id: task.problem_id.clone(),
+            attempt: task.attempt,
+            worker_id: worker_id.to_owned(),
+            cluster: cluster.to_owned(),
+            params: TaskParams::of(&Value::Object(
+                task.parameters.clone().into_iter().collect(),
+            )),
+        }
     }
 
     /// When the run must end: the task's timeout counted from the server's start of the run (`started_at`),
     /// never later than the full timeout from now (clocks of two hosts may differ).
     pub fn deadline(&self, started_at: Option<chrono::DateTime<chrono::Utc>>) -> Instant {
-        let timeout = self.timeout();
+        let timeout = self.params.timeout;
         let now = chrono::Utc::now();
         let end = started_at.unwrap_or(now)
             + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX);
@@ -280,7 +278,7 @@ mod tests {
             attempt: 1,
             worker_id: "w".to_owned(),
             cluster: "kind".to_owned(),
-            parameters: serde_json::json!({"timeout": timeout, "max_steps": 5}),
+            params: TaskParams::of(&serde_json::json!({"timeout": timeout, "max_steps": 5})),
         }
     }
 
@@ -300,6 +298,27 @@ mod tests {
         );
         let long_ago = chrono::Utc::now() - chrono::Duration::seconds(500);
         assert!(s.deadline(Some(long_ago)) <= Instant::now());
-        assert_eq!(s.max_steps(), 5);
+        assert_eq!(s.params.max_steps, 5);
+    }
+
+    #[test]
+    fn runner_command_is_split_like_a_shell_without_one() {
+        let mut args = RunnerArgs {
+            runner: RunnerKind::Exec,
+            runner_command: Some(r#"/opt/harness --name "two words" 'x y' plain"#.to_owned()),
+            aiopslab_python: "python3".to_owned(),
+            aiopslab_bridge: PathBuf::from("b.py"),
+            runner_kill_grace_seconds: 1,
+        };
+        assert_eq!(
+            args.program().unwrap().unwrap(),
+            vec!["/opt/harness", "--name", "two words", "x y", "plain"]
+        );
+        args.runner_command = Some("/opt/harness \"unclosed".to_owned());
+        assert!(args.program().unwrap_err().contains("unclosed quote"));
+        args.runner_command = Some("sh".to_owned());
+        assert!(args.check().is_ok(), "found on PATH");
+        args.runner_command = Some("no-such-program-here".to_owned());
+        assert!(args.check().unwrap_err().contains("was not found"));
     }
 }

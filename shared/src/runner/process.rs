@@ -45,12 +45,12 @@ pub(crate) async fn run(
     cmd.args(&program[1..])
         .env("TASK_ID", spec.task_id.to_string())
         .env("PROBLEM_ID", &spec.problem_id)
-        .env("MAX_STEPS", spec.max_steps().to_string())
-        .env("TIMEOUT_SECONDS", spec.timeout().as_secs().to_string())
+        .env("MAX_STEPS", spec.params.max_steps.to_string())
+        .env("TIMEOUT_SECONDS", spec.params.timeout.as_secs().to_string())
         .env("ATTEMPT", spec.attempt.to_string())
         .env("WORKER_ID", &spec.worker_id)
         .env("AIOPSLAB_CLUSTER", &spec.cluster)
-        .env("TASK_PARAMETERS", spec.parameters.to_string())
+        .env("TASK_PARAMETERS", spec.params.all.to_string())
         .env("PYTHONUNBUFFERED", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -80,7 +80,7 @@ pub(crate) async fn run(
     let mut result: Option<Map<String, Value>> = None;
     let mut exit: Option<std::process::ExitStatus> = None;
     let mut drain_until = Instant::now() + Duration::from_secs(86400 * 365);
-    let max_steps = spec.max_steps();
+    let max_steps = spec.params.max_steps;
 
     let stop = loop {
         if exit.is_some() && !out_open && !err_open {
@@ -161,7 +161,7 @@ pub(crate) async fn run(
             return RunOutcome::TimedOut {
                 error: format!(
                     "the run exceeded its timeout of {} s and was stopped",
-                    spec.timeout().as_secs()
+                    spec.params.timeout.as_secs()
                 ),
             };
         }

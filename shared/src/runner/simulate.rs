@@ -31,7 +31,7 @@ fn ended(why: Interrupted, spec: &TaskSpec) -> RunOutcome {
         Interrupted::Deadline => RunOutcome::TimedOut {
             error: format!(
                 "the run exceeded its timeout of {} s and was stopped",
-                spec.timeout().as_secs()
+                spec.params.timeout.as_secs()
             ),
         },
         Interrupted::Cancel => RunOutcome::Cancelled,
@@ -46,11 +46,7 @@ pub(crate) async fn run(
     logs: &LogSender,
 ) -> RunOutcome {
     let started = Instant::now();
-    let sim = spec
-        .parameters
-        .get("simulate")
-        .cloned()
-        .unwrap_or(Value::Null);
+    let sim = spec.params.simulate.clone().unwrap_or(Value::Null);
     let steps = sim
         .get("steps")
         .and_then(Value::as_u64)
@@ -66,7 +62,7 @@ pub(crate) async fn run(
         .and_then(Value::as_str)
         .unwrap_or("success")
         .to_owned();
-    let max_steps = spec.max_steps();
+    let max_steps = spec.params.max_steps;
     let _ = logs.send(entry(
         LogLevel::Info,
         format!(

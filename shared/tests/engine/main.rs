@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use task_executor_shared::{
     LogLevel,
     api::NewLogEntry,
+    params::TaskParams,
     runner::{RunControl, RunOutcome, RunnerArgs, RunnerKind, TaskSpec, execute},
 };
 use tokio::{sync::mpsc, time::Instant};
@@ -43,7 +44,7 @@ fn spec(problem: &str, parameters: Value) -> TaskSpec {
         attempt: 2,
         worker_id: "worker-007-kind".to_owned(),
         cluster: "aiops-7".to_owned(),
-        parameters: p,
+        params: TaskParams::of(&p),
     }
 }
 
@@ -354,8 +355,9 @@ async fn simulation_outcomes() {
         r.outcome
     );
 
-    let mut s = spec("p", sim("success", 10));
-    s.parameters["max_steps"] = json!(3);
+    let mut p = sim("success", 10);
+    p["max_steps"] = json!(3);
+    let s = spec("p", p);
     let r = run(&a, &s).await;
     assert!(
         matches!(&r.outcome, RunOutcome::Failed { error, .. } if error.contains("max_steps (3)")),

@@ -1,6 +1,4 @@
-//! The `worker-daemon` binary from the outside: its help and the checks that need no server. (Its runs
-//! against a real API server are tested in `api-server/tests/api/daemon.rs`, which also uses this binary:
-//! having integration tests here is what makes `cargo test --workspace` build it.)
+//! The `worker-daemon` binary from the outside: its help and the checks that need no server.
 
 use std::process::Command;
 

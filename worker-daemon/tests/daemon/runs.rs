@@ -1,5 +1,5 @@
 //! The worker daemon as operators run it: real `api-server` and `worker-daemon` processes on loopback, on both
-//! database backends. `cargo test --workspace` builds both binaries.
+//! database backends.
 
 use std::{path::PathBuf, process::Stdio, time::Duration};
 
@@ -11,10 +11,16 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
-use crate::helpers::{Backend, TestApp, wait_for};
+use task_executor_shared::testing::{Backend, fresh_database, wait_for};
 
 fn daemon_bin() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_BIN_EXE_api-server")).with_file_name("worker-daemon");
+    PathBuf::from(env!("CARGO_BIN_EXE_worker-daemon"))
+}
+
+/// The `api-server` binary, built beside this one by `cargo test --workspace` (the API server's own
+/// integration tests make cargo build it).
+fn server_bin() -> PathBuf {
+    let p = daemon_bin().with_file_name("api-server");
     assert!(
         p.is_file(),
         "{} is missing: run the tests with `cargo test --workspace`, which builds it",
@@ -67,7 +73,7 @@ impl Server {
     }
 
     async fn spawn(&mut self) {
-        self.child = Command::new(env!("CARGO_BIN_EXE_api-server"))
+        self.child = Command::new(server_bin())
             .env("DATABASE_URL", &self.db_url)
             .env("BIND_ADDR", format!("127.0.0.1:{}", self.port))
             .env("NUM_INTERNAL_WORKERS", "0")
@@ -77,15 +83,15 @@ impl Server {
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        for _ in 0..200 {
-            if let Ok(r) = self.client.get(self.url("/ready")).send().await
-                && r.status() == StatusCode::OK
-            {
-                return;
+        let (client, ready) = (self.client.clone(), self.url("/ready"));
+        wait_for("the api-server is ready", Duration::from_secs(20), || {
+            let (client, ready) = (client.clone(), ready.clone());
+            async move {
+                let r = client.get(ready).send().await.ok()?;
+                (r.status() == StatusCode::OK).then_some(())
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("the api-server did not become ready");
+        })
+        .await;
     }
 
     async fn stop(&mut self) {
@@ -168,7 +174,7 @@ fn sim(steps: u64, step_ms: u64) -> Value {
 }
 
 async fn daemons_share_a_batch_and_complete_each_task_once(backend: Backend) {
-    let (db, _dir) = TestApp::fresh_database(backend).await;
+    let (db, _dir) = fresh_database(backend).await;
     let server = Server::start(&db, &[]).await;
     let _a = daemon(&server, "host-a-kind", &[("MAX_PARALLEL_TASKS", "2")]);
     let _b = daemon(&server, "host-b-kind", &[("MAX_PARALLEL_TASKS", "2")]);
@@ -205,7 +211,7 @@ async fn daemons_share_a_batch_and_complete_each_task_once(backend: Backend) {
 }
 
 async fn a_killed_daemons_task_is_finished_by_another(backend: Backend) {
-    let (db, _dir) = TestApp::fresh_database(backend).await;
+    let (db, _dir) = fresh_database(backend).await;
     let server = Server::start(&db, &[("WORKER_HEARTBEAT_TIMEOUT_SECONDS", "2")]).await;
     let mut a = daemon(&server, "doomed", &[]);
     let t = server
@@ -238,7 +244,7 @@ async fn a_killed_daemons_task_is_finished_by_another(backend: Backend) {
 }
 
 async fn a_server_restart_loses_nothing(backend: Backend) {
-    let (db, _dir) = TestApp::fresh_database(backend).await;
+    let (db, _dir) = fresh_database(backend).await;
     let mut server = Server::start(&db, &[]).await;
     let _a = daemon(&server, "r-a", &[("MAX_PARALLEL_TASKS", "2")]);
     let _b = daemon(&server, "r-b", &[("MAX_PARALLEL_TASKS", "2")]);
@@ -257,7 +263,8 @@ async fn a_server_restart_loses_nothing(backend: Backend) {
         })
         .await;
     server.stop().await;
-    // Runs go on while the server is away; their outcomes wait in the daemons.
+    // Runs go on while the server is away (a deliberate outage of 2 s, not a wait for something); their
+    // outcomes wait in the daemons.
     tokio::time::sleep(Duration::from_secs(2)).await;
     server.spawn().await;
     for t in &tasks {
@@ -276,7 +283,7 @@ async fn a_server_restart_loses_nothing(backend: Backend) {
 }
 
 async fn sigterm_drains_then_releases(backend: Backend) {
-    let (db, _dir) = TestApp::fresh_database(backend).await;
+    let (db, _dir) = fresh_database(backend).await;
     let server = Server::start(&db, &[]).await;
 
     // Drain: the running task finishes, then the daemon goes offline and exits 0.
@@ -341,7 +348,11 @@ async fn sigterm_drains_then_releases(backend: Backend) {
         })
         .await;
     signal(&c, Signal::SIGTERM);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    server
+        .until("the daemon shows it is stopping", || async {
+            (server.get("/api/v1/workers/impatient").await["status"] == "stopping").then_some(())
+        })
+        .await;
     signal(&c, Signal::SIGTERM);
     exits_zero(&mut c, Duration::from_secs(20)).await;
     let h = server.get("/health").await;
@@ -349,7 +360,7 @@ async fn sigterm_drains_then_releases(backend: Backend) {
 }
 
 async fn the_daemon_serves_its_metrics(backend: Backend) {
-    let (db, _dir) = TestApp::fresh_database(backend).await;
+    let (db, _dir) = fresh_database(backend).await;
     let server = Server::start(&db, &[]).await;
     let port = free_port();
     let _d = daemon(
@@ -383,7 +394,7 @@ async fn the_daemon_serves_its_metrics(backend: Backend) {
 }
 
 async fn check_reports_problems_clearly(backend: Backend) {
-    let (db, _dir) = TestApp::fresh_database(backend).await;
+    let (db, _dir) = fresh_database(backend).await;
     let server = Server::start(&db, &[]).await;
     let run_check = |env: Vec<(&'static str, String)>| async move {
         let out = Command::new(daemon_bin())
@@ -438,7 +449,7 @@ async fn check_reports_problems_clearly(backend: Backend) {
     assert!(text.contains("RUNNER_COMMAND"), "{text}");
 }
 
-crate::both_backends!(
+task_executor_shared::both_backends!(
     daemons_share_a_batch_and_complete_each_task_once,
     a_killed_daemons_task_is_finished_by_another,
     a_server_restart_loses_nothing,

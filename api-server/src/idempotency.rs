@@ -1,0 +1,55 @@
+//! The fingerprint of a create request, for idempotent creation (`Idempotency-Key`).
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use task_executor_shared::api::CreateTaskRequest;
+
+/// A hash of the request as the client sent it, independent of key order.
+pub fn fingerprint(req: &CreateTaskRequest) -> String {
+    let v = serde_json::json!({
+        "problem_id": req.problem_id,
+        "parameters": canonical(&Value::Object(req.parameters.iter().map(|(k, v)| (k.clone(), v.clone())).collect())),
+        "priority": req.priority,
+    });
+    let digest = Sha256::digest(canonical(&v).to_string().as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The same JSON with every object's keys sorted.
+fn canonical(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<_> = m.keys().collect();
+            keys.sort();
+            let mut out = serde_json::Map::new();
+            for k in keys {
+                out.insert(k.clone(), canonical(&m[k]));
+            }
+            Value::Object(out)
+        }
+        Value::Array(a) => Value::Array(a.iter().map(canonical).collect()),
+        other => other.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn fingerprint_ignores_key_order() {
+        let a: CreateTaskRequest = serde_json::from_value(
+            json!({"problem_id": "p", "parameters": {"a": {"x": 1, "y": 2}, "b": 1}}),
+        )
+        .unwrap();
+        let b: CreateTaskRequest = serde_json::from_value(
+            json!({"parameters": {"b": 1, "a": {"y": 2, "x": 1}}, "problem_id": "p"}),
+        )
+        .unwrap();
+        let c: CreateTaskRequest =
+            serde_json::from_value(json!({"problem_id": "p", "parameters": {"b": 2}})).unwrap();
+        assert_eq!(fingerprint(&a), fingerprint(&b));
+        assert_ne!(fingerprint(&a), fingerprint(&c));
+    }
+}

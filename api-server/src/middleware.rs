@@ -1,0 +1,184 @@
+//! The outermost middleware, around every route: assigns the request id (the client's own when usable) and
+//! opens the request's tracing span, bounds the body and checks that declared JSON parses, turns every
+//! error — poem's and poem-openapi's own included (unknown route, wrong method, wrong content type, bad
+//! parameter) — into the specification's JSON body, and records the HTTP metrics by route template.
+//!
+//! poem's own `RequestId` and `SizeLimit` middleware do not fit: the first echoes any incoming id unchecked
+//! (any length, any bytes, into logs) and sets no header on error answers; the second answers 411 to a body
+//! without `Content-Length` and cannot bound a chunked one.
+
+use std::sync::Arc;
+
+use poem::{
+    Endpoint, IntoResponse, PathPattern, Request, Response,
+    error::{MethodNotAllowedError, NotFoundError, ReadBodyError},
+    http::{HeaderValue, StatusCode, header},
+};
+use poem_openapi::error::{
+    ContentTypeError, ParseParamError, ParsePathError, ParseRequestPayloadError,
+};
+use tracing::Instrument;
+
+use crate::{
+    error::{REQUEST_ID, body, request_id},
+    metrics::Metrics,
+};
+
+/// The largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Status and `type` of an error that poem or poem-openapi raised before a handler ran.
+fn classify(err: &poem::Error) -> (StatusCode, &'static str, String) {
+    if err.is::<NotFoundError>() {
+        return (
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such route".to_owned(),
+        );
+    }
+    if err.is::<MethodNotAllowedError>() {
+        return (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "method not allowed on this route".to_owned(),
+        );
+    }
+    if let Some(e) = err.downcast_ref::<ParseRequestPayloadError>() {
+        // The body was already checked to be syntactically valid JSON: what is left is its shape or values.
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_error",
+            e.reason.clone(),
+        );
+    }
+    if let Some(e) = err.downcast_ref::<ParseParamError>() {
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_error",
+            format!("parameter `{}`: {}", e.name, e.reason),
+        );
+    }
+    if let Some(e) = err.downcast_ref::<ParsePathError>() {
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_error",
+            format!("invalid path parameter: {}", e.reason),
+        );
+    }
+    if let Some(e) = err.downcast_ref::<ContentTypeError>() {
+        return (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            e.to_string(),
+        );
+    }
+    let status = err.status();
+    if status.is_server_error() {
+        return (status, "internal_error", err.to_string());
+    }
+    (status, "error", err.to_string())
+}
+
+fn json_error(status: StatusCode, kind: &str, detail: impl Into<String>) -> Response {
+    let mut resp = body(kind, detail).into_response();
+    resp.set_status(status);
+    resp
+}
+
+fn is_json(resp: &Response) -> bool {
+    resp.content_type()
+        .is_some_and(|ct| ct.starts_with("application/json"))
+}
+
+fn valid_request_id(v: &str) -> bool {
+    !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// The outermost middleware: assigns the request id, opens the request's tracing span, bounds and checks the
+/// body, turns every error into the specification's JSON body, and records the HTTP metrics by route template.
+pub async fn edge<E: Endpoint>(
+    next: Arc<E>,
+    mut req: Request,
+    metrics: Arc<Metrics>,
+) -> poem::Result<Response> {
+    let started = std::time::Instant::now();
+    let method = req.method().to_string();
+    let rid = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| valid_request_id(v))
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("req_{}", uuid::Uuid::new_v4().simple()));
+    let header_value = HeaderValue::from_str(&rid).expect("request ids are visible ASCII");
+    let span = tracing::info_span!("request", request_id = %rid, method = %method, path = %req.uri().path());
+    let mut route: Option<String> = None;
+    let route_slot = &mut route;
+    let mut resp = REQUEST_ID
+        .scope(rid, async move {
+            let bytes = match req.take_body().into_bytes_limit(MAX_BODY_BYTES).await {
+                Ok(b) => b,
+                Err(ReadBodyError::PayloadTooLarge) => {
+                    return json_error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "payload_too_large",
+                        format!("request body is larger than {MAX_BODY_BYTES} bytes"),
+                    );
+                }
+                Err(e) => return json_error(StatusCode::BAD_REQUEST, "bad_request", e.to_string()),
+            };
+            let declares_json = req
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|ct| ct.trim_start().to_ascii_lowercase().starts_with("application/json"));
+            if declares_json
+                && !bytes.is_empty()
+                && let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes)
+            {
+                return json_error(StatusCode::BAD_REQUEST, "malformed_json", format!("malformed JSON: {e}"));
+            }
+            req.set_body(bytes);
+            match next.call(req).await {
+                Ok(resp) => {
+                    let resp = resp.into_response();
+                    *route_slot = resp.data::<PathPattern>().map(|p| p.0.to_string());
+                    if resp.status().is_client_error() || resp.status().is_server_error() {
+                        if is_json(&resp) {
+                            return resp;
+                        }
+                        let status = resp.status();
+                        return json_error(status, "error", status.canonical_reason().unwrap_or("error"));
+                    }
+                    resp
+                }
+                Err(err) => {
+                    *route_slot = err.data::<PathPattern>().map(|p| p.0.to_string());
+                    let (status, kind, detail) = classify(&err);
+                    let resp = err.into_response();
+                    if is_json(&resp) && resp.status() == status {
+                        // Already one of ours (an ApiError raised by a handler).
+                        return resp;
+                    }
+                    if status.is_server_error() {
+                        // Logged in full here, answered opaquely.
+                        tracing::error!(request_id = %request_id(), error = %detail, "internal error");
+                        return json_error(status, kind, "internal server error");
+                    }
+                    json_error(status, kind, detail)
+                }
+            }
+        })
+        .instrument(span)
+        .await;
+    resp.headers_mut().insert("x-request-id", header_value);
+    metrics.http_request(
+        route
+            .filter(|r| !r.is_empty())
+            .unwrap_or_else(|| "unmatched".to_owned()),
+        method,
+        resp.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    Ok(resp)
+}

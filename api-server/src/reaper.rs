@@ -1,0 +1,40 @@
+//! The reaper: recovery from lost workers and overdue tasks, every third of the heartbeat timeout, in every
+//! replica (each change it makes is conditional on the run it saw, so replicas do not collide).
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::dispatch::Dispatcher;
+
+/// How often the reaper runs (and internal workers heartbeat): a third of the heartbeat timeout, at most
+/// every 10 s, at least every 100 ms.
+pub fn interval(heartbeat_timeout: chrono::Duration) -> Duration {
+    let third = heartbeat_timeout
+        .to_std()
+        .unwrap_or(Duration::from_secs(60))
+        / 3;
+    third.clamp(Duration::from_millis(100), Duration::from_secs(10))
+}
+
+/// Runs recovery passes until `stop`. During the first heartbeat timeout after start, expired leases are not
+/// acted on: workers have not had a chance to heartbeat to this server yet.
+pub async fn run(dispatcher: Dispatcher, stop: CancellationToken) {
+    let started = tokio::time::Instant::now();
+    let grace = dispatcher
+        .lease
+        .heartbeat_timeout
+        .to_std()
+        .unwrap_or_default();
+    let mut tick = tokio::time::interval(interval(dispatcher.lease.heartbeat_timeout));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = dispatcher.reap(started.elapsed() >= grace).await {
+            tracing::error!(error = %e, "reaper pass failed");
+        }
+    }
+}

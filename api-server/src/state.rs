@@ -1,0 +1,17 @@
+//! What every handler and background loop shares.
+
+use std::sync::Arc;
+
+use sea_orm::DatabaseConnection;
+
+use crate::{config::Config, dispatch::Dispatcher, metrics::Metrics, supervisor::Supervisor};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub db: DatabaseConnection,
+    pub config: Arc<Config>,
+    /// The server side of the worker protocol (also what internal workers use).
+    pub dispatcher: Dispatcher,
+    pub supervisor: Arc<Supervisor>,
+    pub metrics: Arc<Metrics>,
+}

@@ -1,0 +1,160 @@
+//! Claiming: the next pending task a worker may take, marked running for it in one statement.
+
+use chrono::{DateTime, Utc};
+use sea_orm::{
+    ColumnTrait, DatabaseConnection, DatabaseTransaction, DbBackend, EntityTrait, PaginatorTrait,
+    QueryFilter, Statement, TransactionTrait, Value, sea_query::Expr,
+};
+use serde_json::json;
+use task_executor_shared::{LogLevel, TaskStatus, WorkerStatus};
+
+use super::LeasePolicy;
+use crate::store::{
+    StoreError, StoreResult,
+    entity::{task, worker},
+    is_postgres,
+    logs::append_log,
+    now,
+};
+
+fn placeholder(backend: DbBackend, n: usize) -> String {
+    match backend {
+        DbBackend::Postgres => format!("${n}"),
+        // Numbered, never bare `?`: sqlx counts bare and numbered SQLite parameters separately.
+        _ => format!("?{n}"),
+    }
+}
+
+/// Translates `supported_problems` globs into SQL conditions: `LIKE` on PostgreSQL (with `_` escaped),
+/// `GLOB` on SQLite (whose `LIKE` ignores case). Patterns were checked to hold only id characters, `*`, `?`.
+fn problem_filter(backend: DbBackend, patterns: &[String], values: &mut Vec<Value>) -> String {
+    if patterns.is_empty() || patterns.iter().any(|p| p == "*") {
+        return String::new();
+    }
+    let mut parts = Vec::new();
+    for p in patterns {
+        let (op, pat) = match backend {
+            DbBackend::Postgres => (
+                "LIKE",
+                p.replace('\\', "\\\\")
+                    .replace('%', "\\%")
+                    .replace('_', "\\_")
+                    .replace('*', "%")
+                    .replace('?', "_"),
+            ),
+            _ => ("GLOB", p.clone()),
+        };
+        values.push(pat.into());
+        let escape = if op == "LIKE" { " ESCAPE '\\'" } else { "" };
+        parts.push(format!(
+            "problem_id {op} {}{escape}",
+            placeholder(backend, values.len())
+        ));
+    }
+    format!(" AND ({})", parts.join(" OR "))
+}
+
+/// Claims the next task for a worker: highest priority first, then oldest, among the problems it supports.
+///
+/// One transaction: the worker's row is updated (a sign of life, and a row lock that serializes claims of
+/// one worker so that its `max_parallel_tasks` holds), its running tasks are counted, and one statement
+/// selects and marks the task — on PostgreSQL a `FOR UPDATE SKIP LOCKED` CTE, so concurrent claimers never
+/// wait for or take the same row; on SQLite one `UPDATE … WHERE id = (SELECT …)`, writers being serialized.
+#[tracing::instrument(skip(db, policy), fields(worker_id = %worker_id))]
+pub async fn claim(
+    db: &DatabaseConnection,
+    worker_id: &str,
+    policy: &LeasePolicy,
+) -> StoreResult<Option<task::Model>> {
+    let at = now();
+    let backend = db.get_database_backend();
+    let txn = db.begin().await?;
+    let w = touch_worker(&txn, worker_id, at).await?;
+    let running = task::Entity::find()
+        .filter(task::Column::WorkerId.eq(worker_id))
+        .filter(task::Column::Status.eq(TaskStatus::Running))
+        .count(&txn)
+        .await?;
+    if running >= Ord::max(w.max_parallel_tasks, 0) as u64 {
+        return Err(StoreError::Conflict {
+            kind: "worker_at_capacity",
+            detail: format!(
+                "worker {worker_id} already holds {running} running task(s), its max_parallel_tasks is {}",
+                w.max_parallel_tasks
+            ),
+        });
+    }
+    let patterns: Vec<String> =
+        serde_json::from_value(w.supported_problems.clone()).unwrap_or_default();
+    let mut values: Vec<Value> = vec![
+        worker_id.into(),
+        at.into(),
+        (at + policy.heartbeat_timeout).into(),
+    ];
+    let filter = problem_filter(backend, &patterns, &mut values);
+    let sql = if is_postgres(&txn) {
+        format!(
+            "WITH next AS ( \
+                SELECT id FROM tasks WHERE status = 'pending'{filter} \
+                ORDER BY priority DESC, created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED) \
+             UPDATE tasks AS t SET status = 'running', worker_id = $1, attempt = t.attempt + 1, \
+                started_at = $2, updated_at = $2, lease_expires_at = $3 \
+             FROM next WHERE t.id = next.id RETURNING t.*"
+        )
+    } else {
+        format!(
+            "UPDATE tasks SET status = 'running', worker_id = ?1, attempt = attempt + 1, \
+                started_at = ?2, updated_at = ?2, lease_expires_at = ?3 \
+             WHERE status = 'pending' AND id = ( \
+                SELECT id FROM tasks WHERE status = 'pending'{filter} \
+                ORDER BY priority DESC, created_at, id LIMIT 1) \
+             RETURNING *"
+        )
+    };
+    let claimed = task::Entity::find()
+        .from_raw_sql(Statement::from_sql_and_values(backend, sql, values))
+        .one(&txn)
+        .await?;
+    let Some(t) = claimed else {
+        // Nothing pending that this worker may take.
+        txn.commit().await?;
+        return Ok(None);
+    };
+    append_log(
+        &txn,
+        t.id,
+        Some(t.attempt),
+        LogLevel::Info,
+        &format!("Task claimed by worker {worker_id} (attempt {})", t.attempt),
+        Some(json!({"event": "claimed", "worker_id": worker_id, "attempt": t.attempt})),
+    )
+    .await?;
+    txn.commit().await?;
+    Ok(Some(t))
+}
+
+/// Records a sign of life of a worker (an offline worker that speaks is online again) and returns its row.
+async fn touch_worker(
+    txn: &DatabaseTransaction,
+    worker_id: &str,
+    at: DateTime<Utc>,
+) -> StoreResult<worker::Model> {
+    let updated = worker::Entity::update_many()
+        .col_expr(worker::Column::LastHeartbeat, Expr::value(at))
+        .col_expr(
+            worker::Column::Status,
+            Expr::case(
+                worker::Column::Status.eq(WorkerStatus::Offline),
+                WorkerStatus::Idle,
+            )
+            .finally(Expr::col(worker::Column::Status))
+            .into(),
+        )
+        .filter(worker::Column::Id.eq(worker_id))
+        .exec_with_returning(txn)
+        .await?;
+    updated
+        .into_iter()
+        .next()
+        .ok_or_else(|| StoreError::WorkerNotFound(worker_id.to_owned()))
+}

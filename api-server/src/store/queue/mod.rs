@@ -1,0 +1,32 @@
+//! The queue: how tasks move between states, split by concern — claiming ([`claim`]), what workers report
+//! ([`reports`]: heartbeats, logs, outcomes, releases) and recovery from lost workers and overdue tasks
+//! ([`recovery`]). Every state change goes through [`transition::apply`], which does the guarded update and
+//! writes the log entry together.
+//!
+//! Every write a worker makes to a task is fenced by the run it holds:
+//! `WHERE id = … AND worker_id = … AND attempt = … AND status = 'running'`. Zero rows updated means the
+//! worker no longer holds that run, and the answer says why; the task is left unchanged. So a worker that
+//! lost its lease can never overwrite the outcome of a newer attempt.
+
+pub mod claim;
+pub mod recovery;
+pub mod reports;
+pub mod transition;
+
+use chrono::Duration;
+
+pub use claim::claim;
+pub use recovery::{ReapReport, reap, release_lost};
+pub use reports::{HeartbeatOutcome, Outcome, finish, give_back, heartbeat, report_logs};
+
+/// Timing of leases and recovery.
+#[derive(Debug, Clone, Copy)]
+pub struct LeasePolicy {
+    /// A worker silent this long is offline; a claim or heartbeat extends a task's lease by this much.
+    pub heartbeat_timeout: Duration,
+    /// A task held for less than this is not requeued for being absent from a heartbeat (the heartbeat may
+    /// have been sent just before the claim's answer arrived).
+    pub claim_grace: Duration,
+    /// Runs of a task at most when its worker is lost.
+    pub max_attempts: i32,
+}

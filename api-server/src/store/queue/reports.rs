@@ -1,0 +1,335 @@
+//! What workers report: heartbeats (leases, cancellations, reconciliation), log entries, the outcome of a run
+//! and the release of a run the worker stopped. Each is fenced by the run the worker holds.
+
+use chrono::{DateTime, Utc};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
+    TransactionTrait,
+    sea_query::{Expr, ExprTrait},
+};
+use serde_json::json;
+use task_executor_shared::{LogLevel, TaskStatus, WorkerStatus, api};
+use uuid::Uuid;
+
+use super::{
+    LeasePolicy,
+    transition::{self, Change, Entry, Guard},
+};
+use crate::store::{
+    StoreError, StoreResult,
+    entity::{task, worker},
+    logs, now,
+};
+
+/// What a heartbeat changed.
+pub struct HeartbeatOutcome {
+    pub at: DateTime<Utc>,
+    /// Reported tasks the worker must stop: cancelled, timed out, or no longer its own.
+    pub cancel_task_ids: Vec<Uuid>,
+    /// Tasks the server thought the worker held but the heartbeat did not list: released.
+    pub released: Vec<task::Model>,
+}
+
+/// The status a heartbeat leaves on the worker's row: `offline` when it says so; `stopping` when it says so
+/// or was marked so (an internal worker scaled down); else `idle` (`busy` is derived from the tasks held).
+fn stored_status(said: WorkerStatus) -> Expr {
+    match said {
+        WorkerStatus::Offline | WorkerStatus::Stopping => Expr::value(said),
+        WorkerStatus::Idle | WorkerStatus::Busy => Expr::case(
+            worker::Column::Status.eq(WorkerStatus::Stopping),
+            WorkerStatus::Stopping,
+        )
+        .finally(WorkerStatus::Idle)
+        .into(),
+    }
+}
+
+/// Records a heartbeat: extends the lease of the reported tasks, tells which of them to stop, and releases
+/// tasks the worker holds on the server but no longer reports (lost on the way to it) once past the claim
+/// grace period.
+#[tracing::instrument(skip(db, req, policy), fields(worker_id = %worker_id))]
+pub async fn heartbeat(
+    db: &DatabaseConnection,
+    worker_id: &str,
+    req: &api::HeartbeatRequest,
+    policy: &LeasePolicy,
+) -> StoreResult<HeartbeatOutcome> {
+    let at = now();
+    let mut reported: Vec<Uuid> = req.running_task_ids.clone();
+    if let Some(id) = req.current_task_id
+        && !reported.contains(&id)
+    {
+        reported.push(id);
+    }
+    let updated = worker::Entity::update_many()
+        .col_expr(worker::Column::LastHeartbeat, Expr::value(at))
+        .col_expr(worker::Column::Status, stored_status(req.status))
+        .filter(worker::Column::Id.eq(worker_id))
+        .exec(db)
+        .await?;
+    if updated.rows_affected == 0 {
+        return Err(StoreError::WorkerNotFound(worker_id.to_owned()));
+    }
+    if !reported.is_empty() {
+        task::Entity::update_many()
+            .col_expr(
+                task::Column::LeaseExpiresAt,
+                Expr::value(at + policy.heartbeat_timeout),
+            )
+            .filter(task::Column::Id.is_in(reported.clone()))
+            .filter(task::Column::WorkerId.eq(worker_id))
+            .filter(task::Column::Status.eq(TaskStatus::Running))
+            .exec(db)
+            .await?;
+    }
+    // The worker's running tasks and the reported ones, in one read.
+    let rows = task::Entity::find()
+        .filter(
+            task::Column::Id
+                .is_in(reported.clone())
+                .or(task::Column::WorkerId
+                    .eq(worker_id)
+                    .and(task::Column::Status.eq(TaskStatus::Running))),
+        )
+        .all(db)
+        .await?;
+    let holds = |t: &task::Model| {
+        t.worker_id.as_deref() == Some(worker_id) && t.status == TaskStatus::Running
+    };
+    let mut cancel_task_ids: Vec<Uuid> = reported
+        .iter()
+        .copied()
+        .filter(|id| !rows.iter().any(|t| t.id == *id && holds(t)))
+        .collect();
+    cancel_task_ids.sort();
+    let mut released = Vec::new();
+    for t in rows
+        .iter()
+        .filter(|t| holds(t) && !reported.contains(&t.id))
+    {
+        let held_since = t.started_at.unwrap_or(t.updated_at);
+        if held_since + policy.claim_grace > at {
+            continue;
+        }
+        // The worker never had the task (a claim answer that did not arrive, a long poll whose client went
+        // away): the run did not happen, so it does not count as an attempt.
+        let reason =
+            format!("worker {worker_id} never received it (the claim was lost on the way)");
+        if let Some(changed) =
+            requeue_uncounted(db, t.id, worker_id, t.attempt, &reason, "claim lost").await?
+        {
+            released.push(changed);
+        }
+    }
+    Ok(HeartbeatOutcome {
+        at,
+        cancel_task_ids,
+        released,
+    })
+}
+
+/// Why a report was refused: the task's state as it is now, turned into the error a worker sees.
+async fn refusal(
+    db: &impl ConnectionTrait,
+    task_id: Uuid,
+    worker_id: &str,
+    attempt: i32,
+) -> StoreError {
+    let t = match task::Entity::find_by_id(task_id).one(db).await {
+        Ok(Some(t)) => t,
+        Ok(None) => return StoreError::TaskNotFound(task_id),
+        Err(e) => return e.into(),
+    };
+    match worker::Entity::find_by_id(worker_id).one(db).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return StoreError::WorkerNotFound(worker_id.to_owned()),
+        Err(e) => return e.into(),
+    }
+    let status = t.status;
+    let (kind, detail) =
+        if t.worker_id.as_deref() != Some(worker_id) || status == TaskStatus::Pending {
+            (
+                "task_not_held",
+                format!("task {task_id} is not held by worker {worker_id} (it is {status})"),
+            )
+        } else if t.attempt != attempt {
+            (
+                "stale_attempt",
+                format!(
+                    "attempt {attempt} of task {task_id} is over; the current attempt is {}",
+                    t.attempt
+                ),
+            )
+        } else if status == TaskStatus::Cancelled {
+            ("task_cancelled", format!("task {task_id} was cancelled"))
+        } else if status == TaskStatus::Timeout {
+            ("task_timed_out", format!("task {task_id} timed out"))
+        } else {
+            (
+                "task_finished",
+                format!("task {task_id} is already {status}"),
+            )
+        };
+    StoreError::Conflict { kind, detail }
+}
+
+/// Appends a batch of log entries from the worker that holds the run.
+pub async fn report_logs(
+    db: &DatabaseConnection,
+    worker_id: &str,
+    task_id: Uuid,
+    req: api::ReportLogsRequest,
+) -> StoreResult<u64> {
+    let held = task::Entity::find()
+        .filter(task::Column::Id.eq(task_id))
+        .filter(task::Column::WorkerId.eq(worker_id))
+        .filter(task::Column::Attempt.eq(req.attempt))
+        .filter(task::Column::Status.eq(TaskStatus::Running))
+        .count(db)
+        .await?;
+    if held == 0 {
+        return Err(refusal(db, task_id, worker_id, req.attempt).await);
+    }
+    Ok(logs::append_logs(db, task_id, req.attempt, req.entries).await?)
+}
+
+/// How a run ended, as its worker reports it.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Completed(api::JsonObject),
+    Failed {
+        status: TaskStatus,
+        error: String,
+        result: Option<api::JsonObject>,
+    },
+}
+
+/// Records the end of a run: the task's final state and result with its log entry, and the worker's
+/// counters, in one transaction, fenced by the run.
+#[tracing::instrument(skip(db, outcome), fields(worker_id = %worker_id, task_id = %task_id, attempt))]
+pub async fn finish(
+    db: &DatabaseConnection,
+    worker_id: &str,
+    task_id: Uuid,
+    attempt: i32,
+    outcome: Outcome,
+) -> StoreResult<task::Model> {
+    let (status, result, message, level) = match outcome {
+        Outcome::Completed(r) => {
+            let msg = match r.get("success").and_then(|v| v.as_bool()) {
+                Some(false) => {
+                    "Task completed: the run finished, the agent did not succeed".to_owned()
+                }
+                _ => "Task completed".to_owned(),
+            };
+            (
+                TaskStatus::Completed,
+                serde_json::Value::Object(r.into_iter().collect()),
+                msg,
+                LogLevel::Info,
+            )
+        }
+        Outcome::Failed {
+            status,
+            error,
+            result,
+        } => {
+            let mut r: serde_json::Map<String, serde_json::Value> =
+                result.unwrap_or_default().into_iter().collect();
+            r.entry("success").or_insert(json!(false));
+            r.insert("error".to_owned(), json!(error));
+            let verb = if status == TaskStatus::Timeout {
+                "timed out"
+            } else {
+                "failed"
+            };
+            (
+                status,
+                serde_json::Value::Object(r),
+                format!("Task {verb}: {error}"),
+                LogLevel::Error,
+            )
+        }
+    };
+    let txn = db.begin().await?;
+    let guard = Guard::Run {
+        task_id,
+        worker_id,
+        attempt,
+    };
+    let entry = Entry {
+        level,
+        message,
+        context: json!({"event": status.as_str(), "worker_id": worker_id, "attempt": attempt}),
+        attempt: Some(attempt),
+    };
+    let change = Change::End {
+        status,
+        result: Some(result),
+    };
+    let Some(t) = transition::apply(&txn, guard, change, entry).await? else {
+        drop(txn);
+        return Err(refusal(db, task_id, worker_id, attempt).await);
+    };
+    let counter = if status == TaskStatus::Completed {
+        worker::Column::TasksCompleted
+    } else {
+        worker::Column::TasksFailed
+    };
+    worker::Entity::update_many()
+        .col_expr(counter, Expr::col(counter).add(1))
+        .filter(worker::Column::Id.eq(worker_id))
+        .exec(&txn)
+        .await?;
+    txn.commit().await?;
+    Ok(t)
+}
+
+/// Gives a run back to the queue without counting it: the worker is stopping (shutdown, stop of the internal
+/// workers) and the run was interrupted, not lost. Status `pending`, attempt decremented so that the next
+/// claim gets the same number. Fenced like every report.
+pub async fn give_back(
+    db: &DatabaseConnection,
+    worker_id: &str,
+    task_id: Uuid,
+    attempt: i32,
+) -> StoreResult<task::Model> {
+    let reason = format!("worker {worker_id} stopped it");
+    match requeue_uncounted(db, task_id, worker_id, attempt, &reason, "worker stopping").await? {
+        Some(t) => Ok(t),
+        None => Err(refusal(db, task_id, worker_id, attempt).await),
+    }
+}
+
+/// Puts a run back to `pending` with its attempt given back (the run never happened, or was interrupted by
+/// its worker). Returns the task as changed, if the run was still held.
+async fn requeue_uncounted(
+    db: &DatabaseConnection,
+    task_id: Uuid,
+    worker_id: &str,
+    attempt: i32,
+    reason: &str,
+    why: &str,
+) -> StoreResult<Option<task::Model>> {
+    let txn = db.begin().await?;
+    let changed = transition::apply(
+        &txn,
+        Guard::Run {
+            task_id,
+            worker_id,
+            attempt,
+        },
+        Change::Requeue { counted: false },
+        Entry {
+            level: LogLevel::Warning,
+            message: format!(
+                "Task returned to the queue: {reason} (attempt {attempt} not counted)"
+            ),
+            context: json!({"event": "requeued", "worker_id": worker_id, "attempt": attempt, "reason": why}),
+            attempt: Some(attempt),
+        },
+    )
+    .await?;
+    txn.commit().await?;
+    Ok(changed)
+}

@@ -1,0 +1,144 @@
+//! Every change of a task's state goes through [`apply`]: the guarded update and the log entry that records
+//! it, together, in the caller's transaction. Zero rows updated means the guard no longer holds (another
+//! report, replica or reaper got there first) and nothing is written.
+//!
+//! The one exception is the claim (pending → running), a single statement of its own for speed; it writes
+//! its log entry the same way.
+
+use chrono::{DateTime, Utc};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter,
+    sea_query::{Expr, ExprTrait},
+};
+use serde_json::Value;
+use task_executor_shared::{LogLevel, TaskStatus};
+use uuid::Uuid;
+
+use crate::store::{entity::task, logs::append_log, now};
+
+/// Which task, in which state, a transition may change.
+#[derive(Debug, Clone, Copy)]
+pub enum Guard<'a> {
+    /// One run of a task: held by this worker, for this attempt, still running. Every report of a worker
+    /// and every recovery of a run is fenced by it, so a worker that lost its run can never change a newer
+    /// one.
+    Run {
+        task_id: Uuid,
+        worker_id: &'a str,
+        attempt: i32,
+    },
+    /// A task in any state from which the target state may be reached ([`TaskStatus::sources_of`]).
+    Task(Uuid),
+}
+
+/// What the transition does to the task.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// The task ends in `status`: completion time set, lease dropped, `result` stored when given. The holder
+    /// is kept, so that its late reports are told why they are refused.
+    End {
+        status: TaskStatus,
+        result: Option<Value>,
+    },
+    /// The run goes back to the queue: pending, no holder, no start, no lease. With `counted: false` the
+    /// attempt is given back (the run never happened, or its worker interrupted it).
+    Requeue { counted: bool },
+}
+
+impl Change {
+    pub fn target(&self) -> TaskStatus {
+        match self {
+            Change::End { status, .. } => *status,
+            Change::Requeue { .. } => TaskStatus::Pending,
+        }
+    }
+}
+
+/// The log entry that records a transition. Its context gets the task's holder as `worker_id` when it does
+/// not name one.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub level: LogLevel,
+    pub message: String,
+    pub context: Value,
+    /// The attempt it concerns, when it concerns a run.
+    pub attempt: Option<i32>,
+}
+
+/// Applies `change` to the task `guard` names if the guard still holds, and writes `entry`. Returns the task
+/// as changed, or `None` when the guard did not hold.
+pub async fn apply(
+    conn: &impl ConnectionTrait,
+    guard: Guard<'_>,
+    change: Change,
+    entry: Entry,
+) -> Result<Option<task::Model>, DbErr> {
+    let at: DateTime<Utc> = now();
+    let target = change.target();
+    let mut q = task::Entity::update_many()
+        .col_expr(task::Column::Status, Expr::value(target))
+        .col_expr(task::Column::UpdatedAt, Expr::value(at))
+        .col_expr(
+            task::Column::LeaseExpiresAt,
+            Expr::value(Option::<DateTime<Utc>>::None),
+        );
+    q = match change {
+        Change::End { result, .. } => {
+            let q = q.col_expr(task::Column::CompletedAt, Expr::value(at));
+            match result {
+                Some(r) => q.col_expr(task::Column::Result, Expr::value(r)),
+                None => q,
+            }
+        }
+        Change::Requeue { counted } => {
+            let q = q
+                .col_expr(task::Column::WorkerId, Expr::value(Option::<String>::None))
+                .col_expr(
+                    task::Column::StartedAt,
+                    Expr::value(Option::<DateTime<Utc>>::None),
+                );
+            if counted {
+                q
+            } else {
+                q.col_expr(
+                    task::Column::Attempt,
+                    Expr::col(task::Column::Attempt).sub(1),
+                )
+            }
+        }
+    };
+    q = match guard {
+        Guard::Run {
+            task_id,
+            worker_id,
+            attempt,
+        } => {
+            debug_assert!(TaskStatus::Running.can_transition_to(target));
+            q.filter(task::Column::Id.eq(task_id))
+                .filter(task::Column::WorkerId.eq(worker_id))
+                .filter(task::Column::Attempt.eq(attempt))
+                .filter(task::Column::Status.eq(TaskStatus::Running))
+        }
+        Guard::Task(id) => q
+            .filter(task::Column::Id.eq(id))
+            .filter(task::Column::Status.is_in(TaskStatus::sources_of(target))),
+    };
+    let Some(changed) = q.exec_with_returning(conn).await?.into_iter().next() else {
+        return Ok(None);
+    };
+    let mut context = entry.context;
+    if let (Some(obj), Some(holder)) = (context.as_object_mut(), &changed.worker_id) {
+        obj.entry("worker_id")
+            .or_insert_with(|| holder.clone().into());
+    }
+    append_log(
+        conn,
+        changed.id,
+        entry.attempt,
+        entry.level,
+        &entry.message,
+        Some(context),
+    )
+    .await?;
+    Ok(Some(changed))
+}

@@ -1,0 +1,420 @@
+//! The worker, written once for both kinds: the API server's internal workers and the worker daemon.
+//!
+//! A [`Worker`] registers (retrying until the queue answers), heartbeats with every task it holds, runs one
+//! claim loop per slot (each slot drives its own kind cluster), runs each claimed task with the shared engine
+//! while its log entries are shipped in batches, and delivers the outcome — retried until the queue has it,
+//! so that no outcome is lost to a network or database hiccup. A task stays listed in heartbeats until its
+//! outcome is delivered, so the queue keeps it leased meanwhile. Draining stops the claims and lets runs
+//! finish; a forced stop interrupts the runs and gives their tasks back; then the worker says goodbye (an
+//! `offline` heartbeat). A queue that forgot the worker gets it registered again.
+//!
+//! What differs between the two kinds is only how they reach the queue: [`Queue`], over HTTP for the daemon
+//! and in-process over the store for internal workers; and what they observe ([`Observer`]).
+
+mod queue;
+mod retry;
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use uuid::Uuid;
+
+pub use queue::{Queue, QueueError};
+pub use retry::{backoff, delays, retry};
+
+use crate::{
+    WorkerStatus,
+    api::{
+        self, CompleteTaskRequest, FailTaskRequest, HeartbeatRequest, NewLogEntry,
+        RegisterWorkerRequest, Task,
+    },
+    runner::{self, RunControl, RunOutcome, RunnerArgs, TaskSpec},
+};
+
+/// After a forced stop, how long undelivered reports are still tried.
+pub const FORCED_DELIVERY_WINDOW: Duration = Duration::from_secs(30);
+
+/// What a worker is and how it paces itself.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Sent when registering (and again after the queue forgot the worker).
+    pub registration: RegisterWorkerRequest,
+    /// The kind cluster of each slot: one claim loop, one run at a time, per entry.
+    pub clusters: Vec<String>,
+    pub runner: RunnerArgs,
+    pub heartbeat_interval: Duration,
+    /// How long one claim waits for a task (long poll).
+    pub claim_wait: Duration,
+}
+
+/// What ends a worker: `draining` stops the claims (runs finish); `forced` also stops the runs, whose tasks
+/// are released to the queue.
+#[derive(Debug, Clone, Default)]
+pub struct Shutdown {
+    pub draining: CancellationToken,
+    pub forced: CancellationToken,
+}
+
+/// What a worker tells whoever watches it (the daemon's metrics and systemd); every method defaults to
+/// nothing.
+pub trait Observer: Send + Sync + 'static {
+    /// Registered with the queue: the worker is ready.
+    fn registered(&self) {}
+    /// A run started.
+    fn run_started(&self) {}
+    /// A run ended: `completed`, `failed`, `timeout`, `cancelled` or `released`.
+    fn run_ended(&self, _outcome: &'static str) {}
+    /// A request to the queue is being retried.
+    fn retried(&self) {}
+    /// Reports (log batches, outcomes) waiting for delivery went up or down by `delta`.
+    fn backlog(&self, _delta: i64) {}
+}
+
+/// An observer that watches nothing.
+pub struct Unobserved;
+
+impl Observer for Unobserved {}
+
+/// One worker: see the module documentation.
+pub struct Worker<Q: Queue> {
+    queue: Q,
+    settings: Settings,
+    /// Tasks this worker holds, each with the token that cancels its run: running, or finished with the
+    /// outcome not yet delivered.
+    held: Mutex<HashMap<Uuid, CancellationToken>>,
+    shutdown: Shutdown,
+    /// Fires [`FORCED_DELIVERY_WINDOW`] after a forced stop: retries give up then.
+    give_up: CancellationToken,
+    observer: Arc<dyn Observer>,
+}
+
+impl<Q: Queue> Worker<Q> {
+    pub fn new(
+        queue: Q,
+        settings: Settings,
+        shutdown: Shutdown,
+        observer: Arc<dyn Observer>,
+    ) -> Arc<Self> {
+        Arc::new(Worker {
+            queue,
+            settings,
+            held: Mutex::new(HashMap::new()),
+            shutdown,
+            give_up: CancellationToken::new(),
+            observer,
+        })
+    }
+
+    pub fn worker_id(&self) -> &str {
+        self.queue.worker_id()
+    }
+
+    /// The tasks held now, in id order.
+    pub fn held_tasks(&self) -> Vec<Uuid> {
+        let mut ids: Vec<Uuid> = self
+            .held
+            .lock()
+            .expect("held lock")
+            .keys()
+            .copied()
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.shutdown.draining.is_cancelled()
+    }
+
+    /// Runs until drained: registers, then heartbeats and claims until `draining`, lets the runs end, and
+    /// tells the queue it goes offline. Fails only when registration is refused for good.
+    pub async fn run(self: Arc<Self>) -> Result<(), QueueError> {
+        match self.register().await {
+            Ok(()) => {}
+            Err(_) if self.is_draining() => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        tracing::info!(worker_id = %self.worker_id(), slots = self.settings.clusters.len(), "registered");
+        self.observer.registered();
+        let beat_stop = CancellationToken::new();
+        let beat = tokio::spawn(self.clone().heartbeat_loop(beat_stop.clone()));
+        let (forced, give_up) = (self.shutdown.forced.clone(), self.give_up.clone());
+        let give_up_timer = tokio::spawn(async move {
+            forced.cancelled().await;
+            tokio::time::sleep(FORCED_DELIVERY_WINDOW).await;
+            give_up.cancel();
+        });
+        let slots: Vec<_> = self
+            .settings
+            .clusters
+            .iter()
+            .map(|cluster| tokio::spawn(self.clone().slot_loop(cluster.clone())))
+            .collect();
+        for s in slots {
+            if let Err(e) = s.await {
+                tracing::error!(worker_id = %self.worker_id(), error = %e, "a slot ended abnormally");
+            }
+        }
+        beat_stop.cancel();
+        let _ = beat.await;
+        give_up_timer.abort();
+        let offline = HeartbeatRequest {
+            status: WorkerStatus::Offline,
+            current_task_id: None,
+            running_task_ids: Vec::new(),
+        };
+        match self.queue.heartbeat(&offline).await {
+            Ok(_) => {
+                tracing::info!(worker_id = %self.worker_id(), "told the queue this worker is going offline")
+            }
+            Err(e) => {
+                tracing::warn!(worker_id = %self.worker_id(), error = %e, "could not tell the queue this worker is going offline")
+            }
+        }
+        Ok(())
+    }
+
+    /// Registers, retrying while the queue is unavailable, until drained.
+    async fn register(&self) -> Result<(), QueueError> {
+        retry(
+            "registration",
+            &self.shutdown.draining,
+            self.observer.as_ref(),
+            || self.queue.register(&self.settings.registration),
+        )
+        .await
+    }
+
+    fn heartbeat_request(&self) -> HeartbeatRequest {
+        let ids = self.held_tasks();
+        HeartbeatRequest {
+            status: if self.is_draining() {
+                WorkerStatus::Stopping
+            } else if ids.is_empty() {
+                WorkerStatus::Idle
+            } else {
+                WorkerStatus::Busy
+            },
+            current_task_id: ids.first().copied(),
+            running_task_ids: ids,
+        }
+    }
+
+    async fn heartbeat_loop(self: Arc<Self>, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(self.settings.heartbeat_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            match self.queue.heartbeat(&self.heartbeat_request()).await {
+                Ok(resp) => {
+                    let held = self.held.lock().expect("held lock");
+                    for id in resp.cancel_task_ids {
+                        if let Some(cancel) = held.get(&id)
+                            && !cancel.is_cancelled()
+                        {
+                            tracing::info!(worker_id = %self.worker_id(), task_id = %id, "the queue says stop: cancelling the run");
+                            cancel.cancel();
+                        }
+                    }
+                }
+                Err(QueueError::UnknownWorker) => {
+                    tracing::warn!(worker_id = %self.worker_id(), "the queue does not know this worker: registering again");
+                    if let Err(e) = self.queue.register(&self.settings.registration).await {
+                        tracing::warn!(worker_id = %self.worker_id(), error = %e, "registering again failed");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(worker_id = %self.worker_id(), error = %e, "heartbeat failed")
+                }
+            }
+        }
+    }
+
+    async fn slot_loop(self: Arc<Self>, cluster: String) {
+        let mut pause = delays();
+        while !self.is_draining() {
+            let claimed = self
+                .queue
+                .claim(self.settings.claim_wait, &self.shutdown.draining)
+                .await;
+            let e = match claimed {
+                Ok(Some(task)) => {
+                    pause = delays();
+                    self.run_task(task, &cluster).await;
+                    continue;
+                }
+                Ok(None) => {
+                    pause = delays();
+                    continue;
+                }
+                Err(e) => e,
+            };
+            match &e {
+                QueueError::UnknownWorker => {
+                    tracing::warn!(worker_id = %self.worker_id(), "the queue does not know this worker: registering again");
+                    let _ = self.register().await;
+                }
+                QueueError::Refused { .. } => {
+                    tracing::debug!(worker_id = %self.worker_id(), error = %e, "claim refused")
+                }
+                _ => tracing::warn!(worker_id = %self.worker_id(), error = %e, "claim failed"),
+            }
+            let wait = pause.next().unwrap_or(Duration::from_secs(30));
+            tokio::select! {
+                _ = self.shutdown.draining.cancelled() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    async fn run_task(&self, task: Task, cluster: &str) {
+        let span = tracing::info_span!("run", worker_id = %self.worker_id(), task_id = %task.id, attempt = task.attempt, cluster = %cluster);
+        async {
+            let spec = TaskSpec::of(&task, self.worker_id(), cluster);
+            let deadline = spec.deadline(task.started_at);
+            let control = RunControl {
+                cancel: CancellationToken::new(),
+                interrupt: self.shutdown.forced.child_token(),
+            };
+            self.held
+                .lock()
+                .expect("held lock")
+                .insert(task.id, control.cancel.clone());
+            tracing::info!(problem_id = %task.problem_id, "running task");
+            self.observer.run_started();
+            let (tx, rx) = mpsc::unbounded_channel();
+            let run = async {
+                let outcome =
+                    runner::execute(&self.settings.runner, &spec, deadline, &control, &tx).await;
+                drop(tx);
+                outcome
+            };
+            let (outcome, ()) = tokio::join!(
+                run,
+                self.ship_logs(task.id, task.attempt, rx, control.cancel.clone())
+            );
+            self.deliver(task.id, task.attempt, outcome).await;
+            self.held.lock().expect("held lock").remove(&task.id);
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Sends a run's log entries in order, in batches, each retried until the queue has it. A refusal (the
+    /// task is no longer this worker's) stops the run.
+    async fn ship_logs(
+        &self,
+        task_id: Uuid,
+        attempt: i32,
+        mut rx: mpsc::UnboundedReceiver<NewLogEntry>,
+        cancel: CancellationToken,
+    ) {
+        let mut refused = false;
+        while let Some(batch) = runner::next_log_batch(&mut rx).await {
+            if refused {
+                continue;
+            }
+            self.observer.backlog(1);
+            let sent = retry(
+                "sending task logs",
+                &self.give_up,
+                self.observer.as_ref(),
+                || self.queue.report_logs(task_id, attempt, &batch),
+            )
+            .await;
+            self.observer.backlog(-1);
+            match sent {
+                Ok(()) => {}
+                Err(e @ QueueError::Unavailable(_)) => {
+                    tracing::warn!(error = %e, "task logs dropped")
+                }
+                Err(e) => {
+                    tracing::info!(error = %e, "logs refused: stopping the run");
+                    refused = true;
+                    cancel.cancel();
+                }
+            }
+        }
+    }
+
+    /// Reports the outcome until the queue has it (or refuses it for good).
+    async fn deliver(&self, task_id: Uuid, attempt: i32, outcome: RunOutcome) {
+        self.observer.run_ended(match &outcome {
+            RunOutcome::Completed { .. } => "completed",
+            RunOutcome::Failed { .. } => "failed",
+            RunOutcome::TimedOut { .. } => "timeout",
+            RunOutcome::Cancelled => "cancelled",
+            RunOutcome::Interrupted => "released",
+        });
+        let (what, fail) = match outcome {
+            RunOutcome::Completed { result } => {
+                let body = CompleteTaskRequest {
+                    attempt,
+                    result: result.into_iter().collect(),
+                };
+                return self
+                    .report("reporting completion", || {
+                        self.queue.complete(task_id, &body)
+                    })
+                    .await;
+            }
+            RunOutcome::Failed { error, result } => (
+                "reporting the failure",
+                FailTaskRequest {
+                    attempt,
+                    error,
+                    status: None,
+                    result: result.map(|r| r.into_iter().collect()),
+                },
+            ),
+            RunOutcome::TimedOut { error } => (
+                "reporting the timeout",
+                FailTaskRequest {
+                    attempt,
+                    error,
+                    status: Some(api::FailStatus::Timeout),
+                    result: None,
+                },
+            ),
+            RunOutcome::Cancelled => {
+                tracing::info!("run stopped: the task was cancelled or is no longer this worker's");
+                return;
+            }
+            RunOutcome::Interrupted => {
+                return self
+                    .report("releasing the task", || {
+                        self.queue.release(task_id, attempt)
+                    })
+                    .await;
+            }
+        };
+        self.report(what, || self.queue.fail(task_id, &fail)).await
+    }
+
+    async fn report<F, Fut>(&self, what: &str, op: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<Task, QueueError>>,
+    {
+        self.observer.backlog(1);
+        let r = retry(what, &self.give_up, self.observer.as_ref(), op).await;
+        self.observer.backlog(-1);
+        match r {
+            Ok(t) => tracing::info!(status = %t.status, "outcome delivered"),
+            Err(e @ QueueError::Unavailable(_)) => {
+                tracing::error!(error = %e, "outcome not delivered: the queue was unreachable too long")
+            }
+            Err(e) => tracing::info!(error = %e, "outcome refused by the queue"),
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! Integration tests of the worker daemon: the binary's CLI, and its runs against real `api-server`
+//! processes on both database backends.
+
+mod cli;
+mod runs;
