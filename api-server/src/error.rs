@@ -83,6 +83,7 @@ impl From<StoreError> for ApiError {
             StoreError::WorkerNotFound(id) => {
                 ApiError::not_found("worker_not_found", format!("worker {id} not found"))
             }
+            e @ StoreError::WorkerOffline(_) => ApiError::conflict("worker_offline", e.to_string()),
             StoreError::Conflict { kind, detail } => ApiError::conflict(kind, detail),
             StoreError::Invalid(detail) => ApiError::validation(detail),
             StoreError::Db(e) => ApiError::internal(&e),

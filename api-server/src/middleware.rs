@@ -22,7 +22,14 @@ use tracing::Instrument;
 use crate::{
     error::{REQUEST_ID, body, request_id},
     metrics::Metrics,
+    routes::AllowTable,
 };
+
+/// What the edge needs.
+pub struct Edge {
+    pub metrics: Arc<Metrics>,
+    pub allow: AllowTable,
+}
 
 /// The largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -99,10 +106,11 @@ fn valid_request_id(v: &str) -> bool {
 pub async fn edge<E: Endpoint>(
     next: Arc<E>,
     mut req: Request,
-    metrics: Arc<Metrics>,
+    edge: Arc<Edge>,
 ) -> poem::Result<Response> {
     let started = std::time::Instant::now();
     let method = req.method().to_string();
+    let path = req.uri().path().to_owned();
     let rid = req
         .headers()
         .get("x-request-id")
@@ -172,7 +180,13 @@ pub async fn edge<E: Endpoint>(
         .instrument(span)
         .await;
     resp.headers_mut().insert("x-request-id", header_value);
-    metrics.http_request(
+    if resp.status() == StatusCode::METHOD_NOT_ALLOWED
+        && let Some(allow) = edge.allow.allowed(&path)
+        && let Ok(v) = HeaderValue::from_str(allow)
+    {
+        resp.headers_mut().insert(header::ALLOW, v);
+    }
+    edge.metrics.http_request(
         route
             .filter(|r| !r.is_empty())
             .unwrap_or_else(|| "unmatched".to_owned()),

@@ -90,7 +90,7 @@ impl Application {
             if let Err(e) = self.state.config.runner.check() {
                 tracing::warn!(error = %e, "the runner is not usable: internal workers will fail their tasks");
             }
-            let _ = self.state.supervisor.start();
+            let _ = self.state.supervisor.start().await;
         }
         let stop_signal = stop.clone();
         let supervisor = self.state.supervisor.clone();

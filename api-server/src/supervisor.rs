@@ -42,7 +42,7 @@ pub struct LocalQueue {
 fn queue_error(e: StoreError) -> QueueError {
     match e {
         StoreError::Db(e) => QueueError::Unavailable(e.to_string()),
-        StoreError::WorkerNotFound(_) => QueueError::UnknownWorker,
+        StoreError::WorkerNotFound(_) | StoreError::WorkerOffline(_) => QueueError::UnknownWorker,
         StoreError::TaskNotFound(id) => QueueError::Refused {
             kind: "task_not_found".to_owned(),
             detail: format!("task {id} not found"),
@@ -187,6 +187,9 @@ pub enum SupervisorError {
 
 pub struct Supervisor {
     env: WorkerEnv,
+    /// Held by start, scale and stop for their whole length: a start or scale during a stop waits until the
+    /// stopped workers are gone, so that two workers with one id (and one kind cluster) never run at once.
+    lifecycle: tokio::sync::Mutex<()>,
     workers: Mutex<BTreeMap<u32, Handle>>,
     /// How many workers `start` starts: the configured number, then the last scale.
     target: Mutex<usize>,
@@ -196,6 +199,7 @@ impl Supervisor {
     pub fn new(env: WorkerEnv, num_workers: usize) -> Self {
         Supervisor {
             env,
+            lifecycle: tokio::sync::Mutex::new(()),
             workers: Mutex::new(BTreeMap::new()),
             target: Mutex::new(num_workers),
         }
@@ -268,7 +272,8 @@ impl Supervisor {
     }
 
     /// Starts the configured number of workers (or the last scale's). 409 when some are running.
-    pub fn start(&self) -> Result<usize, SupervisorError> {
+    pub async fn start(&self) -> Result<usize, SupervisorError> {
+        let _lifecycle = self.lifecycle.lock().await;
         let mut map = self.workers.lock().expect("supervisor lock");
         Self::prune(&mut map);
         let active = Self::active_count(&map);
@@ -286,6 +291,7 @@ impl Supervisor {
     /// Sets the number of active workers: new ones start at once; idle ones stop at once; busy ones finish
     /// their task first (`stopping` meanwhile). Returns the previous count.
     pub async fn scale(&self, n: usize) -> usize {
+        let _lifecycle = self.lifecycle.lock().await;
         let (previous, stopping_busy) = {
             let mut map = self.workers.lock().expect("supervisor lock");
             Self::prune(&mut map);
@@ -331,6 +337,7 @@ impl Supervisor {
     /// Stops every worker. Without `drain`, running tasks are stopped and given back to the queue (no attempt
     /// used) and this returns when all workers are gone; with `drain`, they finish their tasks first.
     pub async fn stop(&self, drain: bool) -> usize {
+        let _lifecycle = self.lifecycle.lock().await;
         let (count, busy, handles) = {
             let mut map = self.workers.lock().expect("supervisor lock");
             Self::prune(&mut map);

@@ -55,16 +55,21 @@ pub struct Task {
     /// The effective parameters (defaults filled in).
     pub parameters: JsonObject,
     /// The worker that holds or last held the task.
+    #[oai(nullable)]
     pub worker_id: Option<String>,
     /// The outcome reported by the runner (`success`, `output`, `metrics`, …); on failure also `error`.
+    #[oai(nullable)]
     pub result: Option<Value>,
     /// 1 on the first run, +1 on each requeue; 0 while never claimed.
     pub attempt: i32,
     /// Until when the holding worker's claim is valid without a heartbeat.
+    #[oai(nullable)]
     pub lease_expires_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    #[oai(nullable)]
     pub started_at: Option<DateTime<Utc>>,
+    #[oai(nullable)]
     pub completed_at: Option<DateTime<Utc>>,
 }
 
@@ -75,6 +80,7 @@ pub struct TaskSummary {
     pub problem_id: String,
     pub status: TaskStatus,
     pub priority: i32,
+    #[oai(nullable)]
     pub worker_id: Option<String>,
     pub attempt: i32,
     pub created_at: DateTime<Utc>,
@@ -94,8 +100,10 @@ pub struct LogEntry {
     pub timestamp: DateTime<Utc>,
     pub level: LogLevel,
     pub message: String,
+    #[oai(nullable)]
     pub context: Option<Value>,
     /// The attempt that wrote it, when a worker did.
+    #[oai(nullable)]
     pub attempt: Option<i32>,
 }
 
@@ -142,6 +150,7 @@ pub struct RegisterWorkerRequest {
     #[serde(default)]
     pub capabilities: WorkerCapabilities,
     /// Free-form facts about the worker (hostname, version, …).
+    #[oai(nullable)]
     pub metadata: Option<Value>,
 }
 
@@ -163,6 +172,7 @@ pub struct Worker {
     pub last_heartbeat: DateTime<Utc>,
     pub registered_at: DateTime<Utc>,
     pub capabilities: WorkerCapabilities,
+    #[oai(nullable)]
     pub metadata: Option<Value>,
     /// The running tasks it holds.
     pub current_task_ids: Vec<Uuid>,
@@ -177,6 +187,7 @@ pub struct HeartbeatRequest {
     /// worker is going away.
     pub status: WorkerStatus,
     /// The task the worker runs, for a worker of one slot.
+    #[oai(nullable)]
     pub current_task_id: Option<Uuid>,
     /// Every task the worker runs, for a worker of several slots.
     #[oai(default)]
@@ -204,10 +215,12 @@ pub struct ReportLogsRequest {
 /// A log entry sent by a worker; `timestamp` defaults to the time of arrival.
 #[derive(Debug, Clone, Object, Serialize, Deserialize)]
 pub struct NewLogEntry {
+    #[oai(nullable)]
     pub timestamp: Option<DateTime<Utc>>,
     pub level: LogLevel,
     #[oai(validator(max_length = 65536))]
     pub message: String,
+    #[oai(nullable)]
     pub context: Option<Value>,
 }
 
@@ -249,8 +262,10 @@ pub struct FailTaskRequest {
     pub attempt: i32,
     #[oai(validator(max_length = 65536))]
     pub error: String,
+    #[oai(nullable)]
     pub status: Option<FailStatus>,
     /// Whatever partial result the runner produced; `error` is added to it.
+    #[oai(nullable)]
     pub result: Option<JsonObject>,
 }
 

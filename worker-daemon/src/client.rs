@@ -32,7 +32,9 @@ fn unreachable(e: reqwest::Error) -> QueueError {
 fn classify(status: StatusCode, kind: String, detail: String) -> QueueError {
     if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
         QueueError::Unavailable(format!("the API server answered {status}: {detail}"))
-    } else if status == StatusCode::NOT_FOUND && kind == "worker_not_found" {
+    } else if (status == StatusCode::NOT_FOUND && kind == "worker_not_found")
+        || (status == StatusCode::CONFLICT && kind == "worker_offline")
+    {
         QueueError::UnknownWorker
     } else if status == StatusCode::CONFLICT || status == StatusCode::NOT_FOUND {
         QueueError::Refused { kind, detail }

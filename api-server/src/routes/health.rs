@@ -23,6 +23,7 @@ pub struct HealthApi {
 struct DatabaseHealth {
     connected: bool,
     /// Round trip of a trivial query; absent when the database does not answer.
+    #[oai(nullable)]
     latency_ms: Option<f64>,
 }
 

@@ -16,6 +16,7 @@ struct InternalWorkerView {
     id: String,
     /// `idle`, `busy`, or `stopping` (finishing its task before it goes).
     status: WorkerStatus,
+    #[oai(nullable)]
     current_task: Option<Uuid>,
 }
 
@@ -130,14 +131,15 @@ impl InternalWorkersApi {
 
     /// Start internal workers
     ///
-    /// Starts the configured number of workers (or the last scale's). 409 when workers are running.
+    /// Starts the configured number of workers (or the last scale's). 409 when workers are running. During a
+    /// stop it waits until the stopped workers are gone.
     #[oai(
         path = "/start",
         method = "post",
         operation_id = "start_internal_workers"
     )]
     async fn start(&self) -> Result<Json<StartResponse>, ApiError> {
-        match self.state.supervisor.start() {
+        match self.state.supervisor.start().await {
             Ok(n) => Ok(Json(StartResponse {
                 message: "Workers started".to_owned(),
                 worker_count: n as u64,

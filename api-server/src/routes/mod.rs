@@ -6,6 +6,8 @@ pub mod internal;
 pub mod tasks;
 pub mod workers;
 
+use std::sync::Arc;
+
 use poem::{Endpoint, EndpointExt, Route};
 use poem_openapi::{OpenApiService, Tags};
 
@@ -57,12 +59,58 @@ pub fn api_service(state: &AppState) -> OpenApiService<Apis, ()> {
 /// The whole HTTP application: the API, `/openapi.json`, Swagger UI at `/docs`, behind the edge middleware.
 pub fn app(state: &AppState) -> impl Endpoint + 'static {
     let api = api_service(state);
+    let edge = Arc::new(middleware::Edge {
+        metrics: state.metrics.clone(),
+        allow: AllowTable::from_spec(&api.spec()),
+    });
     let ui = api.swagger_ui();
     let spec = api.spec_endpoint();
-    let metrics = state.metrics.clone();
     Route::new()
         .nest("/docs", ui)
         .at("/openapi.json", spec)
         .nest("/", api)
-        .around(move |ep, req| middleware::edge(ep, req, metrics.clone()))
+        .around(move |ep, req| middleware::edge(ep, req, edge.clone()))
+}
+
+/// The methods each path of the API answers, read from its own OpenAPI document: what a 405 lists in its
+/// `Allow` header.
+pub struct AllowTable {
+    /// Path templates split in segments (`{…}` matches any one segment), with their methods.
+    paths: Vec<(Vec<String>, String)>,
+}
+
+impl AllowTable {
+    pub fn from_spec(spec: &str) -> AllowTable {
+        let doc: serde_json::Value = serde_json::from_str(spec).unwrap_or_default();
+        let mut paths = Vec::new();
+        if let Some(map) = doc.get("paths").and_then(|p| p.as_object()) {
+            for (path, ops) in map {
+                let mut methods: Vec<String> = ops
+                    .as_object()
+                    .map(|o| o.keys().map(|m| m.to_ascii_uppercase()).collect())
+                    .unwrap_or_default();
+                methods.sort();
+                let segments = path.split('/').map(str::to_owned).collect();
+                paths.push((segments, methods.join(", ")));
+            }
+        }
+        AllowTable { paths }
+    }
+
+    /// The `Allow` value of a request path, when it is one of the API's.
+    pub fn allowed(&self, path: &str) -> Option<&str> {
+        let segments: Vec<&str> = path.split('/').collect();
+        self.paths
+            .iter()
+            .filter(|(template, _)| {
+                template.len() == segments.len()
+                    && template
+                        .iter()
+                        .zip(&segments)
+                        .all(|(t, s)| t == s || (t.starts_with('{') && t.ends_with('}')))
+            })
+            // A literal segment beats a parameter (`/workers/internal/status` over `/workers/{id}/…`).
+            .max_by_key(|(template, _)| template.iter().filter(|t| !t.starts_with('{')).count())
+            .map(|(_, methods)| methods.as_str())
+    }
 }

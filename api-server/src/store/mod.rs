@@ -22,6 +22,9 @@ pub enum StoreError {
     TaskNotFound(uuid::Uuid),
     #[error("worker {0} not found")]
     WorkerNotFound(String),
+    /// The worker said goodbye or went silent: it must register again before it heartbeats or claims.
+    #[error("worker {0} is offline: register it again")]
+    WorkerOffline(String),
     /// The operation does not fit the current state; `kind` is the error `type` a client sees.
     #[error("{detail}")]
     Conflict { kind: &'static str, detail: String },
@@ -80,6 +83,19 @@ pub fn redact(url: &str) -> String {
             }
         }
         _ => url.to_owned(),
+    }
+}
+
+/// Why a worker's sign of life changed nothing: it does not exist, or it is offline.
+pub async fn absent_or_offline(
+    conn: &impl sea_orm::ConnectionTrait,
+    worker_id: &str,
+) -> StoreError {
+    use sea_orm::EntityTrait;
+    match entity::worker::Entity::find_by_id(worker_id).one(conn).await {
+        Ok(Some(_)) => StoreError::WorkerOffline(worker_id.to_owned()),
+        Ok(None) => StoreError::WorkerNotFound(worker_id.to_owned()),
+        Err(e) => e.into(),
     }
 }
 

@@ -130,7 +130,7 @@ pub async fn register(
         for t in held {
             let reason = format!("worker {id} registered again (restarted) while holding the task");
             if let Some(changed) =
-                super::queue::release_lost(&txn, &t, &reason, max_attempts).await?
+                super::queue::release_lost(&txn, &t, &reason, max_attempts, None).await?
             {
                 released.push(changed);
             }

@@ -145,26 +145,31 @@ async fn bad_paths_queries_and_methods(backend: Backend) {
         let r = app.get(&format!("/api/v1/tasks/{id}/logs?{q}")).await;
         assert_error(&r, StatusCode::UNPROCESSABLE_ENTITY, "validation_error");
     }
-    assert_error(
-        &app.send(app.client.delete(app.url("/api/v1/tasks"))).await,
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-    );
-    assert_error(
-        &app.send(app.client.put(app.url(&format!("/api/v1/tasks/{id}"))))
-            .await,
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-    );
-    assert_error(
-        &app.send(
+    let allow = |r: &crate::helpers::Reply| {
+        r.headers
+            .get("allow")
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    let r = app.send(app.client.delete(app.url("/api/v1/tasks"))).await;
+    assert_error(&r, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+    assert_eq!(allow(&r).as_deref(), Some("GET, POST"), "405 names what is allowed");
+    let r = app
+        .send(app.client.put(app.url(&format!("/api/v1/tasks/{id}"))))
+        .await;
+    assert_error(&r, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+    assert_eq!(allow(&r).as_deref(), Some("GET"));
+    let r = app
+        .send(
             app.client
                 .get(app.url(&format!("/api/v1/tasks/{id}/cancel"))),
         )
-        .await,
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-    );
+        .await;
+    assert_error(&r, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+    assert_eq!(allow(&r).as_deref(), Some("POST"));
+    let r = app
+        .send(app.client.get(app.url("/api/v1/workers/internal/stop")))
+        .await;
+    assert_eq!(allow(&r).as_deref(), Some("POST"), "a literal path beats a parameter");
 }
 
 async fn request_id_is_echoed_or_made(backend: Backend) {

@@ -6,5 +6,6 @@ mod errors;
 mod health;
 mod internal;
 mod metrics;
+mod reliability;
 mod tasks;
 mod workers;

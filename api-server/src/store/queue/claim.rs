@@ -10,7 +10,7 @@ use task_executor_shared::{LogLevel, TaskStatus, WorkerStatus};
 
 use super::LeasePolicy;
 use crate::store::{
-    StoreError, StoreResult,
+    StoreError, StoreResult, absent_or_offline,
     entity::{task, worker},
     is_postgres,
     logs::append_log,
@@ -133,7 +133,8 @@ pub async fn claim(
     Ok(Some(t))
 }
 
-/// Records a sign of life of a worker (an offline worker that speaks is online again) and returns its row.
+/// Records a sign of life of a worker and returns its row. An offline worker is not brought back by a claim:
+/// it must register again (its runs were given to others meanwhile).
 async fn touch_worker(
     txn: &DatabaseTransaction,
     worker_id: &str,
@@ -141,20 +142,12 @@ async fn touch_worker(
 ) -> StoreResult<worker::Model> {
     let updated = worker::Entity::update_many()
         .col_expr(worker::Column::LastHeartbeat, Expr::value(at))
-        .col_expr(
-            worker::Column::Status,
-            Expr::case(
-                worker::Column::Status.eq(WorkerStatus::Offline),
-                WorkerStatus::Idle,
-            )
-            .finally(Expr::col(worker::Column::Status))
-            .into(),
-        )
         .filter(worker::Column::Id.eq(worker_id))
+        .filter(worker::Column::Status.ne(WorkerStatus::Offline))
         .exec_with_returning(txn)
         .await?;
-    updated
-        .into_iter()
-        .next()
-        .ok_or_else(|| StoreError::WorkerNotFound(worker_id.to_owned()))
+    match updated.into_iter().next() {
+        Some(w) => Ok(w),
+        None => Err(absent_or_offline(txn, worker_id).await),
+    }
 }

@@ -22,12 +22,14 @@ use crate::store::{
 
 /// Releases a running task whose worker is gone: back to `pending` while it has attempts left (the attempt
 /// number is kept, the next claim increments it), else `failed` with an error naming the worker. Fenced by
-/// the run, so concurrent reapers release it once. Returns the task as changed, if it was.
+/// the run, so concurrent reapers release it once; with `lease_expired_at`, only while the lease is still
+/// expired at that moment (a heartbeat that renewed it meanwhile wins). Returns the task as changed, if it was.
 pub async fn release_lost(
     conn: &impl ConnectionTrait,
     t: &task::Model,
     reason: &str,
     max_attempts: i32,
+    lease_expired_at: Option<DateTime<Utc>>,
 ) -> StoreResult<Option<task::Model>> {
     let worker = t.worker_id.clone().unwrap_or_default();
     let requeue = t.attempt < max_attempts;
@@ -56,10 +58,18 @@ pub async fn release_lost(
             "failed",
         )
     };
-    let guard = Guard::Run {
-        task_id: t.id,
-        worker_id: &worker,
-        attempt: t.attempt,
+    let guard = match lease_expired_at {
+        Some(at) => Guard::ExpiredRun {
+            task_id: t.id,
+            worker_id: &worker,
+            attempt: t.attempt,
+            at,
+        },
+        None => Guard::Run {
+            task_id: t.id,
+            worker_id: &worker,
+            attempt: t.attempt,
+        },
     };
     let entry = Entry {
         level,
@@ -165,7 +175,8 @@ pub async fn reap(
             let txn = db.begin().await?;
             let worker = t.worker_id.clone().unwrap_or_default();
             let reason = format!("worker {worker} stopped sending heartbeats (lease expired)");
-            if let Some(changed) = release_lost(&txn, &t, &reason, policy.max_attempts).await? {
+            let released = release_lost(&txn, &t, &reason, policy.max_attempts, Some(now())).await?;
+            if let Some(changed) = released {
                 report.released.push(changed);
             }
             txn.commit().await?;

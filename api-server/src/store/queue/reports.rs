@@ -16,7 +16,7 @@ use super::{
     transition::{self, Change, Entry, Guard},
 };
 use crate::store::{
-    StoreError, StoreResult,
+    StoreError, StoreResult, absent_or_offline,
     entity::{task, worker},
     logs, now,
 };
@@ -61,14 +61,17 @@ pub async fn heartbeat(
     {
         reported.push(id);
     }
-    let updated = worker::Entity::update_many()
+    let goodbye = req.status == WorkerStatus::Offline;
+    let mut update = worker::Entity::update_many()
         .col_expr(worker::Column::LastHeartbeat, Expr::value(at))
         .col_expr(worker::Column::Status, stored_status(req.status))
-        .filter(worker::Column::Id.eq(worker_id))
-        .exec(db)
-        .await?;
-    if updated.rows_affected == 0 {
-        return Err(StoreError::WorkerNotFound(worker_id.to_owned()));
+        .filter(worker::Column::Id.eq(worker_id));
+    if !goodbye {
+        // Offline stays offline until the worker registers again.
+        update = update.filter(worker::Column::Status.ne(WorkerStatus::Offline));
+    }
+    if update.exec(db).await?.rows_affected == 0 {
+        return Err(absent_or_offline(db, worker_id).await);
     }
     if !reported.is_empty() {
         task::Entity::update_many()
@@ -107,8 +110,10 @@ pub async fn heartbeat(
         .iter()
         .filter(|t| holds(t) && !reported.contains(&t.id))
     {
+        // A claim answer may still be on its way to a worker that is staying; one that says goodbye runs
+        // nothing it did not list.
         let held_since = t.started_at.unwrap_or(t.updated_at);
-        if held_since + policy.claim_grace > at {
+        if !goodbye && held_since + policy.claim_grace > at {
             continue;
         }
         // The worker never had the task (a claim answer that did not arrive, a long poll whose client went

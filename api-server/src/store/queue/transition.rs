@@ -27,6 +27,14 @@ pub enum Guard<'a> {
         worker_id: &'a str,
         attempt: i32,
     },
+    /// Like `Run`, and only while the run's lease is expired at the moment of the update (`lease_expires_at <
+    /// at`): the reaper's guard, so that a heartbeat renewing the lease after the reaper looked wins.
+    ExpiredRun {
+        task_id: Uuid,
+        worker_id: &'a str,
+        attempt: i32,
+        at: DateTime<Utc>,
+    },
     /// A task in any state from which the target state may be reached ([`TaskStatus::sources_of`]).
     Task(Uuid),
 }
@@ -107,18 +115,25 @@ pub async fn apply(
             }
         }
     };
+    let run = |q: sea_orm::UpdateMany<task::Entity>, task_id: Uuid, worker_id: &str, attempt: i32| {
+        debug_assert!(TaskStatus::Running.can_transition_to(target));
+        q.filter(task::Column::Id.eq(task_id))
+            .filter(task::Column::WorkerId.eq(worker_id))
+            .filter(task::Column::Attempt.eq(attempt))
+            .filter(task::Column::Status.eq(TaskStatus::Running))
+    };
     q = match guard {
         Guard::Run {
             task_id,
             worker_id,
             attempt,
-        } => {
-            debug_assert!(TaskStatus::Running.can_transition_to(target));
-            q.filter(task::Column::Id.eq(task_id))
-                .filter(task::Column::WorkerId.eq(worker_id))
-                .filter(task::Column::Attempt.eq(attempt))
-                .filter(task::Column::Status.eq(TaskStatus::Running))
-        }
+        } => run(q, task_id, worker_id, attempt),
+        Guard::ExpiredRun {
+            task_id,
+            worker_id,
+            attempt,
+            at,
+        } => run(q, task_id, worker_id, attempt).filter(task::Column::LeaseExpiresAt.lt(at)),
         Guard::Task(id) => q
             .filter(task::Column::Id.eq(id))
             .filter(task::Column::Status.is_in(TaskStatus::sources_of(target))),
