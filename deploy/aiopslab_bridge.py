@@ -2,7 +2,8 @@
 """AIOpsLab bridge of the task executor: runs one AIOpsLab problem and speaks the runner protocol.
 
 Started by the `aiopslab` runner with the task in its environment (TASK_ID, PROBLEM_ID, MAX_STEPS,
-TIMEOUT_SECONDS, ATTEMPT, WORKER_ID, AIOPSLAB_CLUSTER, TASK_PARAMETERS). It writes JSON lines on stdout:
+TIMEOUT_SECONDS, ATTEMPT, WORKER_ID, AIOPSLAB_CLUSTER, TASK_PARAMETERS_FILE and, when small, TASK_PARAMETERS).
+It writes JSON lines on stdout:
 {"event": "log", ...}, one {"event": "step", ...} per agent action, and once {"event": "result", ...}.
 
 The agent comes from parameters.agent_config:
@@ -127,10 +128,19 @@ def success_of(results):
     return results.get("Detection Accuracy") == "Correct"
 
 
+def task_parameters():
+    """The task's parameters: from TASK_PARAMETERS_FILE (always given), else TASK_PARAMETERS (small ones)."""
+    path = os.environ.get("TASK_PARAMETERS_FILE")
+    if path:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    return json.loads(os.environ.get("TASK_PARAMETERS") or "{}")
+
+
 def main():
     problem_id = os.environ["PROBLEM_ID"]
     max_steps = int(os.environ.get("MAX_STEPS", "30"))
-    params = json.loads(os.environ.get("TASK_PARAMETERS") or "{}")
+    params = task_parameters()
     cluster = os.environ.get("AIOPSLAB_CLUSTER", "")
     try:
         from aiopslab.orchestrator import Orchestrator

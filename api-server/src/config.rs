@@ -51,6 +51,12 @@ pub struct Config {
     #[arg(long, env = "TASK_MAX_ATTEMPTS", default_value_t = 2, value_parser = clap::value_parser!(i32).range(1..=100))]
     pub task_max_attempts: i32,
 
+    /// Times a task may go back to the queue without counting an attempt (claims lost on the way, runs given
+    /// back by stopping workers) before it fails instead, so that a task that can never be reported does not
+    /// loop.
+    #[arg(long, env = "MAX_UNCOUNTED_REQUEUES", default_value_t = 10, value_parser = clap::value_parser!(i32).range(1..=1000))]
+    pub max_uncounted_requeues: i32,
+
     /// Internal workers (inside this process) started at boot.
     #[arg(long, env = "NUM_INTERNAL_WORKERS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=64))]
     pub num_internal_workers: u32,

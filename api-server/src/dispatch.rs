@@ -15,7 +15,7 @@ use crate::{
     store::{
         StoreResult,
         entity::task,
-        queue::{self, HeartbeatOutcome, LeasePolicy, Outcome, ReapReport},
+        queue::{self, HeartbeatOutcome, LeasePolicy, Outcome, ReapReport, RunRef},
         workers::{self, Registered},
     },
 };
@@ -116,25 +116,21 @@ impl Dispatcher {
     /// Records the outcome of a run.
     pub async fn finish(
         &self,
-        worker_id: &str,
         task_id: Uuid,
-        attempt: i32,
+        run: RunRef<'_>,
         outcome: Outcome,
     ) -> StoreResult<task::Model> {
-        let t = queue::finish(&self.db, worker_id, task_id, attempt, outcome).await?;
+        let worker_id = run.worker_id;
+        let t = queue::finish(&self.db, task_id, run, outcome).await?;
         tracing::info!(task_id = %t.id, worker_id = %worker_id, status = %t.status, "task finished");
         self.metrics.task_finished(&t);
         Ok(t)
     }
 
     /// A run its worker stopped goes back to the queue, attempt not counted.
-    pub async fn release(
-        &self,
-        worker_id: &str,
-        task_id: Uuid,
-        attempt: i32,
-    ) -> StoreResult<task::Model> {
-        let t = queue::give_back(&self.db, worker_id, task_id, attempt).await?;
+    pub async fn release(&self, task_id: Uuid, run: RunRef<'_>) -> StoreResult<task::Model> {
+        let worker_id = run.worker_id;
+        let t = queue::give_back(&self.db, task_id, run, &self.lease).await?;
         tracing::info!(task_id = %t.id, worker_id = %worker_id, "task released by its worker");
         self.metrics.tasks_requeued(1, "worker_stopping");
         self.wake();

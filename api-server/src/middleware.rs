@@ -1,5 +1,6 @@
 //! The outermost middleware, around every route: assigns the request id (the client's own when usable) and
-//! opens the request's tracing span, bounds the body and checks that declared JSON parses, turns every
+//! opens the request's tracing span, bounds the body and checks that declared JSON parses and holds no NUL
+//! (nor the query string), turns every
 //! error — poem's and poem-openapi's own included (unknown route, wrong method, wrong content type, bad
 //! parameter) — into the specification's JSON body, and records the HTTP metrics by route template.
 //!
@@ -29,6 +30,20 @@ use crate::{
 pub struct Edge {
     pub metrics: Arc<Metrics>,
     pub allow: AllowTable,
+}
+
+const NUL_REFUSED: &str =
+    "text must not contain the NUL character (\\u0000): the database cannot store it";
+
+/// Whether a string or key anywhere in `v` holds NUL, which PostgreSQL cannot store in text (so it is
+/// refused on both backends alike).
+fn holds_nul(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(holds_nul),
+        serde_json::Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
+    }
 }
 
 /// The largest request body accepted.
@@ -140,11 +155,19 @@ pub async fn edge<E: Endpoint>(
                 .get(header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|ct| ct.trim_start().to_ascii_lowercase().starts_with("application/json"));
-            if declares_json
-                && !bytes.is_empty()
-                && let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes)
-            {
-                return json_error(StatusCode::BAD_REQUEST, "malformed_json", format!("malformed JSON: {e}"));
+            if declares_json && !bytes.is_empty() {
+                match serde_json::from_slice::<serde_json::Value>(&bytes) {
+                    Err(e) => {
+                        return json_error(StatusCode::BAD_REQUEST, "malformed_json", format!("malformed JSON: {e}"));
+                    }
+                    Ok(v) if holds_nul(&v) => {
+                        return json_error(StatusCode::UNPROCESSABLE_ENTITY, "validation_error", NUL_REFUSED);
+                    }
+                    Ok(_) => {}
+                }
+            }
+            if req.uri().query().is_some_and(|q| q.to_ascii_lowercase().contains("%00")) {
+                return json_error(StatusCode::UNPROCESSABLE_ENTITY, "validation_error", NUL_REFUSED);
             }
             req.set_body(bytes);
             match next.call(req).await {

@@ -46,6 +46,7 @@ impl Application {
             heartbeat_timeout: config.heartbeat_timeout(),
             claim_grace: chrono::Duration::seconds(config.claim_grace_seconds as i64),
             max_attempts: config.task_max_attempts,
+            max_uncounted_requeues: config.max_uncounted_requeues,
         };
         let dispatcher = Dispatcher::new(db.clone(), lease, metrics.clone());
         let supervisor = Arc::new(Supervisor::new(

@@ -14,8 +14,8 @@ use serde_json::json;
 use task_executor_shared::{
     WorkerId, WorkerStatus,
     api::{
-        CompleteTaskRequest, FailTaskRequest, HeartbeatRequest, HeartbeatResponse, NewLogEntry,
-        RegisterWorkerRequest, ReportLogsRequest, Task, WorkerCapabilities,
+        ClaimedTask, CompleteTaskRequest, FailTaskRequest, HeartbeatRequest, HeartbeatResponse,
+        NewLogEntry, RegisterWorkerRequest, ReportLogsRequest, Task, WorkerCapabilities,
     },
     runner::RunnerArgs,
     worker::{Queue, QueueError, Settings, Shutdown, Unobserved, Worker},
@@ -26,7 +26,11 @@ use uuid::Uuid;
 
 use crate::{
     dispatch::Dispatcher,
-    store::{StoreError, queue::Outcome, workers},
+    store::{
+        StoreError,
+        queue::{Outcome, RunRef},
+        workers,
+    },
 };
 
 /// How long an internal worker's claim waits for a task before it looks again.
@@ -36,6 +40,16 @@ const CLAIM_WAIT: Duration = Duration::from_secs(30);
 pub struct LocalQueue {
     dispatcher: Dispatcher,
     worker_id: String,
+}
+
+impl LocalQueue {
+    fn run(&self, attempt: i32, lease_id: Uuid) -> RunRef<'_> {
+        RunRef {
+            worker_id: &self.worker_id,
+            attempt,
+            lease_id: Some(lease_id),
+        }
+    }
 }
 
 /// Store errors as the worker classifies them.
@@ -85,22 +99,28 @@ impl Queue for LocalQueue {
         &self,
         wait: Duration,
         stop: &CancellationToken,
-    ) -> Result<Option<Task>, QueueError> {
-        self.dispatcher
+    ) -> Result<Option<ClaimedTask>, QueueError> {
+        let claimed = self
+            .dispatcher
             .claim(&self.worker_id, wait, stop)
             .await
-            .map(|t| t.map(Into::into))
-            .map_err(queue_error)
+            .map_err(queue_error)?;
+        Ok(claimed.map(|t| ClaimedTask {
+            lease_id: t.lease_id.expect("a claim sets a lease id"),
+            task: t.into(),
+        }))
     }
 
     async fn report_logs(
         &self,
         task_id: Uuid,
         attempt: i32,
+        lease_id: Uuid,
         entries: &[NewLogEntry],
     ) -> Result<(), QueueError> {
         let req = ReportLogsRequest {
             attempt,
+            lease_id,
             entries: entries.to_vec(),
         };
         self.dispatcher
@@ -113,7 +133,7 @@ impl Queue for LocalQueue {
     async fn complete(&self, task_id: Uuid, req: &CompleteTaskRequest) -> Result<Task, QueueError> {
         let outcome = Outcome::Completed(req.result.clone());
         self.dispatcher
-            .finish(&self.worker_id, task_id, req.attempt, outcome)
+            .finish(task_id, self.run(req.attempt, req.lease_id), outcome)
             .await
             .map(Into::into)
             .map_err(queue_error)
@@ -129,15 +149,20 @@ impl Queue for LocalQueue {
             result: req.result.clone(),
         };
         self.dispatcher
-            .finish(&self.worker_id, task_id, req.attempt, outcome)
+            .finish(task_id, self.run(req.attempt, req.lease_id), outcome)
             .await
             .map(Into::into)
             .map_err(queue_error)
     }
 
-    async fn release(&self, task_id: Uuid, attempt: i32) -> Result<Task, QueueError> {
+    async fn release(
+        &self,
+        task_id: Uuid,
+        attempt: i32,
+        lease_id: Uuid,
+    ) -> Result<Task, QueueError> {
         self.dispatcher
-            .release(&self.worker_id, task_id, attempt)
+            .release(task_id, self.run(attempt, lease_id))
             .await
             .map(Into::into)
             .map_err(queue_error)

@@ -73,6 +73,17 @@ pub struct Task {
     pub completed_at: Option<DateTime<Utc>>,
 }
 
+/// A task just claimed by a worker: the task, and the lease id of this run, which every report about the run
+/// must carry. Only the claiming worker ever sees it.
+#[derive(Debug, Clone, Object, Serialize, Deserialize)]
+pub struct ClaimedTask {
+    #[oai(flatten)]
+    #[serde(flatten)]
+    pub task: Task,
+    /// The fencing token of this run: new at every claim, never the same twice for a task.
+    pub lease_id: Uuid,
+}
+
 /// A task as listed.
 #[derive(Debug, Clone, Object, Serialize, Deserialize)]
 pub struct TaskSummary {
@@ -208,6 +219,8 @@ pub struct HeartbeatResponse {
 #[derive(Debug, Clone, Object, Serialize, Deserialize)]
 pub struct ReportLogsRequest {
     pub attempt: i32,
+    /// The run's lease id, from the claim.
+    pub lease_id: Uuid,
     #[oai(validator(max_items = 1000))]
     pub entries: Vec<NewLogEntry>,
 }
@@ -234,6 +247,8 @@ pub struct ReportLogsResponse {
 #[derive(Debug, Clone, Object, Serialize, Deserialize)]
 pub struct CompleteTaskRequest {
     pub attempt: i32,
+    /// The run's lease id, from the claim.
+    pub lease_id: Uuid,
     /// The runner's result: `success`, `output`, `metrics`, and anything else.
     pub result: JsonObject,
 }
@@ -260,6 +275,8 @@ impl From<FailStatus> for TaskStatus {
 #[derive(Debug, Clone, Object, Serialize, Deserialize)]
 pub struct FailTaskRequest {
     pub attempt: i32,
+    /// The run's lease id, from the claim.
+    pub lease_id: Uuid,
     #[oai(validator(max_length = 65536))]
     pub error: String,
     #[oai(nullable)]
@@ -273,4 +290,6 @@ pub struct FailTaskRequest {
 #[derive(Debug, Clone, Object, Serialize, Deserialize)]
 pub struct ReleaseTaskRequest {
     pub attempt: i32,
+    /// The run's lease id, from the claim.
+    pub lease_id: Uuid,
 }

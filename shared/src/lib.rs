@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod ids;
+pub mod limits;
 pub mod metrics;
 pub mod params;
 pub mod runner;

@@ -8,8 +8,8 @@ use reqwest::StatusCode;
 use serde::{Serialize, de::DeserializeOwned};
 use task_executor_shared::{
     api::{
-        self, CompleteTaskRequest, ErrorBody, FailTaskRequest, HeartbeatRequest, HeartbeatResponse,
-        NewLogEntry, RegisterWorkerRequest, Task,
+        self, ClaimedTask, CompleteTaskRequest, ErrorBody, FailTaskRequest, HeartbeatRequest,
+        HeartbeatResponse, NewLogEntry, RegisterWorkerRequest, Task,
     },
     worker::{Queue, QueueError},
 };
@@ -106,7 +106,7 @@ impl Client {
         Ok(resp.status())
     }
 
-    async fn claim_now(&self, wait: Duration) -> Result<Option<Task>, QueueError> {
+    async fn claim_now(&self, wait: Duration) -> Result<Option<ClaimedTask>, QueueError> {
         let resp = self
             .http
             .post(self.url("/claim"))
@@ -147,7 +147,7 @@ impl Queue for Client {
         &self,
         wait: Duration,
         stop: &CancellationToken,
-    ) -> Result<Option<Task>, QueueError> {
+    ) -> Result<Option<ClaimedTask>, QueueError> {
         tokio::select! {
             _ = stop.cancelled() => Ok(None),
             r = self.claim_now(wait) => r,
@@ -158,10 +158,12 @@ impl Queue for Client {
         &self,
         task: Uuid,
         attempt: i32,
+        lease_id: Uuid,
         entries: &[NewLogEntry],
     ) -> Result<(), QueueError> {
         let body = api::ReportLogsRequest {
             attempt,
+            lease_id,
             entries: entries.to_vec(),
         };
         let _: api::ReportLogsResponse = self
@@ -180,10 +182,10 @@ impl Queue for Client {
             .await
     }
 
-    async fn release(&self, task: Uuid, attempt: i32) -> Result<Task, QueueError> {
+    async fn release(&self, task: Uuid, attempt: i32, lease_id: Uuid) -> Result<Task, QueueError> {
         self.post(
             self.url(&format!("/tasks/{task}/release")),
-            &api::ReleaseTaskRequest { attempt },
+            &api::ReleaseTaskRequest { attempt, lease_id },
         )
         .await
     }

@@ -11,7 +11,7 @@ use poem_openapi::{
 use task_executor_shared::{
     WorkerId, WorkerStatus,
     api::{
-        CompleteTaskRequest, FailTaskRequest, HeartbeatRequest, HeartbeatResponse,
+        ClaimedTask, CompleteTaskRequest, FailTaskRequest, HeartbeatRequest, HeartbeatResponse,
         RegisterWorkerRequest, RegisterWorkerResponse, ReleaseTaskRequest, ReportLogsRequest,
         ReportLogsResponse, Task, Worker,
     },
@@ -23,7 +23,10 @@ use super::ApiTags;
 use crate::{
     error::ApiError,
     state::AppState,
-    store::{queue::Outcome, workers},
+    store::{
+        queue::{Outcome, RunRef},
+        workers,
+    },
 };
 
 pub struct WorkersApi {
@@ -42,9 +45,10 @@ enum RegisterResponse {
 
 #[derive(ApiResponse)]
 enum ClaimResponse {
-    /// The claimed task: `running`, held by this worker, with its `attempt` and `lease_expires_at`.
+    /// The claimed task: `running`, held by this worker, with its `attempt`, `lease_expires_at` and the
+    /// `lease_id` every report about this run must carry.
     #[oai(status = 200)]
-    Claimed(Json<Task>),
+    Claimed(Json<Box<ClaimedTask>>),
     /// No task available (within `wait_seconds`).
     #[oai(status = 204)]
     NoTask,
@@ -182,7 +186,10 @@ impl WorkersApi {
             )
             .await?;
         Ok(match claimed {
-            Some(t) => ClaimResponse::Claimed(Json(t.into())),
+            Some(t) => ClaimResponse::Claimed(Json(Box::new(ClaimedTask {
+                lease_id: t.lease_id.expect("a claim sets a lease id"),
+                task: t.into(),
+            }))),
             None => ClaimResponse::NoTask,
         })
     }
@@ -226,15 +233,15 @@ impl WorkersApi {
         body: Json<CompleteTaskRequest>,
     ) -> Result<Json<Task>, ApiError> {
         let req = body.0;
+        let run = RunRef {
+            worker_id: worker_id.0.as_str(),
+            attempt: req.attempt,
+            lease_id: Some(req.lease_id),
+        };
         let t = self
             .state
             .dispatcher
-            .finish(
-                worker_id.0.as_str(),
-                task_id.0,
-                req.attempt,
-                Outcome::Completed(req.result),
-            )
+            .finish(task_id.0, run, Outcome::Completed(req.result))
             .await?;
         Ok(Json(t.into()))
     }
@@ -264,10 +271,15 @@ impl WorkersApi {
             error: req.error,
             result: req.result,
         };
+        let run = RunRef {
+            worker_id: worker_id.0.as_str(),
+            attempt: req.attempt,
+            lease_id: Some(req.lease_id),
+        };
         let t = self
             .state
             .dispatcher
-            .finish(worker_id.0.as_str(), task_id.0, req.attempt, outcome)
+            .finish(task_id.0, run, outcome)
             .await?;
         Ok(Json(t.into()))
     }
@@ -287,11 +299,12 @@ impl WorkersApi {
         task_id: Path<Uuid>,
         body: Json<ReleaseTaskRequest>,
     ) -> Result<Json<Task>, ApiError> {
-        let t = self
-            .state
-            .dispatcher
-            .release(worker_id.0.as_str(), task_id.0, body.0.attempt)
-            .await?;
+        let run = RunRef {
+            worker_id: worker_id.0.as_str(),
+            attempt: body.0.attempt,
+            lease_id: Some(body.0.lease_id),
+        };
+        let t = self.state.dispatcher.release(task_id.0, run).await?;
         Ok(Json(t.into()))
     }
 }

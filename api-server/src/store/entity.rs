@@ -24,6 +24,10 @@ pub mod task {
         pub updated_at: DateTimeUtc,
         pub started_at: Option<DateTimeUtc>,
         pub completed_at: Option<DateTimeUtc>,
+        /// The fencing token of the current (or last) run: a new one at each claim.
+        pub lease_id: Option<Uuid>,
+        /// Times the task went back to the queue without counting an attempt.
+        pub uncounted_requeues: i32,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -92,7 +92,10 @@ pub async fn absent_or_offline(
     worker_id: &str,
 ) -> StoreError {
     use sea_orm::EntityTrait;
-    match entity::worker::Entity::find_by_id(worker_id).one(conn).await {
+    match entity::worker::Entity::find_by_id(worker_id)
+        .one(conn)
+        .await
+    {
         Ok(Some(_)) => StoreError::WorkerOffline(worker_id.to_owned()),
         Ok(None) => StoreError::WorkerNotFound(worker_id.to_owned()),
         Err(e) => e.into(),

@@ -58,6 +58,8 @@ pub async fn create(db: &DatabaseConnection, new: NewTask) -> StoreResult<(task:
         updated_at: Set(at),
         started_at: Set(None),
         completed_at: Set(None),
+        lease_id: Set(None),
+        uncounted_requeues: Set(0),
     };
     let txn = db.begin().await?;
     let inserted = match model.insert(&txn).await {

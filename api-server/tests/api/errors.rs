@@ -152,7 +152,11 @@ async fn bad_paths_queries_and_methods(backend: Backend) {
     };
     let r = app.send(app.client.delete(app.url("/api/v1/tasks"))).await;
     assert_error(&r, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
-    assert_eq!(allow(&r).as_deref(), Some("GET, POST"), "405 names what is allowed");
+    assert_eq!(
+        allow(&r).as_deref(),
+        Some("GET, POST"),
+        "405 names what is allowed"
+    );
     let r = app
         .send(app.client.put(app.url(&format!("/api/v1/tasks/{id}"))))
         .await;
@@ -169,7 +173,11 @@ async fn bad_paths_queries_and_methods(backend: Backend) {
     let r = app
         .send(app.client.get(app.url("/api/v1/workers/internal/stop")))
         .await;
-    assert_eq!(allow(&r).as_deref(), Some("POST"), "a literal path beats a parameter");
+    assert_eq!(
+        allow(&r).as_deref(),
+        Some("POST"),
+        "a literal path beats a parameter"
+    );
 }
 
 async fn request_id_is_echoed_or_made(backend: Backend) {

@@ -22,6 +22,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub db_url: String,
     _dir: Option<tempfile::TempDir>,
+    /// The lease id of each task's last claim through [`TestApp::claim`], for reports.
+    leases: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 pub struct Reply {
@@ -74,6 +76,7 @@ impl TestApp {
             client,
             db_url,
             _dir: dir,
+            leases: Default::default(),
         }
     }
 
@@ -166,8 +169,32 @@ impl TestApp {
     }
 
     pub async fn claim(&self, worker_id: &str) -> Reply {
-        self.post(&format!("/api/v1/workers/{worker_id}/claim"), Value::Null)
-            .await
+        let r = self
+            .post(&format!("/api/v1/workers/{worker_id}/claim"), Value::Null)
+            .await;
+        if r.status == StatusCode::OK {
+            let (id, lease) = (&r.body["id"], &r.body["lease_id"]);
+            assert!(
+                lease.is_string(),
+                "a claim answers its lease id: {}",
+                r.body
+            );
+            self.leases.lock().unwrap().insert(
+                id.as_str().unwrap().to_owned(),
+                lease.as_str().unwrap().to_owned(),
+            );
+        }
+        r
+    }
+
+    /// The lease id of the task's last claim (a random one for a task never claimed here).
+    pub fn lease(&self, task: &Value) -> String {
+        self.leases
+            .lock()
+            .unwrap()
+            .get(task["id"].as_str().unwrap())
+            .cloned()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
     }
 
     /// Claims and asserts a task came back.
@@ -197,7 +224,7 @@ impl TestApp {
         let id = task["id"].as_str().unwrap();
         self.post(
             &format!("/api/v1/workers/{worker_id}/tasks/{id}/complete"),
-            serde_json::json!({"attempt": attempt, "result": result}),
+            serde_json::json!({"attempt": attempt, "lease_id": self.lease(task), "result": result}),
         )
         .await
     }

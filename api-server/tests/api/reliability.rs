@@ -32,7 +32,11 @@ async fn the_reaper_never_requeues_a_lease_renewed_after_it_looked(backend: Back
     .await
     .unwrap();
     // What the reaper saw: a run whose lease expired.
-    let seen = task::Entity::find_by_id(id).one(&db).await.unwrap().unwrap();
+    let seen = task::Entity::find_by_id(id)
+        .one(&db)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(seen.lease_expires_at.unwrap() < chrono::Utc::now());
     // The worker's heartbeat renews it before the reaper acts.
     let hb = app
@@ -73,7 +77,11 @@ async fn a_worker_that_said_goodbye_stays_offline(backend: Backend) {
         elapsed < Duration::from_secs(20),
         "the long poll ended with the goodbye, not at the end of its wait"
     );
-    assert_error(&app.claim("w").await, StatusCode::CONFLICT, "worker_offline");
+    assert_error(
+        &app.claim("w").await,
+        StatusCode::CONFLICT,
+        "worker_offline",
+    );
     assert_error(
         &app.heartbeat("w", json!({"status": "idle"})).await,
         StatusCode::CONFLICT,
@@ -116,7 +124,9 @@ async fn a_start_during_a_stop_waits_for_it(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let pid = dir.path().join("child.pid");
     let t = app
-        .create_task(json!({"problem_id": "stubborn", "parameters": {"mode": "stubborn", "pid_file": pid}}))
+        .create_task(
+            json!({"problem_id": "stubborn", "parameters": {"mode": "stubborn", "pid_file": pid}}),
+        )
         .await;
     app.eventually("the stubborn run is up", || async {
         (app.task(&t["id"]).await["status"] == "running" && pid.exists()).then_some(())
@@ -140,7 +150,10 @@ async fn a_start_during_a_stop_waits_for_it(backend: Backend) {
             (cur["status"] == "running").then_some(cur)
         })
         .await;
-    assert_eq!(again["attempt"], 1, "the interrupted run was not charged: {again}");
+    assert_eq!(
+        again["attempt"], 1,
+        "the interrupted run was not charged: {again}"
+    );
     let logs = app
         .get(&format!("/api/v1/tasks/{}/logs", t["id"].as_str().unwrap()))
         .await
@@ -162,7 +175,296 @@ async fn a_start_during_a_stop_waits_for_it(backend: Backend) {
     .await;
 }
 
+/// Every claim has a lease id no earlier claim of the task had: when a run is given back uncounted and the
+/// same worker claims the task again with the same attempt number, the first run's late reports are refused.
+async fn a_stale_run_cannot_report_once_its_attempt_number_came_back(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.register("w", json!({})).await;
+    let t = app.create_task(json!({"problem_id": "p"})).await;
+    let id = t["id"].as_str().unwrap();
+    let first = app.claim_one("w").await;
+    let released = app
+        .post(
+            &format!("/api/v1/workers/w/tasks/{id}/release"),
+            json!({"attempt": 1, "lease_id": first["lease_id"]}),
+        )
+        .await;
+    assert_eq!(released.status, StatusCode::OK, "{}", released.body);
+    let second = app.claim_one("w").await;
+    assert_eq!(second["attempt"], 1, "the released run was not counted");
+    assert_ne!(
+        second["lease_id"], first["lease_id"],
+        "a new lease per claim"
+    );
+    let late = app
+        .post(
+            &format!("/api/v1/workers/w/tasks/{id}/complete"),
+            json!({"attempt": 1, "lease_id": first["lease_id"], "result": {"success": false}}),
+        )
+        .await;
+    assert_error(&late, StatusCode::CONFLICT, "stale_attempt");
+    let late_logs = app
+        .post(
+            &format!("/api/v1/workers/w/tasks/{id}/logs"),
+            json!({"attempt": 1, "lease_id": first["lease_id"], "entries": [{"level": "info", "message": "old"}]}),
+        )
+        .await;
+    assert_error(&late_logs, StatusCode::CONFLICT, "stale_attempt");
+    assert_eq!(app.task(&t["id"]).await["status"], "running");
+    let done = app
+        .post(
+            &format!("/api/v1/workers/w/tasks/{id}/complete"),
+            json!({"attempt": 1, "lease_id": second["lease_id"], "result": {"success": true}}),
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+    assert_eq!(done.body["result"], json!({"success": true}));
+    assert!(
+        app.task(&t["id"]).await.get("lease_id").is_none(),
+        "the lease is the claiming worker's alone: not shown to readers"
+    );
+}
+
+/// A task that keeps going back to the queue without an attempt counted (here: its claims never reach the
+/// worker) fails after MAX_UNCOUNTED_REQUEUES, with an error that says so, instead of looping forever.
+async fn a_task_that_keeps_coming_back_uncounted_fails_instead_of_looping(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |c| {
+        c.claim_grace_seconds = 0;
+        c.max_uncounted_requeues = 3;
+    })
+    .await;
+    app.register("w", json!({})).await;
+    let t = app.create_task(json!({"problem_id": "p"})).await;
+    for round in 1..=3 {
+        app.claim_one("w").await;
+        app.heartbeat("w", json!({"status": "idle"})).await;
+        let now = app.task(&t["id"]).await;
+        assert_eq!(now["status"], "pending", "round {round}: {now}");
+        assert_eq!(now["attempt"], 0);
+    }
+    app.claim_one("w").await;
+    app.heartbeat("w", json!({"status": "idle"})).await;
+    let failed = app.task(&t["id"]).await;
+    assert_eq!(failed["status"], "failed", "{failed}");
+    let error = failed["result"]["error"].as_str().unwrap();
+    assert!(error.contains("3 times"), "{error}");
+}
+
+/// NUL, which PostgreSQL cannot store, is refused at the edge with 422 wherever a client sends it, on both
+/// backends alike, and nothing is stored.
+async fn nul_is_refused_at_the_edge(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    for body in [
+        json!({"problem_id": "p", "parameters": {"x": "a\u{0}b"}}),
+        json!({"problem_id": "p", "parameters": {"k\u{0}": 1}}),
+        json!({"problem_id": "p", "parameters": {"agent_config": {"model": ["\u{0}"]}}}),
+    ] {
+        let r = app.post("/api/v1/tasks", body).await;
+        assert_error(&r, StatusCode::UNPROCESSABLE_ENTITY, "validation_error");
+        assert!(
+            r.body["detail"].as_str().unwrap().contains("NUL"),
+            "{}",
+            r.body
+        );
+    }
+    for path in [
+        "/api/v1/tasks?problem_id=a%00b",
+        "/api/v1/workers?backend_type=%00",
+    ] {
+        assert_error(
+            &app.get(path).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_error",
+        );
+    }
+    let reg = app
+        .post(
+            "/api/v1/workers/register",
+            json!({"worker_id": "w", "backend_type": "kind\u{0}", "metadata": {"host": "\u{0}"}}),
+        )
+        .await;
+    assert_error(&reg, StatusCode::UNPROCESSABLE_ENTITY, "validation_error");
+    app.register("w", json!({})).await;
+    let t = app.create_task(json!({"problem_id": "p"})).await;
+    let c = app.claim_one("w").await;
+    let id = t["id"].as_str().unwrap();
+    for (path, body) in [
+        (
+            "logs",
+            json!({"attempt": 1, "lease_id": c["lease_id"], "entries": [{"level": "info", "message": "a\u{0}"}]}),
+        ),
+        (
+            "complete",
+            json!({"attempt": 1, "lease_id": c["lease_id"], "result": {"output": "\u{0}"}}),
+        ),
+        (
+            "fail",
+            json!({"attempt": 1, "lease_id": c["lease_id"], "error": "boom\u{0}"}),
+        ),
+    ] {
+        let r = app
+            .post(&format!("/api/v1/workers/w/tasks/{id}/{path}"), body)
+            .await;
+        assert_error(&r, StatusCode::UNPROCESSABLE_ENTITY, "validation_error");
+    }
+    assert_eq!(
+        app.task(&t["id"]).await["status"],
+        "running",
+        "nothing changed"
+    );
+    assert_eq!(
+        app.get("/api/v1/tasks")
+            .await
+            .body
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+fn exec_workers(c: &mut api_server::Config) {
+    c.auto_start_workers = true;
+    c.num_internal_workers = 1;
+    c.runner.runner = RunnerKind::Exec;
+}
+
+async fn wait_end(app: &TestApp, t: &Value) -> Value {
+    app.eventually("the task ended", || async {
+        let cur = app.task(&t["id"]).await;
+        (!["pending", "running"].contains(&cur["status"].as_str().unwrap())).then_some(cur)
+    })
+    .await
+}
+
+async fn log_entries(app: &TestApp, t: &Value) -> Vec<Value> {
+    app.get(&format!(
+        "/api/v1/tasks/{}/logs?limit=10000",
+        t["id"].as_str().unwrap()
+    ))
+    .await
+    .body
+    .as_array()
+    .unwrap()
+    .clone()
+}
+
+/// What a runner prints can never make a report the server refuses (which would lose the run and bring it
+/// back forever): NUL is replaced, huge lines and contexts are cut, bytes that are not UTF-8 are decoded
+/// lossily, a long stderr tail keeps its end within the error limit, a huge result keeps its summary.
+async fn runner_output_never_makes_a_refused_report(backend: Backend) {
+    let app = TestApp::spawn_with(backend, exec_workers).await;
+    let nul = app
+        .create_task(json!({"problem_id": "nul", "parameters": {"mode": "nul"}}))
+        .await;
+    let done = wait_end(&app, &nul).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["result"]["output"], "out\u{FFFD}put");
+    let messages: Vec<String> = log_entries(&app, &nul)
+        .await
+        .iter()
+        .map(|e| e["message"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        messages.contains(&"before\u{FFFD}after".to_owned()),
+        "{messages:?}"
+    );
+    assert!(
+        messages.contains(&"raw\u{FFFD}byte".to_owned()),
+        "{messages:?}"
+    );
+
+    let huge = app
+        .create_task(json!({"problem_id": "huge", "parameters": {"mode": "huge"}}))
+        .await;
+    let failed = wait_end(&app, &huge).await;
+    assert_eq!(
+        failed["status"], "failed",
+        "ends, never loops: {}",
+        failed["status"]
+    );
+    assert_eq!(failed["attempt"], 1);
+    let error = failed["result"]["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("the runner exited with status 1"),
+        "{}",
+        &error[..80]
+    );
+    assert!(
+        error.ends_with("stderr line 30"),
+        "the end of the tail is kept"
+    );
+    assert!(error.chars().count() <= 16_100, "{}", error.chars().count());
+    let entries = log_entries(&app, &huge).await;
+    let long = entries
+        .iter()
+        .find(|e| e["message"].as_str().unwrap().starts_with("xxxx"))
+        .expect("the 3 MB line is logged, cut");
+    assert!(long["message"].as_str().unwrap().ends_with("[truncated]"));
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["message"] == "bad \u{FFFD}\u{FFFD} bytes"),
+        "bytes that are not UTF-8 are replaced, and reading goes on"
+    );
+    let big = entries
+        .iter()
+        .find(|e| e["message"] == "big context")
+        .expect("the entry with a big context");
+    assert_eq!(big["context"]["truncated"], true);
+    assert_eq!(
+        entries
+            .iter()
+            .filter(|e| e["context"]["stream"] == "stderr")
+            .count(),
+        30,
+        "every stderr line is logged"
+    );
+
+    let large = app
+        .create_task(json!({"problem_id": "large", "parameters": {"mode": "huge_result"}}))
+        .await;
+    let done = wait_end(&app, &large).await;
+    assert_eq!(done["status"], "completed", "{}", done["status"]);
+    assert_eq!(done["result"]["success"], true);
+    assert_eq!(done["result"]["metrics"]["TTD"], 2.5);
+    assert_eq!(
+        done["result"]["truncated"]["dropped_keys"],
+        json!(["history"])
+    );
+    assert!(
+        done["result"]["output"]
+            .as_str()
+            .unwrap()
+            .ends_with("[truncated]")
+    );
+}
+
+/// The runner gets its parameters in a file, and in TASK_PARAMETERS only when they are small: parameters too
+/// large for the environment do not stop the runner from starting.
+async fn large_parameters_reach_the_runner_in_a_file(backend: Backend) {
+    let app = TestApp::spawn_with(backend, exec_workers).await;
+    let blob = "p".repeat(300_000);
+    let big = app
+        .create_task(json!({"problem_id": "big", "parameters": {"mode": "params", "blob": blob}}))
+        .await;
+    let done = wait_end(&app, &big).await;
+    assert_eq!(done["status"], "completed", "{}", done["result"]);
+    assert!(done["result"]["file_bytes"].as_u64().unwrap() > 300_000);
+    assert_eq!(done["result"]["env_set"], "no");
+    let small = app
+        .create_task(json!({"problem_id": "small", "parameters": {"mode": "params"}}))
+        .await;
+    let done = wait_end(&app, &small).await;
+    assert_eq!(done["result"]["env_set"], "yes");
+}
+
 task_executor_shared::both_backends!(
+    nul_is_refused_at_the_edge,
+    runner_output_never_makes_a_refused_report,
+    large_parameters_reach_the_runner_in_a_file,
+    a_stale_run_cannot_report_once_its_attempt_number_came_back,
+    a_task_that_keeps_coming_back_uncounted_fails_instead_of_looping,
     the_reaper_never_requeues_a_lease_renewed_after_it_looked,
     a_worker_that_said_goodbye_stays_offline,
     a_goodbye_gives_back_unlisted_claims_at_once,

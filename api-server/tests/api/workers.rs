@@ -105,7 +105,12 @@ async fn a_task_from_claim_to_complete(backend: Backend) {
         .await;
     let id = t["id"].as_str().unwrap();
 
-    let c = app.claim_one("w1").await;
+    let mut c = app.claim_one("w1").await;
+    let lease = c.as_object_mut().unwrap().remove("lease_id").unwrap();
+    assert!(
+        lease.as_str().unwrap().parse::<uuid::Uuid>().is_ok(),
+        "{lease}"
+    );
     assert_eq!(c["id"], t["id"]);
     assert_eq!(c["status"], "running");
     assert_eq!(c["worker_id"], "w1");
@@ -115,7 +120,7 @@ async fn a_task_from_claim_to_complete(backend: Backend) {
     assert_eq!(
         app.task(&t["id"]).await,
         c,
-        "the claim answer is the stored task"
+        "the claim answer is the stored task, plus the run's lease id"
     );
 
     let w = app.get("/api/v1/workers/w1").await.body;
@@ -135,7 +140,7 @@ async fn a_task_from_claim_to_complete(backend: Backend) {
     let logs = app
         .post(
             &format!("/api/v1/workers/w1/tasks/{id}/logs"),
-            json!({"attempt": 1, "entries": [
+            json!({"attempt": 1, "lease_id": app.lease(&t), "entries": [
                 {"level": "debug", "message": "step 1", "context": {"step": 1}},
                 {"level": "warning", "message": "slow pod", "timestamp": "2025-01-14T10:30:05Z"},
                 {"level": "error", "message": "kubectl failed"}
@@ -208,7 +213,7 @@ async fn fail_keeps_the_error_and_counts(backend: Backend) {
     let fa = app
         .post(
             &format!("/api/v1/workers/w1/tasks/{}/fail", a["id"].as_str().unwrap()),
-            json!({"attempt": 1, "error": "runner exited with status 1", "result": {"stderr_tail": "boom"}}),
+            json!({"attempt": 1, "lease_id": app.lease(&a), "error": "runner exited with status 1", "result": {"stderr_tail": "boom"}}),
         )
         .await;
     assert_eq!(fa.status, StatusCode::OK, "{}", fa.body);
@@ -223,7 +228,7 @@ async fn fail_keeps_the_error_and_counts(backend: Backend) {
                 "/api/v1/workers/w1/tasks/{}/fail",
                 b["id"].as_str().unwrap()
             ),
-            json!({"attempt": 1, "error": "over time", "status": "timeout"}),
+            json!({"attempt": 1, "lease_id": app.lease(&b), "error": "over time", "status": "timeout"}),
         )
         .await;
     assert_eq!(fb.body["status"], "timeout");
@@ -237,7 +242,7 @@ async fn fail_keeps_the_error_and_counts(backend: Backend) {
                 "/api/v1/workers/w1/tasks/{}/fail",
                 b["id"].as_str().unwrap()
             ),
-            json!({"attempt": 1, "error": "x", "status": "completed"}),
+            json!({"attempt": 1, "lease_id": app.lease(&b), "error": "x", "status": "completed"}),
         )
         .await;
     assert_error(&bad, StatusCode::UNPROCESSABLE_ENTITY, "validation_error");
@@ -265,14 +270,14 @@ async fn reports_are_fenced_by_holder_and_attempt(backend: Backend) {
     let logs = app
         .post(
             &format!("/api/v1/workers/w2/tasks/{id}/logs"),
-            json!({"attempt": 1, "entries": [{"level": "info", "message": "intruder"}]}),
+            json!({"attempt": 1, "lease_id": app.lease(&t), "entries": [{"level": "info", "message": "intruder"}]}),
         )
         .await;
     assert_error(&logs, StatusCode::CONFLICT, "task_not_held");
     let fail = app
         .post(
             &format!("/api/v1/workers/w1/tasks/{id}/fail"),
-            json!({"attempt": 0, "error": "x"}),
+            json!({"attempt": 0, "lease_id": app.lease(&t), "error": "x"}),
         )
         .await;
     assert_error(&fail, StatusCode::CONFLICT, "stale_attempt");
@@ -694,7 +699,7 @@ async fn contention_every_task_completed_exactly_once(backend: Backend) {
                 let id = t["id"].as_str().unwrap().to_owned();
                 let c = client
                     .post(format!("{base}/api/v1/workers/{worker}/tasks/{id}/complete"))
-                    .json(&json!({"attempt": t["attempt"], "result": {"success": true, "by": worker}}))
+                    .json(&json!({"attempt": t["attempt"], "lease_id": t["lease_id"], "result": {"success": true, "by": worker}}))
                     .send()
                     .await
                     .unwrap();
@@ -755,7 +760,7 @@ async fn bad_input_on_worker_routes(backend: Backend) {
     assert_error(
         &app.post(
             "/api/v1/workers/w/tasks/not-a-uuid/complete",
-            json!({"attempt": 1, "result": {}}),
+            json!({"attempt": 1, "lease_id": uuid::Uuid::new_v4(), "result": {}}),
         )
         .await,
         StatusCode::UNPROCESSABLE_ENTITY,
@@ -811,18 +816,23 @@ async fn bad_input_on_worker_routes(backend: Backend) {
         StatusCode::UNPROCESSABLE_ENTITY,
         "validation_error",
     );
-    app.claim_one("w").await;
+    let claimed = app.claim_one("w").await;
+    let lease = &claimed["lease_id"];
     for (path, body) in [
-        ("complete", json!({"result": {}})),
-        ("complete", json!({"attempt": 1, "result": "done"})),
-        ("fail", json!({"attempt": 1})),
+        ("complete", json!({"lease_id": lease, "result": {}})),
+        ("complete", json!({"attempt": 1, "result": {}})),
+        (
+            "complete",
+            json!({"attempt": 1, "lease_id": lease, "result": "done"}),
+        ),
+        ("fail", json!({"attempt": 1, "lease_id": lease})),
         (
             "logs",
-            json!({"attempt": 1, "entries": [{"level": "loud", "message": "x"}]}),
+            json!({"attempt": 1, "lease_id": lease, "entries": [{"level": "loud", "message": "x"}]}),
         ),
         (
             "logs",
-            json!({"attempt": 1, "entries": [{"level": "info"}]}),
+            json!({"attempt": 1, "lease_id": lease, "entries": [{"level": "info"}]}),
         ),
     ] {
         let r = app
@@ -861,14 +871,14 @@ async fn release_gives_the_task_back_uncounted(backend: Backend) {
     let wrong = app
         .post(
             &format!("/api/v1/workers/w/tasks/{id}/release"),
-            json!({"attempt": 2}),
+            json!({"attempt": 2, "lease_id": app.lease(&t)}),
         )
         .await;
     assert_error(&wrong, StatusCode::CONFLICT, "stale_attempt");
     let r = app
         .post(
             &format!("/api/v1/workers/w/tasks/{id}/release"),
-            json!({"attempt": 1}),
+            json!({"attempt": 1, "lease_id": app.lease(&t)}),
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);

@@ -8,15 +8,18 @@
 //! The engine streams log entries to a channel as they happen; the caller ships them in batches and, once
 //! [`execute`] returns, reports the outcome.
 
+mod logs;
 mod process;
 mod protocol;
 mod simulate;
+
+pub use logs::{LOG_BATCH, LOG_CHANNEL, LOG_LINGER, LogBatches, LogSender, log_channel};
 
 use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, ValueEnum};
 use serde_json::{Map, Value};
-use tokio::{sync::mpsc, time::Instant};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -203,9 +206,6 @@ pub struct RunControl {
     pub interrupt: CancellationToken,
 }
 
-/// Where the run's log entries go, as they happen.
-pub type LogSender = mpsc::UnboundedSender<NewLogEntry>;
-
 pub(crate) fn entry(
     level: LogLevel,
     message: impl Into<String>,
@@ -238,34 +238,6 @@ pub async fn execute(
         }
     }
 }
-
-/// Log entries in one batch at most.
-pub const LOG_BATCH: usize = 200;
-/// How long a batch waits for more entries before it is sent.
-pub const LOG_LINGER: Duration = Duration::from_millis(250);
-
-/// The next batch of a run's log entries: waits for one, then takes what follows within [`LOG_LINGER`], up
-/// to [`LOG_BATCH`]. `None` once the run is over and every entry was taken.
-pub async fn next_log_batch(
-    rx: &mut mpsc::UnboundedReceiver<NewLogEntry>,
-) -> Option<Vec<NewLogEntry>> {
-    let mut batch = vec![rx.recv().await?];
-    let linger = tokio::time::sleep(LOG_LINGER);
-    tokio::pin!(linger);
-    while batch.len() < LOG_BATCH {
-        tokio::select! {
-            e = rx.recv() => match e {
-                Some(e) => batch.push(e),
-                None => break,
-            },
-            _ = &mut linger => break,
-        }
-    }
-    Some(batch)
-}
-
-/// The longest log message kept from a runner line (the server refuses longer ones).
-pub(crate) const MAX_MESSAGE_CHARS: usize = 16_000;
 
 #[cfg(test)]
 mod tests {

@@ -1,7 +1,12 @@
 //! Runners that are programs (`exec`, `aiopslab`): started in their own process group, read line by line,
 //! and stopped as a group — SIGTERM, then SIGKILL after the grace period — so no process outlives its task.
+//!
+//! Output is read in lines of at most [`limits::MAX_LINE_BYTES`] (the rest of a longer line is skipped and
+//! the cut marked) and decoded lossily, so that neither a huge line nor bytes that are not UTF-8 can take the
+//! worker's memory or stop the reading. The task's parameters are given in a file (`TASK_PARAMETERS_FILE`),
+//! and also in `TASK_PARAMETERS` when they are small enough for an environment variable.
 
-use std::{collections::VecDeque, process::Stdio, time::Duration};
+use std::{collections::VecDeque, io::Write, path::PathBuf, process::Stdio, time::Duration};
 
 use nix::{
     sys::signal::{Signal, killpg},
@@ -9,19 +14,112 @@ use nix::{
 };
 use serde_json::{Map, Value};
 use tokio::{
-    io::{AsyncBufReadExt, BufReader},
+    io::{AsyncBufReadExt, AsyncRead, BufReader},
     process::{Child, Command},
     time::{Instant, sleep_until},
 };
 
 use super::{
     LogSender, RunControl, RunOutcome, TaskSpec, entry,
-    protocol::{self, Event, truncate},
+    protocol::{self, Event},
 };
-use crate::LogLevel;
+use crate::{LogLevel, limits};
 
 /// Lines of stderr kept for the error of a failed run.
 const STDERR_TAIL: usize = 20;
+/// Characters of each of those lines kept.
+const STDERR_TAIL_LINE: usize = 2_000;
+/// `TASK_PARAMETERS` is set only when the parameters are at most this large: environment variables share a
+/// limit of their own (a larger one makes the runner fail to start).
+pub const PARAMETERS_ENV_MAX: usize = 64 * 1024;
+
+/// Reads lines of at most `max` bytes, decoded lossily. Cancel-safe: a partial line is kept across calls.
+struct Lines<R> {
+    reader: BufReader<R>,
+    buf: Vec<u8>,
+    /// Bytes of the current line skipped past `max`.
+    skipped: usize,
+    max: usize,
+}
+
+impl<R: AsyncRead + Unpin> Lines<R> {
+    fn new(inner: R, max: usize) -> Self {
+        Lines {
+            reader: BufReader::new(inner),
+            buf: Vec::new(),
+            skipped: 0,
+            max,
+        }
+    }
+
+    async fn next_line(&mut self) -> std::io::Result<Option<String>> {
+        loop {
+            let available = self.reader.fill_buf().await?;
+            if available.is_empty() {
+                if self.buf.is_empty() && self.skipped == 0 {
+                    return Ok(None);
+                }
+                return Ok(Some(self.take_line()));
+            }
+            let (chunk, used, end) = match available.iter().position(|b| *b == b'\n') {
+                Some(i) => (&available[..i], i + 1, true),
+                None => (available, available.len(), false),
+            };
+            let room = self.max.saturating_sub(self.buf.len());
+            let keep = chunk.len().min(room);
+            self.buf.extend_from_slice(&chunk[..keep]);
+            self.skipped += chunk.len() - keep;
+            self.reader.consume(used);
+            if end {
+                return Ok(Some(self.take_line()));
+            }
+        }
+    }
+
+    fn take_line(&mut self) -> String {
+        if self.buf.last() == Some(&b'\r') {
+            self.buf.pop();
+        }
+        let mut line = String::from_utf8_lossy(&self.buf).into_owned();
+        if self.skipped > 0 {
+            line.push_str(&format!(
+                " …[line truncated: {} bytes skipped]",
+                self.skipped
+            ));
+        }
+        self.buf.clear();
+        self.skipped = 0;
+        line
+    }
+}
+
+/// The task's parameters in a file readable by the runner only, removed when the run ends.
+struct ParametersFile(PathBuf);
+
+impl ParametersFile {
+    fn write(spec: &TaskSpec) -> std::io::Result<Self> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = std::env::temp_dir().join(format!(
+            "task-executor-{}-{}-{}.json",
+            spec.task_id,
+            spec.attempt,
+            uuid::Uuid::new_v4().simple()
+        ));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        f.write_all(spec.params.all.to_string().as_bytes())?;
+        Ok(ParametersFile(path))
+    }
+}
+
+impl Drop for ParametersFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
 /// How long output is still read after the runner exited (its children may hold the pipes open).
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
 
@@ -41,6 +139,16 @@ pub(crate) async fn run(
     grace: Duration,
 ) -> RunOutcome {
     let started = Instant::now();
+    let params_file = match ParametersFile::write(spec) {
+        Ok(f) => f,
+        Err(e) => {
+            return RunOutcome::Failed {
+                error: format!("cannot write the task's parameters for the runner: {e}"),
+                result: None,
+            };
+        }
+    };
+    let params_json = spec.params.all.to_string();
     let mut cmd = Command::new(&program[0]);
     cmd.args(&program[1..])
         .env("TASK_ID", spec.task_id.to_string())
@@ -50,13 +158,16 @@ pub(crate) async fn run(
         .env("ATTEMPT", spec.attempt.to_string())
         .env("WORKER_ID", &spec.worker_id)
         .env("AIOPSLAB_CLUSTER", &spec.cluster)
-        .env("TASK_PARAMETERS", spec.params.all.to_string())
+        .env("TASK_PARAMETERS_FILE", &params_file.0)
         .env("PYTHONUNBUFFERED", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    if params_json.len() <= PARAMETERS_ENV_MAX {
+        cmd.env("TASK_PARAMETERS", &params_json);
+    }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
@@ -67,13 +178,19 @@ pub(crate) async fn run(
         }
     };
     let pgid = child.id().map(|id| Pid::from_raw(id as i32));
-    let _ = logs.send(entry(
+    logs.send(entry(
         LogLevel::Info,
         format!("Runner started: {}", program.join(" ")),
         Some(serde_json::json!({"pid": child.id(), "cluster": spec.cluster, "attempt": spec.attempt})),
     ));
-    let mut stdout = BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
-    let mut stderr = BufReader::new(child.stderr.take().expect("stderr is piped")).lines();
+    let mut stdout = Lines::new(
+        child.stdout.take().expect("stdout is piped"),
+        limits::MAX_LINE_BYTES,
+    );
+    let mut stderr = Lines::new(
+        child.stderr.take().expect("stderr is piped"),
+        limits::MAX_LINE_BYTES,
+    );
     let (mut out_open, mut err_open) = (true, true);
     let mut tail: VecDeque<String> = VecDeque::new();
     let mut steps: u64 = 0;
@@ -89,18 +206,18 @@ pub(crate) async fn run(
         tokio::select! {
             line = stdout.next_line(), if out_open => match line {
                 Ok(Some(line)) => match protocol::parse_line(&line) {
-                    Event::Log(e) => { let _ = logs.send(e); }
+                    Event::Log(e) => { logs.send(e); }
                     Event::Step(s) => {
                         steps += 1;
                         if steps > max_steps {
-                            let _ = logs.send(entry(LogLevel::Error, format!("The runner took more than max_steps ({max_steps}) steps: stopping it"), None));
+                            logs.send(entry(LogLevel::Error, format!("The runner took more than max_steps ({max_steps}) steps: stopping it"), None));
                             break Some(Stop::TooManySteps);
                         }
-                        let _ = logs.send(protocol::step_entry(steps, &s));
+                        logs.send(protocol::step_entry(steps, &s));
                     }
                     Event::Result(r) => {
                         if result.is_some() {
-                            let _ = logs.send(entry(LogLevel::Warning, "A second result event was ignored", None));
+                            logs.send(entry(LogLevel::Warning, "A second result event was ignored", None));
                         } else {
                             result = Some(r);
                         }
@@ -110,9 +227,11 @@ pub(crate) async fn run(
             },
             line = stderr.next_line(), if err_open => match line {
                 Ok(Some(line)) => {
-                    let _ = logs.send(entry(LogLevel::Warning, truncate(&line), Some(serde_json::json!({"stream": "stderr"}))));
+                    let mut short = line.clone();
+                    limits::fit_head_and_tail(&mut short, STDERR_TAIL_LINE);
                     if tail.len() == STDERR_TAIL { tail.pop_front(); }
-                    tail.push_back(line);
+                    tail.push_back(short);
+                    logs.send(entry(LogLevel::Warning, line, Some(serde_json::json!({"stream": "stderr"}))));
                 }
                 _ => err_open = false,
             },
@@ -120,7 +239,7 @@ pub(crate) async fn run(
                 match status {
                     Ok(s) => exit = Some(s),
                     Err(e) => {
-                        let _ = logs.send(entry(LogLevel::Error, format!("waiting for the runner failed: {e}"), None));
+                        logs.send(entry(LogLevel::Error, format!("waiting for the runner failed: {e}"), None));
                         break Some(Stop::Interrupt);
                     }
                 }

@@ -7,23 +7,13 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
-use super::{MAX_MESSAGE_CHARS, entry};
+use super::entry;
 use crate::{LogLevel, api::NewLogEntry};
 
 pub(crate) enum Event {
     Log(NewLogEntry),
     Step(Map<String, Value>),
     Result(Map<String, Value>),
-}
-
-pub(crate) fn truncate(s: &str) -> String {
-    if s.chars().count() <= MAX_MESSAGE_CHARS {
-        s.to_owned()
-    } else {
-        let mut t: String = s.chars().take(MAX_MESSAGE_CHARS).collect();
-        t.push_str(" …[truncated]");
-        t
-    }
 }
 
 /// A runner's level name, with the usual aliases; unknown names are info.
@@ -39,7 +29,7 @@ fn level_of(name: &str) -> LogLevel {
 
 /// One stdout line of a runner.
 pub(crate) fn parse_line(line: &str) -> Event {
-    let plain = || Event::Log(entry(LogLevel::Info, truncate(line), None));
+    let plain = || Event::Log(entry(LogLevel::Info, line, None));
     let Ok(Value::Object(mut obj)) = serde_json::from_str::<Value>(line) else {
         return plain();
     };
@@ -50,8 +40,8 @@ pub(crate) fn parse_line(line: &str) -> Event {
                 .and_then(Value::as_str)
                 .map_or(LogLevel::Info, level_of);
             let message = match obj.get("message") {
-                Some(Value::String(s)) => truncate(s),
-                Some(other) => truncate(&other.to_string()),
+                Some(Value::String(s)) => s.clone(),
+                Some(other) => other.to_string(),
                 None => String::new(),
             };
             let context = obj.remove("context").filter(|c| !c.is_null());
@@ -70,7 +60,7 @@ pub(crate) fn step_entry(n: u64, step: &Map<String, Value>) -> NewLogEntry {
         other => other.to_string(),
     });
     let message = match action {
-        Some(a) => truncate(&format!("step {n}: {a}")),
+        Some(a) => format!("step {n}: {a}"),
         None => format!("step {n}"),
     };
     entry(LogLevel::Info, message, Some(Value::Object(step.clone())))

@@ -63,7 +63,7 @@ pub(crate) async fn run(
         .unwrap_or("success")
         .to_owned();
     let max_steps = spec.params.max_steps;
-    let _ = logs.send(entry(
+    logs.send(entry(
         LogLevel::Info,
         format!(
             "[simulation] Simulated run of {} on cluster {}: nothing is deployed, no LLM is called (TASK_RUNNER=simulate)",
@@ -82,7 +82,7 @@ pub(crate) async fn run(
             return ended(why, spec);
         }
         if i > max_steps {
-            let _ = logs.send(entry(
+            logs.send(entry(
                 LogLevel::Error,
                 format!("[simulation] more steps than max_steps ({max_steps}): stopping"),
                 None,
@@ -96,12 +96,12 @@ pub(crate) async fn run(
         }
         let action = actions[(i as usize - 1) % actions.len()];
         let step = json!({"step": i, "action": action, "simulated": true});
-        let _ = logs.send(protocol::step_entry(
+        logs.send(protocol::step_entry(
             i,
             step.as_object().expect("an object"),
         ));
         if outcome == "crash" && i * 2 >= steps {
-            let _ = logs.send(entry(
+            logs.send(entry(
                 LogLevel::Error,
                 "[simulation] the runner crashes (simulated)",
                 None,
@@ -113,7 +113,7 @@ pub(crate) async fn run(
         }
     }
     if outcome == "hang" {
-        let _ = logs.send(entry(
+        logs.send(entry(
             LogLevel::Warning,
             "[simulation] the runner hangs (simulated)",
             None,
@@ -146,7 +146,7 @@ pub(crate) async fn run(
     .expect("an object")
     .clone();
     protocol::finish_result(&mut result, steps, started.elapsed());
-    let _ = logs.send(entry(
+    logs.send(entry(
         LogLevel::Info,
         format!("[simulation] finished: success = {success}"),
         None,

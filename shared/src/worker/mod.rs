@@ -21,7 +21,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::mpsc;
+use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -32,11 +32,46 @@ pub use retry::{backoff, delays, retry};
 use crate::{
     WorkerStatus,
     api::{
-        self, CompleteTaskRequest, FailTaskRequest, HeartbeatRequest, NewLogEntry,
+        self, ClaimedTask, CompleteTaskRequest, FailTaskRequest, HeartbeatRequest,
         RegisterWorkerRequest, Task,
     },
-    runner::{self, RunControl, RunOutcome, RunnerArgs, TaskSpec},
+    limits,
+    runner::{self, LogBatches, RunControl, RunOutcome, RunnerArgs, TaskSpec},
 };
+
+/// Which run a report is about.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    task_id: Uuid,
+    attempt: i32,
+    lease_id: Uuid,
+}
+
+/// An outcome as it may be reported: clean text, the error and the result within their limits.
+fn fit_outcome(outcome: RunOutcome) -> RunOutcome {
+    let fit_error = |mut e: String| {
+        limits::clean_text(&mut e);
+        limits::fit_head_and_tail(&mut e, limits::MAX_ERROR_CHARS);
+        e
+    };
+    let fit_result = |mut r: Map<String, Value>| {
+        limits::fit_result(&mut r);
+        r
+    };
+    match outcome {
+        RunOutcome::Completed { result } => RunOutcome::Completed {
+            result: fit_result(result),
+        },
+        RunOutcome::Failed { error, result } => RunOutcome::Failed {
+            error: fit_error(error),
+            result: result.map(fit_result),
+        },
+        RunOutcome::TimedOut { error } => RunOutcome::TimedOut {
+            error: fit_error(error),
+        },
+        other => other,
+    }
+}
 
 /// After a forced stop, how long undelivered reports are still tried.
 pub const FORCED_DELIVERY_WINDOW: Duration = Duration::from_secs(30);
@@ -86,9 +121,9 @@ impl Observer for Unobserved {}
 pub struct Worker<Q: Queue> {
     queue: Q,
     settings: Settings,
-    /// Tasks this worker holds, each with the token that cancels its run: running, or finished with the
-    /// outcome not yet delivered.
-    held: Mutex<HashMap<Uuid, CancellationToken>>,
+    /// The runs this worker holds, by lease id, each with its task and the token that cancels it: running,
+    /// or finished with the outcome not yet delivered.
+    held: Mutex<HashMap<Uuid, (Uuid, CancellationToken)>>,
     shutdown: Shutdown,
     /// Fires [`FORCED_DELIVERY_WINDOW`] after a forced stop: retries give up then.
     give_up: CancellationToken,
@@ -218,11 +253,9 @@ impl<Q: Queue> Worker<Q> {
             match self.queue.heartbeat(&self.heartbeat_request()).await {
                 Ok(resp) => {
                     let held = self.held.lock().expect("held lock");
-                    for id in resp.cancel_task_ids {
-                        if let Some(cancel) = held.get(&id)
-                            && !cancel.is_cancelled()
-                        {
-                            tracing::info!(worker_id = %self.worker_id(), task_id = %id, "the queue says stop: cancelling the run");
+                    for (task, cancel) in held.values() {
+                        if resp.cancel_task_ids.contains(task) && !cancel.is_cancelled() {
+                            tracing::info!(worker_id = %self.worker_id(), task_id = %task, "the queue says stop: cancelling the run");
                             cancel.cancel();
                         }
                     }
@@ -277,7 +310,13 @@ impl<Q: Queue> Worker<Q> {
         }
     }
 
-    async fn run_task(&self, task: Task, cluster: &str) {
+    async fn run_task(&self, claimed: ClaimedTask, cluster: &str) {
+        let ClaimedTask { task, lease_id } = claimed;
+        let run = Run {
+            task_id: task.id,
+            attempt: task.attempt,
+            lease_id,
+        };
         let span = tracing::info_span!("run", worker_id = %self.worker_id(), task_id = %task.id, attempt = task.attempt, cluster = %cluster);
         async {
             let spec = TaskSpec::of(&task, self.worker_id(), cluster);
@@ -289,38 +328,30 @@ impl<Q: Queue> Worker<Q> {
             self.held
                 .lock()
                 .expect("held lock")
-                .insert(task.id, control.cancel.clone());
+                .insert(lease_id, (task.id, control.cancel.clone()));
             tracing::info!(problem_id = %task.problem_id, "running task");
             self.observer.run_started();
-            let (tx, rx) = mpsc::unbounded_channel();
-            let run = async {
+            let (tx, rx) = runner::log_channel(runner::LOG_CHANNEL);
+            let execution = async {
                 let outcome =
                     runner::execute(&self.settings.runner, &spec, deadline, &control, &tx).await;
                 drop(tx);
                 outcome
             };
-            let (outcome, ()) = tokio::join!(
-                run,
-                self.ship_logs(task.id, task.attempt, rx, control.cancel.clone())
-            );
-            self.deliver(task.id, task.attempt, outcome).await;
-            self.held.lock().expect("held lock").remove(&task.id);
+            let (outcome, ()) =
+                tokio::join!(execution, self.ship_logs(run, rx, control.cancel.clone()));
+            self.deliver(run, outcome).await;
+            self.held.lock().expect("held lock").remove(&lease_id);
         }
         .instrument(span)
         .await
     }
 
-    /// Sends a run's log entries in order, in batches, each retried until the queue has it. A refusal (the
-    /// task is no longer this worker's) stops the run.
-    async fn ship_logs(
-        &self,
-        task_id: Uuid,
-        attempt: i32,
-        mut rx: mpsc::UnboundedReceiver<NewLogEntry>,
-        cancel: CancellationToken,
-    ) {
+    /// Sends a run's log entries in order, in batches (cut to the limits the server accepts), each retried
+    /// until the queue has it. A refusal (the task is no longer this worker's) stops the run.
+    async fn ship_logs(&self, run: Run, mut rx: LogBatches, cancel: CancellationToken) {
         let mut refused = false;
-        while let Some(batch) = runner::next_log_batch(&mut rx).await {
+        while let Some(batch) = rx.next_batch().await {
             if refused {
                 continue;
             }
@@ -329,7 +360,10 @@ impl<Q: Queue> Worker<Q> {
                 "sending task logs",
                 &self.give_up,
                 self.observer.as_ref(),
-                || self.queue.report_logs(task_id, attempt, &batch),
+                || {
+                    self.queue
+                        .report_logs(run.task_id, run.attempt, run.lease_id, &batch)
+                },
             )
             .await;
             self.observer.backlog(-1);
@@ -347,8 +381,15 @@ impl<Q: Queue> Worker<Q> {
         }
     }
 
-    /// Reports the outcome until the queue has it (or refuses it for good).
-    async fn deliver(&self, task_id: Uuid, attempt: i32, outcome: RunOutcome) {
+    /// Reports the outcome until the queue has it (or refuses it for good). What the runner produced is
+    /// first made to fit the limits the server accepts, so that a run is never lost to a refused report.
+    async fn deliver(&self, run: Run, outcome: RunOutcome) {
+        let Run {
+            task_id,
+            attempt,
+            lease_id,
+        } = run;
+        let outcome = fit_outcome(outcome);
         self.observer.run_ended(match &outcome {
             RunOutcome::Completed { .. } => "completed",
             RunOutcome::Failed { .. } => "failed",
@@ -360,6 +401,7 @@ impl<Q: Queue> Worker<Q> {
             RunOutcome::Completed { result } => {
                 let body = CompleteTaskRequest {
                     attempt,
+                    lease_id,
                     result: result.into_iter().collect(),
                 };
                 return self
@@ -372,6 +414,7 @@ impl<Q: Queue> Worker<Q> {
                 "reporting the failure",
                 FailTaskRequest {
                     attempt,
+                    lease_id,
                     error,
                     status: None,
                     result: result.map(|r| r.into_iter().collect()),
@@ -381,6 +424,7 @@ impl<Q: Queue> Worker<Q> {
                 "reporting the timeout",
                 FailTaskRequest {
                     attempt,
+                    lease_id,
                     error,
                     status: Some(api::FailStatus::Timeout),
                     result: None,
@@ -393,7 +437,7 @@ impl<Q: Queue> Worker<Q> {
             RunOutcome::Interrupted => {
                 return self
                     .report("releasing the task", || {
-                        self.queue.release(task_id, attempt)
+                        self.queue.release(task_id, attempt, lease_id)
                     })
                     .await;
             }

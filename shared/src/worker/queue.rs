@@ -6,8 +6,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::api::{
-    CompleteTaskRequest, FailTaskRequest, HeartbeatRequest, HeartbeatResponse, NewLogEntry,
-    RegisterWorkerRequest, Task,
+    ClaimedTask, CompleteTaskRequest, FailTaskRequest, HeartbeatRequest, HeartbeatResponse,
+    NewLogEntry, RegisterWorkerRequest, Task,
 };
 
 /// Why the queue did not do what a worker asked. The variants are the classification the worker acts on:
@@ -56,13 +56,14 @@ pub trait Queue: Send + Sync + 'static {
         &self,
         wait: Duration,
         stop: &CancellationToken,
-    ) -> impl Future<Output = Result<Option<Task>, QueueError>> + Send;
+    ) -> impl Future<Output = Result<Option<ClaimedTask>, QueueError>> + Send;
 
     /// Appends log entries of a run the worker holds.
     fn report_logs(
         &self,
         task_id: Uuid,
         attempt: i32,
+        lease_id: Uuid,
         entries: &[NewLogEntry],
     ) -> impl Future<Output = Result<(), QueueError>> + Send;
 
@@ -85,5 +86,6 @@ pub trait Queue: Send + Sync + 'static {
         &self,
         task_id: Uuid,
         attempt: i32,
+        lease_id: Uuid,
     ) -> impl Future<Output = Result<Task, QueueError>> + Send;
 }

@@ -11,9 +11,11 @@ use task_executor_shared::{
     LogLevel,
     api::NewLogEntry,
     params::TaskParams,
-    runner::{RunControl, RunOutcome, RunnerArgs, RunnerKind, TaskSpec, execute},
+    runner::{
+        LOG_CHANNEL, RunControl, RunOutcome, RunnerArgs, RunnerKind, TaskSpec, execute, log_channel,
+    },
 };
-use tokio::{sync::mpsc, time::Instant};
+use tokio::time::Instant;
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -59,12 +61,12 @@ async fn run_with(
     deadline: Duration,
     control: RunControl,
 ) -> Run {
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (tx, mut rx) = log_channel(LOG_CHANNEL);
     let outcome = execute(args, spec, Instant::now() + deadline, &control, &tx).await;
     drop(tx);
     let mut logs = Vec::new();
-    while let Some(e) = rx.recv().await {
-        logs.push(e);
+    while let Some(batch) = rx.next_batch().await {
+        logs.extend(batch);
     }
     Run { outcome, logs }
 }

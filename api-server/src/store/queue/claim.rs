@@ -90,6 +90,7 @@ pub async fn claim(
         worker_id.into(),
         at.into(),
         (at + policy.heartbeat_timeout).into(),
+        uuid::Uuid::new_v4().into(),
     ];
     let filter = problem_filter(backend, &patterns, &mut values);
     let sql = if is_postgres(&txn) {
@@ -98,13 +99,13 @@ pub async fn claim(
                 SELECT id FROM tasks WHERE status = 'pending'{filter} \
                 ORDER BY priority DESC, created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED) \
              UPDATE tasks AS t SET status = 'running', worker_id = $1, attempt = t.attempt + 1, \
-                started_at = $2, updated_at = $2, lease_expires_at = $3 \
+                started_at = $2, updated_at = $2, lease_expires_at = $3, lease_id = $4 \
              FROM next WHERE t.id = next.id RETURNING t.*"
         )
     } else {
         format!(
             "UPDATE tasks SET status = 'running', worker_id = ?1, attempt = attempt + 1, \
-                started_at = ?2, updated_at = ?2, lease_expires_at = ?3 \
+                started_at = ?2, updated_at = ?2, lease_expires_at = ?3, lease_id = ?4 \
              WHERE status = 'pending' AND id = ( \
                 SELECT id FROM tasks WHERE status = 'pending'{filter} \
                 ORDER BY priority DESC, created_at, id LIMIT 1) \

@@ -18,6 +18,7 @@ use chrono::Duration;
 pub use claim::claim;
 pub use recovery::{ReapReport, reap, release_lost};
 pub use reports::{HeartbeatOutcome, Outcome, finish, give_back, heartbeat, report_logs};
+pub use transition::RunRef;
 
 /// Timing of leases and recovery.
 #[derive(Debug, Clone, Copy)]
@@ -29,4 +30,6 @@ pub struct LeasePolicy {
     pub claim_grace: Duration,
     /// Runs of a task at most when its worker is lost.
     pub max_attempts: i32,
+    /// Times a task may go back to the queue without counting an attempt before it fails instead.
+    pub max_uncounted_requeues: i32,
 }

@@ -12,7 +12,7 @@ use task_executor_shared::{LogLevel, TaskStatus, WorkerStatus, params::TaskParam
 
 use super::{
     LeasePolicy,
-    transition::{self, Change, Entry, Guard},
+    transition::{self, Change, Entry, Guard, RunRef},
 };
 use crate::store::{
     StoreResult,
@@ -58,18 +58,14 @@ pub async fn release_lost(
             "failed",
         )
     };
+    let run = RunRef::of(t);
     let guard = match lease_expired_at {
         Some(at) => Guard::ExpiredRun {
+            run,
             task_id: t.id,
-            worker_id: &worker,
-            attempt: t.attempt,
             at,
         },
-        None => Guard::Run {
-            task_id: t.id,
-            worker_id: &worker,
-            attempt: t.attempt,
-        },
+        None => Guard::Run { run, task_id: t.id },
     };
     let entry = Entry {
         level,
@@ -98,9 +94,8 @@ async fn time_out(
     let changed = transition::apply(
         conn,
         Guard::Run {
+            run: RunRef::of(t),
             task_id: t.id,
-            worker_id: &worker,
-            attempt: t.attempt,
         },
         Change::End {
             status: TaskStatus::Timeout,
@@ -175,7 +170,8 @@ pub async fn reap(
             let txn = db.begin().await?;
             let worker = t.worker_id.clone().unwrap_or_default();
             let reason = format!("worker {worker} stopped sending heartbeats (lease expired)");
-            let released = release_lost(&txn, &t, &reason, policy.max_attempts, Some(now())).await?;
+            let released =
+                release_lost(&txn, &t, &reason, policy.max_attempts, Some(now())).await?;
             if let Some(changed) = released {
                 report.released.push(changed);
             }

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::{
     LeasePolicy,
-    transition::{self, Change, Entry, Guard},
+    transition::{self, Change, Entry, Guard, RunRef},
 };
 use crate::store::{
     StoreError, StoreResult, absent_or_offline,
@@ -120,8 +120,9 @@ pub async fn heartbeat(
         // away): the run did not happen, so it does not count as an attempt.
         let reason =
             format!("worker {worker_id} never received it (the claim was lost on the way)");
+        let run = RunRef::of(t);
         if let Some(changed) =
-            requeue_uncounted(db, t.id, worker_id, t.attempt, &reason, "claim lost").await?
+            requeue_uncounted(db, t.id, run, &reason, "claim lost", policy).await?
         {
             released.push(changed);
         }
@@ -134,12 +135,12 @@ pub async fn heartbeat(
 }
 
 /// Why a report was refused: the task's state as it is now, turned into the error a worker sees.
-async fn refusal(
-    db: &impl ConnectionTrait,
-    task_id: Uuid,
-    worker_id: &str,
-    attempt: i32,
-) -> StoreError {
+async fn refusal(db: &impl ConnectionTrait, task_id: Uuid, run: RunRef<'_>) -> StoreError {
+    let RunRef {
+        worker_id,
+        attempt,
+        lease_id,
+    } = run;
     let t = match task::Entity::find_by_id(task_id).one(db).await {
         Ok(Some(t)) => t,
         Ok(None) => return StoreError::TaskNotFound(task_id),
@@ -151,30 +152,38 @@ async fn refusal(
         Err(e) => return e.into(),
     }
     let status = t.status;
-    let (kind, detail) =
-        if t.worker_id.as_deref() != Some(worker_id) || status == TaskStatus::Pending {
-            (
-                "task_not_held",
-                format!("task {task_id} is not held by worker {worker_id} (it is {status})"),
-            )
-        } else if t.attempt != attempt {
-            (
-                "stale_attempt",
-                format!(
-                    "attempt {attempt} of task {task_id} is over; the current attempt is {}",
-                    t.attempt
-                ),
-            )
-        } else if status == TaskStatus::Cancelled {
-            ("task_cancelled", format!("task {task_id} was cancelled"))
-        } else if status == TaskStatus::Timeout {
-            ("task_timed_out", format!("task {task_id} timed out"))
-        } else {
-            (
-                "task_finished",
-                format!("task {task_id} is already {status}"),
-            )
-        };
+    let (kind, detail) = if t.worker_id.as_deref() != Some(worker_id)
+        || status == TaskStatus::Pending
+    {
+        (
+            "task_not_held",
+            format!("task {task_id} is not held by worker {worker_id} (it is {status})"),
+        )
+    } else if t.attempt != attempt {
+        (
+            "stale_attempt",
+            format!(
+                "attempt {attempt} of task {task_id} is over; the current attempt is {}",
+                t.attempt
+            ),
+        )
+    } else if t.lease_id != lease_id {
+        (
+            "stale_attempt",
+            format!(
+                "the run of task {task_id} with this lease is over; the task was claimed again since"
+            ),
+        )
+    } else if status == TaskStatus::Cancelled {
+        ("task_cancelled", format!("task {task_id} was cancelled"))
+    } else if status == TaskStatus::Timeout {
+        ("task_timed_out", format!("task {task_id} timed out"))
+    } else {
+        (
+            "task_finished",
+            format!("task {task_id} is already {status}"),
+        )
+    };
     StoreError::Conflict { kind, detail }
 }
 
@@ -185,15 +194,17 @@ pub async fn report_logs(
     task_id: Uuid,
     req: api::ReportLogsRequest,
 ) -> StoreResult<u64> {
-    let held = task::Entity::find()
-        .filter(task::Column::Id.eq(task_id))
-        .filter(task::Column::WorkerId.eq(worker_id))
-        .filter(task::Column::Attempt.eq(req.attempt))
-        .filter(task::Column::Status.eq(TaskStatus::Running))
+    let run = RunRef {
+        worker_id,
+        attempt: req.attempt,
+        lease_id: Some(req.lease_id),
+    };
+    let held = run
+        .filter(task::Entity::find().filter(task::Column::Id.eq(task_id)))
         .count(db)
         .await?;
     if held == 0 {
-        return Err(refusal(db, task_id, worker_id, req.attempt).await);
+        return Err(refusal(db, task_id, run).await);
     }
     Ok(logs::append_logs(db, task_id, req.attempt, req.entries).await?)
 }
@@ -211,14 +222,16 @@ pub enum Outcome {
 
 /// Records the end of a run: the task's final state and result with its log entry, and the worker's
 /// counters, in one transaction, fenced by the run.
-#[tracing::instrument(skip(db, outcome), fields(worker_id = %worker_id, task_id = %task_id, attempt))]
+#[tracing::instrument(skip(db, run, outcome), fields(worker_id = %run.worker_id, task_id = %task_id, attempt = run.attempt))]
 pub async fn finish(
     db: &DatabaseConnection,
-    worker_id: &str,
     task_id: Uuid,
-    attempt: i32,
+    run: RunRef<'_>,
     outcome: Outcome,
 ) -> StoreResult<task::Model> {
+    let RunRef {
+        worker_id, attempt, ..
+    } = run;
     let (status, result, message, level) = match outcome {
         Outcome::Completed(r) => {
             let msg = match r.get("success").and_then(|v| v.as_bool()) {
@@ -257,11 +270,7 @@ pub async fn finish(
         }
     };
     let txn = db.begin().await?;
-    let guard = Guard::Run {
-        task_id,
-        worker_id,
-        attempt,
-    };
+    let guard = Guard::Run { run, task_id };
     let entry = Entry {
         level,
         message,
@@ -274,7 +283,7 @@ pub async fn finish(
     };
     let Some(t) = transition::apply(&txn, guard, change, entry).await? else {
         drop(txn);
-        return Err(refusal(db, task_id, worker_id, attempt).await);
+        return Err(refusal(db, task_id, run).await);
     };
     let counter = if status == TaskStatus::Completed {
         worker::Column::TasksCompleted
@@ -295,46 +304,74 @@ pub async fn finish(
 /// claim gets the same number. Fenced like every report.
 pub async fn give_back(
     db: &DatabaseConnection,
-    worker_id: &str,
     task_id: Uuid,
-    attempt: i32,
+    run: RunRef<'_>,
+    policy: &LeasePolicy,
 ) -> StoreResult<task::Model> {
-    let reason = format!("worker {worker_id} stopped it");
-    match requeue_uncounted(db, task_id, worker_id, attempt, &reason, "worker stopping").await? {
+    let reason = format!("worker {} stopped it", run.worker_id);
+    match requeue_uncounted(db, task_id, run, &reason, "worker stopping", policy).await? {
         Some(t) => Ok(t),
-        None => Err(refusal(db, task_id, worker_id, attempt).await),
+        None => Err(refusal(db, task_id, run).await),
     }
 }
 
 /// Puts a run back to `pending` with its attempt given back (the run never happened, or was interrupted by
-/// its worker). Returns the task as changed, if the run was still held.
+/// its worker). A task that went back this way `max_uncounted_requeues` times already fails instead, with an
+/// error that says so: something keeps it from ever being reported, and it must not loop. Returns the task
+/// as changed, if the run was still held.
 async fn requeue_uncounted(
     db: &DatabaseConnection,
     task_id: Uuid,
-    worker_id: &str,
-    attempt: i32,
+    run: RunRef<'_>,
     reason: &str,
     why: &str,
+    policy: &LeasePolicy,
 ) -> StoreResult<Option<task::Model>> {
+    let RunRef {
+        worker_id, attempt, ..
+    } = run;
     let txn = db.begin().await?;
-    let changed = transition::apply(
-        &txn,
-        Guard::Run {
-            task_id,
-            worker_id,
-            attempt,
-        },
-        Change::Requeue { counted: false },
-        Entry {
-            level: LogLevel::Warning,
-            message: format!(
-                "Task returned to the queue: {reason} (attempt {attempt} not counted)"
-            ),
-            context: json!({"event": "requeued", "worker_id": worker_id, "attempt": attempt, "reason": why}),
-            attempt: Some(attempt),
-        },
-    )
-    .await?;
+    let times = task::Entity::find_by_id(task_id)
+        .one(&txn)
+        .await?
+        .map_or(0, |t| t.uncounted_requeues);
+    let guard = Guard::Run { run, task_id };
+    let changed = if times >= policy.max_uncounted_requeues {
+        let error = format!(
+            "the task went back to the queue {times} times without its run being counted or reported \
+             (claims lost on the way, or runs given back); the last time: {reason}. Giving up."
+        );
+        transition::apply(
+            &txn,
+            guard,
+            Change::End {
+                status: TaskStatus::Failed,
+                result: Some(json!({"success": false, "error": error})),
+            },
+            Entry {
+                level: LogLevel::Error,
+                message: format!("Task failed: {error}"),
+                context: json!({"event": "failed", "worker_id": worker_id, "attempt": attempt, "uncounted_requeues": times}),
+                attempt: Some(attempt),
+            },
+        )
+        .await?
+    } else {
+        transition::apply(
+            &txn,
+            guard,
+            Change::Requeue { counted: false },
+            Entry {
+                level: LogLevel::Warning,
+                message: format!(
+                    "Task returned to the queue: {reason} (attempt {attempt} not counted)"
+                ),
+                context: json!({"event": "requeued", "worker_id": worker_id, "attempt": attempt, "reason": why}),
+                attempt: Some(attempt),
+            },
+        )
+        .await?
+    };
     txn.commit().await?;
     Ok(changed)
 }

@@ -19,24 +19,51 @@ use crate::store::{entity::task, logs::append_log, now};
 /// Which task, in which state, a transition may change.
 #[derive(Debug, Clone, Copy)]
 pub enum Guard<'a> {
-    /// One run of a task: held by this worker, for this attempt, still running. Every report of a worker
-    /// and every recovery of a run is fenced by it, so a worker that lost its run can never change a newer
-    /// one.
-    Run {
-        task_id: Uuid,
-        worker_id: &'a str,
-        attempt: i32,
-    },
+    /// One run of a task: held by this worker, for this attempt and lease, still running. Every report of a
+    /// worker and every recovery of a run is fenced by it, so a worker that lost its run can never change a
+    /// newer one (the lease id is new at every claim, even when an uncounted requeue gave the attempt back).
+    Run { run: RunRef<'a>, task_id: Uuid },
     /// Like `Run`, and only while the run's lease is expired at the moment of the update (`lease_expires_at <
     /// at`): the reaper's guard, so that a heartbeat renewing the lease after the reaper looked wins.
     ExpiredRun {
+        run: RunRef<'a>,
         task_id: Uuid,
-        worker_id: &'a str,
-        attempt: i32,
         at: DateTime<Utc>,
     },
     /// A task in any state from which the target state may be reached ([`TaskStatus::sources_of`]).
     Task(Uuid),
+}
+
+/// Which run of a task: its worker, attempt and lease id (none only for runs claimed before lease ids
+/// existed).
+#[derive(Debug, Clone, Copy)]
+pub struct RunRef<'a> {
+    pub worker_id: &'a str,
+    pub attempt: i32,
+    pub lease_id: Option<Uuid>,
+}
+
+impl<'a> RunRef<'a> {
+    /// The run a task row describes now.
+    pub fn of(t: &'a task::Model) -> RunRef<'a> {
+        RunRef {
+            worker_id: t.worker_id.as_deref().unwrap_or_default(),
+            attempt: t.attempt,
+            lease_id: t.lease_id,
+        }
+    }
+
+    /// Narrows a query to this run, still running.
+    pub fn filter<Q: QueryFilter>(&self, q: Q) -> Q {
+        let q = q
+            .filter(task::Column::WorkerId.eq(self.worker_id))
+            .filter(task::Column::Attempt.eq(self.attempt))
+            .filter(task::Column::Status.eq(TaskStatus::Running));
+        match self.lease_id {
+            Some(l) => q.filter(task::Column::LeaseId.eq(l)),
+            None => q.filter(task::Column::LeaseId.is_null()),
+        }
+    }
 }
 
 /// What the transition does to the task.
@@ -49,7 +76,8 @@ pub enum Change {
         result: Option<Value>,
     },
     /// The run goes back to the queue: pending, no holder, no start, no lease. With `counted: false` the
-    /// attempt is given back (the run never happened, or its worker interrupted it).
+    /// attempt is given back (the run never happened, or its worker interrupted it) and the task's count of
+    /// uncounted requeues goes up.
     Requeue { counted: bool },
 }
 
@@ -101,6 +129,7 @@ pub async fn apply(
         Change::Requeue { counted } => {
             let q = q
                 .col_expr(task::Column::WorkerId, Expr::value(Option::<String>::None))
+                .col_expr(task::Column::LeaseId, Expr::value(Option::<Uuid>::None))
                 .col_expr(
                     task::Column::StartedAt,
                     Expr::value(Option::<DateTime<Utc>>::None),
@@ -112,28 +141,21 @@ pub async fn apply(
                     task::Column::Attempt,
                     Expr::col(task::Column::Attempt).sub(1),
                 )
+                .col_expr(
+                    task::Column::UncountedRequeues,
+                    Expr::col(task::Column::UncountedRequeues).add(1),
+                )
             }
         }
     };
-    let run = |q: sea_orm::UpdateMany<task::Entity>, task_id: Uuid, worker_id: &str, attempt: i32| {
-        debug_assert!(TaskStatus::Running.can_transition_to(target));
-        q.filter(task::Column::Id.eq(task_id))
-            .filter(task::Column::WorkerId.eq(worker_id))
-            .filter(task::Column::Attempt.eq(attempt))
-            .filter(task::Column::Status.eq(TaskStatus::Running))
-    };
     q = match guard {
-        Guard::Run {
-            task_id,
-            worker_id,
-            attempt,
-        } => run(q, task_id, worker_id, attempt),
-        Guard::ExpiredRun {
-            task_id,
-            worker_id,
-            attempt,
-            at,
-        } => run(q, task_id, worker_id, attempt).filter(task::Column::LeaseExpiresAt.lt(at)),
+        Guard::Run { run, task_id } => {
+            debug_assert!(TaskStatus::Running.can_transition_to(target));
+            run.filter(q.filter(task::Column::Id.eq(task_id)))
+        }
+        Guard::ExpiredRun { run, task_id, at } => run
+            .filter(q.filter(task::Column::Id.eq(task_id)))
+            .filter(task::Column::LeaseExpiresAt.lt(at)),
         Guard::Task(id) => q
             .filter(task::Column::Id.eq(id))
             .filter(task::Column::Status.is_in(TaskStatus::sources_of(target))),
