@@ -58,7 +58,7 @@ impl Dispatcher {
 
     /// Registers a worker, or a known one again (the tasks it still held are released).
     pub async fn register(&self, req: &api::RegisterWorkerRequest) -> StoreResult<Registered> {
-        let r = workers::register(&self.db, req, self.lease.max_attempts).await?;
+        let r = workers::register(&self.db, req, &self.lease).await?;
         self.released(&r.released, "worker_reregistered");
         tracing::info!(worker_id = %r.worker.id, created = r.created, released = r.released.len(), "worker registered");
         Ok(r)

@@ -16,7 +16,7 @@ use crate::{
     metrics::Metrics,
     reaper, routes,
     state::AppState,
-    store::{self, queue::LeasePolicy},
+    store::{self, queue::LeasePolicy, workers},
     supervisor::{Supervisor, WorkerEnv},
 };
 
@@ -49,6 +49,25 @@ impl Application {
             max_uncounted_requeues: config.max_uncounted_requeues,
         };
         let dispatcher = Dispatcher::new(db.clone(), lease, metrics.clone());
+        let host = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "host".to_owned());
+        let instance_id = format!("api-server@{host}:{port}");
+        if config.auto_start_workers && config.num_internal_workers > 0 {
+            let ids: Vec<String> = (1..=config.num_internal_workers)
+                .map(|i| Supervisor::worker_id(&config.internal_worker_prefix, i))
+                .collect();
+            if let Some((id, holder)) =
+                workers::held_by_another(&db, &ids, &instance_id, lease.heartbeat_timeout).await?
+            {
+                anyhow::bail!(
+                    "internal worker id {id} is in use by another live process ({holder}), probably another \
+                     API server on this database: give this one internal worker ids of its own with \
+                     INTERNAL_WORKER_PREFIX (or --internal-worker-prefix)"
+                );
+            }
+        }
         let supervisor = Arc::new(Supervisor::new(
             WorkerEnv {
                 dispatcher: dispatcher.clone(),
@@ -56,6 +75,7 @@ impl Application {
                 prefix: config.internal_worker_prefix.clone(),
                 clusters: config.internal_kind_clusters.clone(),
                 heartbeat_interval: reaper::interval(lease.heartbeat_timeout),
+                instance_id,
             },
             config.num_internal_workers as usize,
         ));

@@ -74,12 +74,14 @@ impl Queue for LocalQueue {
         &self.worker_id
     }
 
-    async fn register(&self, req: &RegisterWorkerRequest) -> Result<(), QueueError> {
-        self.dispatcher
-            .register(req)
-            .await
-            .map(|_| ())
-            .map_err(queue_error)
+    async fn register(&self, req: &RegisterWorkerRequest) -> Result<Duration, QueueError> {
+        self.dispatcher.register(req).await.map_err(queue_error)?;
+        Ok(self
+            .dispatcher
+            .lease
+            .heartbeat_timeout
+            .to_std()
+            .unwrap_or_default())
     }
 
     async fn heartbeat(&self, req: &HeartbeatRequest) -> Result<HeartbeatResponse, QueueError> {
@@ -177,6 +179,9 @@ pub struct WorkerEnv {
     pub prefix: String,
     pub clusters: Vec<String>,
     pub heartbeat_interval: Duration,
+    /// This API server process as the instance of its internal workers: stable across its restarts (host and
+    /// listen address), different for another replica.
+    pub instance_id: String,
 }
 
 struct Handle {
@@ -239,9 +244,14 @@ impl Supervisor {
         map.retain(|_, h| !h.join.is_finished());
     }
 
+    /// The id of internal worker number `index`.
+    pub fn worker_id(prefix: &str, index: u32) -> String {
+        format!("{prefix}-{index:03}-kind")
+    }
+
     fn spawn_worker(&self, map: &mut BTreeMap<u32, Handle>) {
         let index = (1..).find(|i| !map.contains_key(i)).expect("a free index");
-        let id = format!("{}-{index:03}-kind", self.env.prefix);
+        let id = Self::worker_id(&self.env.prefix, index);
         let cluster = self
             .env
             .clusters
@@ -261,11 +271,13 @@ impl Supervisor {
                     "cluster": cluster,
                     "runner": format!("{:?}", self.env.runner.runner).to_lowercase(),
                 })),
+                instance_id: Some(self.env.instance_id.clone()),
             },
             clusters: vec![cluster],
             runner: self.env.runner.clone(),
             heartbeat_interval: self.env.heartbeat_interval,
             claim_wait: CLAIM_WAIT,
+            spool: None,
         };
         let queue = LocalQueue {
             dispatcher: self.env.dispatcher.clone(),

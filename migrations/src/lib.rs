@@ -6,6 +6,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261126_000001_create_tables;
 mod m20261126_000002_task_leases;
+mod m20261126_000003_worker_instances;
 
 pub struct Migrator;
 
@@ -15,6 +16,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261126_000001_create_tables::Migration),
             Box::new(m20261126_000002_task_leases::Migration),
+            Box::new(m20261126_000003_worker_instances::Migration),
         ]
     }
 }

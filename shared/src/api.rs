@@ -163,6 +163,15 @@ pub struct RegisterWorkerRequest {
     /// Free-form facts about the worker (hostname, version, …).
     #[oai(nullable)]
     pub metadata: Option<Value>,
+    /// Which process this is (1-128 visible characters), stable across its restarts: an id that a live
+    /// process of another instance holds is refused (409 `worker_id_in_use`); the same instance takes over
+    /// at once. Without one, registration always takes over.
+    #[oai(
+        nullable,
+        validator(min_length = 1, max_length = 128, pattern = r"^[\x21-\x7e]+$")
+    )]
+    #[serde(default)]
+    pub instance_id: Option<String>,
 }
 
 /// Answer to a registration.
@@ -172,6 +181,9 @@ pub struct RegisterWorkerResponse {
     pub backend_type: String,
     pub status: WorkerStatus,
     pub registered_at: DateTime<Utc>,
+    /// How long a lease lasts without a heartbeat (the server's heartbeat timeout), in seconds: a worker
+    /// that could not renew its leases for longer must stop those runs, they are given to others.
+    pub lease_seconds: i64,
 }
 
 /// A worker as the server sees it.

@@ -132,10 +132,10 @@ impl Queue for Client {
         &self.worker_id
     }
 
-    async fn register(&self, req: &RegisterWorkerRequest) -> Result<(), QueueError> {
+    async fn register(&self, req: &RegisterWorkerRequest) -> Result<Duration, QueueError> {
         let url = format!("{}/api/v1/workers/register", self.base);
-        let _: api::RegisterWorkerResponse = self.post(url, req).await?;
-        Ok(())
+        let r: api::RegisterWorkerResponse = self.post(url, req).await?;
+        Ok(Duration::from_secs(r.lease_seconds.max(1) as u64))
     }
 
     async fn heartbeat(&self, req: &HeartbeatRequest) -> Result<HeartbeatResponse, QueueError> {

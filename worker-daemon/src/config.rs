@@ -72,6 +72,13 @@ pub struct Config {
     #[arg(global = true, long, env = "REQUEST_TIMEOUT_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=600))]
     pub request_timeout_seconds: u64,
 
+    /// This worker's state directory: its instance id (which makes a restart take over its worker id at once,
+    /// while another process with the same id elsewhere is refused), a lock that keeps a second daemon off it,
+    /// and the spool of reports not yet delivered. Default: `$XDG_STATE_HOME` (or `~/.local/state`)
+    /// `/task-executor-worker/WORKER_ID`.
+    #[arg(global = true, long, env = "STATE_DIR")]
+    pub state_dir: Option<std::path::PathBuf>,
+
     /// Address to serve this daemon's Prometheus metrics on (`GET /metrics`), e.g. `0.0.0.0:9101`. Off when unset.
     #[arg(global = true, long, env = "METRICS_ADDR")]
     pub metrics_addr: Option<String>,
@@ -127,6 +134,20 @@ impl Config {
                 None => format!("kind-{}", i + 1),
             })
             .collect()
+    }
+
+    /// The state directory: the configured one, else under the user's state home, by worker id.
+    pub fn state_dir(&self) -> std::path::PathBuf {
+        if let Some(d) = &self.state_dir {
+            return d.clone();
+        }
+        let home = std::env::var_os("XDG_STATE_HOME")
+            .map(std::path::PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".local/state"))
+            })
+            .unwrap_or_else(|| std::path::PathBuf::from("."));
+        home.join("task-executor-worker").join(self.worker_id())
     }
 
     pub fn heartbeat_interval(&self) -> Duration {

@@ -11,7 +11,7 @@ use task_executor_shared::{
     worker::{Observer, Settings, Shutdown, Worker},
 };
 
-use crate::{client::Client, config::Config, metrics::DaemonMetrics};
+use crate::{client::Client, config::Config, metrics::DaemonMetrics, state::State};
 
 /// The daemon's metrics and systemd readiness, fed by the worker.
 struct Watch {
@@ -38,7 +38,7 @@ impl Observer for Watch {
     }
 }
 
-fn registration(cfg: &Config, worker_id: WorkerId) -> RegisterWorkerRequest {
+fn registration(cfg: &Config, worker_id: WorkerId, instance_id: String) -> RegisterWorkerRequest {
     RegisterWorkerRequest {
         worker_id,
         backend_type: cfg.backend_type.clone(),
@@ -53,6 +53,7 @@ fn registration(cfg: &Config, worker_id: WorkerId) -> RegisterWorkerRequest {
             "clusters": cfg.clusters(),
             "pid": std::process::id(),
         })),
+        instance_id: Some(instance_id),
     }
 }
 
@@ -70,16 +71,20 @@ pub async fn run(
         &id,
         Duration::from_secs(cfg.request_timeout_seconds),
     )?;
+    let state = State::open(&cfg.state_dir())?;
     let settings = Settings {
-        registration: registration(&cfg, worker_id),
+        registration: registration(&cfg, worker_id, state.instance_id.clone()),
         clusters: cfg.clusters(),
         runner: cfg.runner.clone(),
         heartbeat_interval: cfg.heartbeat_interval(),
         claim_wait: Duration::from_secs(cfg.claim_wait_seconds),
+        spool: Some(state.spool.clone()),
     };
     let worker = Worker::new(client, settings, shutdown, Arc::new(Watch { metrics }));
-    worker
+    let r = worker
         .run()
         .await
-        .map_err(|e| anyhow::anyhow!("cannot register with {}: {e}", cfg.server()))
+        .map_err(|e| anyhow::anyhow!("cannot register with {}: {e}", cfg.server()));
+    drop(state);
+    r
 }

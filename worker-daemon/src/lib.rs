@@ -6,6 +6,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod metrics;
+pub mod state;
 
 use std::time::Duration;
 

@@ -75,6 +75,7 @@ impl WorkersApi {
             backend_type: r.worker.backend_type,
             status: WorkerStatus::Idle,
             registered_at: r.worker.registered_at,
+            lease_seconds: self.state.dispatcher.lease.heartbeat_timeout.num_seconds(),
         };
         Ok(if r.created {
             RegisterResponse::Created(Json(resp))

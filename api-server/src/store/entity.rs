@@ -78,6 +78,8 @@ pub mod worker {
         pub registered_at: DateTimeUtc,
         pub tasks_completed: i64,
         pub tasks_failed: i64,
+        /// The process that registered the worker last, when it said.
+        pub instance_id: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

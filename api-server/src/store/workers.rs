@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, FromQueryResult, QueryFilter,
-    QuerySelect, Set, SqlErr, TransactionTrait,
+    QueryOrder, QuerySelect, Set, SqlErr, TransactionTrait,
 };
 use task_executor_shared::{TaskStatus, WorkerStatus, api, validate};
 
@@ -13,6 +13,7 @@ use super::{
     StoreError, StoreResult,
     entity::{task, worker},
     now,
+    queue::LeasePolicy,
 };
 
 /// The status a client sees: `offline` when the worker said so or its heartbeat is older than the timeout,
@@ -93,13 +94,15 @@ pub struct Registered {
 }
 
 /// Registers a worker, or re-registers a known one: its capabilities are replaced, it is online again, and
-/// any task it still held is released, since the process that ran it is gone.
-#[tracing::instrument(skip(db, req), fields(worker_id = %req.worker_id))]
+/// any task it still held is released, since the process that ran it is gone. An id that a live process of
+/// another instance holds (heartbeat within the timeout, not offline) is refused: `worker_id_in_use`.
+#[tracing::instrument(skip(db, req, policy), fields(worker_id = %req.worker_id))]
 pub async fn register(
     db: &DatabaseConnection,
     req: &api::RegisterWorkerRequest,
-    max_attempts: i32,
+    policy: &LeasePolicy,
 ) -> StoreResult<Registered> {
+    let max_attempts = policy.max_attempts;
     for pattern in &req.capabilities.supported_problems {
         validate::problem_glob(pattern).map_err(StoreError::Invalid)?;
     }
@@ -107,6 +110,22 @@ pub async fn register(
     let id = req.worker_id.as_str();
     let txn = db.begin().await?;
     let existing = worker::Entity::find_by_id(id).one(&txn).await?;
+    if let Some(w) = &existing
+        && let Some(holder) = &w.instance_id
+        && req.instance_id.as_ref() != Some(holder)
+        && w.status != WorkerStatus::Offline
+        && w.last_heartbeat + policy.heartbeat_timeout > at
+    {
+        return Err(StoreError::Conflict {
+            kind: "worker_id_in_use",
+            detail: format!(
+                "worker id {id} is in use by another live process (instance {holder}, last heartbeat {}): give \
+                 this worker an id of its own (WORKER_ID, or INTERNAL_WORKER_PREFIX for an API server's \
+                 internal workers), or stop the other one",
+                w.last_heartbeat
+            ),
+        });
+    }
     let mut model = worker::ActiveModel {
         id: Set(id.to_owned()),
         backend_type: Set(req.backend_type.clone()),
@@ -115,6 +134,7 @@ pub async fn register(
         supported_problems: Set(serde_json::json!(req.capabilities.supported_problems)),
         metadata: Set(req.metadata.clone()),
         last_heartbeat: Set(at),
+        instance_id: Set(req.instance_id.clone()),
         ..Default::default()
     };
     let created = existing.is_none();
@@ -205,6 +225,27 @@ pub async fn one_with_status(
         .await?;
     let status = derive_status(&w, held.len(), now(), heartbeat_timeout);
     Ok((w, status, held))
+}
+
+/// The first of `ids` that a live process of another instance holds (not offline, heartbeat within
+/// `heartbeat_timeout`), with that instance.
+pub async fn held_by_another(
+    db: &DatabaseConnection,
+    ids: &[String],
+    instance_id: &str,
+    heartbeat_timeout: chrono::Duration,
+) -> StoreResult<Option<(String, String)>> {
+    let live = worker::Entity::find()
+        .filter(worker::Column::Id.is_in(ids.to_vec()))
+        .filter(worker::Column::Status.ne(WorkerStatus::Offline))
+        .filter(worker::Column::LastHeartbeat.gt(now() - heartbeat_timeout))
+        .order_by_asc(worker::Column::Id)
+        .all(db)
+        .await?;
+    Ok(live.into_iter().find_map(|w| match w.instance_id {
+        Some(holder) if holder != instance_id => Some((w.id, holder)),
+        _ => None,
+    }))
 }
 
 /// Marks an internal worker that finishes its task before it goes (`stopping`).

@@ -13,21 +13,23 @@
 
 mod queue;
 mod retry;
+mod spool;
 
 use std::{
     collections::HashMap,
-    future::Future,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use serde_json::{Map, Value};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
 pub use queue::{Queue, QueueError};
 pub use retry::{backoff, delays, retry};
+pub use spool::{Kept, Report, Spool, Spooled};
 
 use crate::{
     WorkerStatus,
@@ -87,6 +89,9 @@ pub struct Settings {
     pub heartbeat_interval: Duration,
     /// How long one claim waits for a task (long poll).
     pub claim_wait: Duration,
+    /// Where reports are kept until delivered, so that they survive the worker (the daemon's; internal
+    /// workers die with the server they report to and need none).
+    pub spool: Option<Spool>,
 }
 
 /// What ends a worker: `draining` stops the claims (runs finish); `forced` also stops the runs, whose tasks
@@ -128,6 +133,10 @@ pub struct Worker<Q: Queue> {
     /// Fires [`FORCED_DELIVERY_WINDOW`] after a forced stop: retries give up then.
     give_up: CancellationToken,
     observer: Arc<dyn Observer>,
+    /// How long a lease lasts without a heartbeat, as the queue said at registration.
+    lease: Mutex<Duration>,
+    /// When a heartbeat last renewed this worker's leases.
+    renewed: Mutex<Instant>,
 }
 
 impl<Q: Queue> Worker<Q> {
@@ -144,6 +153,8 @@ impl<Q: Queue> Worker<Q> {
             shutdown,
             give_up: CancellationToken::new(),
             observer,
+            lease: Mutex::new(Duration::from_secs(60)),
+            renewed: Mutex::new(Instant::now()),
         })
     }
 
@@ -171,6 +182,7 @@ impl<Q: Queue> Worker<Q> {
     /// Runs until drained: registers, then heartbeats and claims until `draining`, lets the runs end, and
     /// tells the queue it goes offline. Fails only when registration is refused for good.
     pub async fn run(self: Arc<Self>) -> Result<(), QueueError> {
+        self.recover_spool().await;
         match self.register().await {
             Ok(()) => {}
             Err(_) if self.is_draining() => return Ok(()),
@@ -218,13 +230,40 @@ impl<Q: Queue> Worker<Q> {
 
     /// Registers, retrying while the queue is unavailable, until drained.
     async fn register(&self) -> Result<(), QueueError> {
-        retry(
+        let lease = retry(
             "registration",
             &self.shutdown.draining,
             self.observer.as_ref(),
             || self.queue.register(&self.settings.registration),
         )
-        .await
+        .await?;
+        self.registered(lease);
+        Ok(())
+    }
+
+    fn registered(&self, lease: Duration) {
+        *self.lease.lock().expect("lease lock") = lease;
+        *self.renewed.lock().expect("renewed lock") = Instant::now();
+    }
+
+    /// After a failed heartbeat: when the leases could not be renewed for longer than a lease lasts, the
+    /// queue has given the runs to other workers, so they stop here (and say so).
+    fn check_leases(&self) {
+        let lease = *self.lease.lock().expect("lease lock");
+        let silent = self.renewed.lock().expect("renewed lock").elapsed();
+        if silent <= lease {
+            return;
+        }
+        let held = self.held.lock().expect("held lock");
+        for (task, cancel) in held.values().filter(|(_, c)| !c.is_cancelled()) {
+            tracing::warn!(
+                worker_id = %self.worker_id(), task_id = %task, silent_seconds = silent.as_secs(),
+                lease_seconds = lease.as_secs(),
+                "no heartbeat reached the queue for longer than a lease lasts: the queue has given this run \
+                 to another worker; stopping it here"
+            );
+            cancel.cancel();
+        }
     }
 
     fn heartbeat_request(&self) -> HeartbeatRequest {
@@ -252,6 +291,7 @@ impl<Q: Queue> Worker<Q> {
             }
             match self.queue.heartbeat(&self.heartbeat_request()).await {
                 Ok(resp) => {
+                    *self.renewed.lock().expect("renewed lock") = Instant::now();
                     let held = self.held.lock().expect("held lock");
                     for (task, cancel) in held.values() {
                         if resp.cancel_task_ids.contains(task) && !cancel.is_cancelled() {
@@ -262,12 +302,16 @@ impl<Q: Queue> Worker<Q> {
                 }
                 Err(QueueError::UnknownWorker) => {
                     tracing::warn!(worker_id = %self.worker_id(), "the queue does not know this worker: registering again");
-                    if let Err(e) = self.queue.register(&self.settings.registration).await {
-                        tracing::warn!(worker_id = %self.worker_id(), error = %e, "registering again failed");
+                    match self.queue.register(&self.settings.registration).await {
+                        Ok(lease) => self.registered(lease),
+                        Err(e) => {
+                            tracing::warn!(worker_id = %self.worker_id(), error = %e, "registering again failed")
+                        }
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(worker_id = %self.worker_id(), error = %e, "heartbeat failed")
+                    tracing::warn!(worker_id = %self.worker_id(), error = %e, "heartbeat failed");
+                    self.check_leases();
                 }
             }
         }
@@ -336,11 +380,14 @@ impl<Q: Queue> Worker<Q> {
                 let outcome =
                     runner::execute(&self.settings.runner, &spec, deadline, &control, &tx).await;
                 drop(tx);
-                outcome
+                // Kept at once, while log batches may still be on their way.
+                self.prepare(run, outcome)
             };
-            let (outcome, ()) =
+            let (prepared, ()) =
                 tokio::join!(execution, self.ship_logs(run, rx, control.cancel.clone()));
-            self.deliver(run, outcome).await;
+            if let Some(outcome) = prepared {
+                self.deliver(outcome).await;
+            }
             self.held.lock().expect("held lock").remove(&lease_id);
         }
         .instrument(span)
@@ -351,26 +398,33 @@ impl<Q: Queue> Worker<Q> {
     /// until the queue has it. A refusal (the task is no longer this worker's) stops the run.
     async fn ship_logs(&self, run: Run, mut rx: LogBatches, cancel: CancellationToken) {
         let mut refused = false;
-        while let Some(batch) = rx.next_batch().await {
+        let mut seq = 0;
+        while let Some(entries) = rx.next_batch().await {
             if refused {
                 continue;
             }
-            self.observer.backlog(1);
-            let sent = retry(
-                "sending task logs",
-                &self.give_up,
-                self.observer.as_ref(),
-                || {
-                    self.queue
-                        .report_logs(run.task_id, run.attempt, run.lease_id, &batch)
+            seq += 1;
+            let item = Spooled {
+                task_id: run.task_id,
+                report: Report::Logs {
+                    attempt: run.attempt,
+                    lease_id: run.lease_id,
+                    entries,
                 },
-            )
-            .await;
-            self.observer.backlog(-1);
+            };
+            let sent = self
+                .deliver_report(
+                    "sending task logs",
+                    run.lease_id,
+                    Some(seq),
+                    item,
+                    &self.give_up,
+                )
+                .await;
             match sent {
-                Ok(()) => {}
+                Ok(_) => {}
                 Err(e @ QueueError::Unavailable(_)) => {
-                    tracing::warn!(error = %e, "task logs dropped")
+                    tracing::warn!(error = %e, "task logs not delivered")
                 }
                 Err(e) => {
                     tracing::info!(error = %e, "logs refused: stopping the run");
@@ -381,9 +435,124 @@ impl<Q: Queue> Worker<Q> {
         }
     }
 
-    /// Reports the outcome until the queue has it (or refuses it for good). What the runner produced is
-    /// first made to fit the limits the server accepts, so that a run is never lost to a refused report.
-    async fn deliver(&self, run: Run, outcome: RunOutcome) {
+    /// Sends one report to the queue.
+    async fn send(&self, task_id: Uuid, report: &Report) -> Result<Option<Task>, QueueError> {
+        match report {
+            Report::Logs {
+                attempt,
+                lease_id,
+                entries,
+            } => self
+                .queue
+                .report_logs(task_id, *attempt, *lease_id, entries)
+                .await
+                .map(|()| None),
+            Report::Complete(req) => self.queue.complete(task_id, req).await.map(Some),
+            Report::Fail(req) => self.queue.fail(task_id, req).await.map(Some),
+            Report::Release { attempt, lease_id } => self
+                .queue
+                .release(task_id, *attempt, *lease_id)
+                .await
+                .map(Some),
+        }
+    }
+
+    /// Keeps a report in the spool, when there is one.
+    fn keep(&self, lease_id: Uuid, seq: Option<u64>, item: &Spooled) -> Option<Kept> {
+        self.settings.spool.as_ref().and_then(|s| {
+            s.keep(lease_id, seq, item)
+                .map_err(|e| tracing::error!(error = %e, "could not keep a report in the spool"))
+                .ok()
+        })
+    }
+
+    /// Sends one report, retried while the queue is unavailable until `until` fires, and kept in the spool
+    /// (when there is one) until the queue has it or refused it for good.
+    async fn deliver_report(
+        &self,
+        what: &str,
+        lease_id: Uuid,
+        seq: Option<u64>,
+        item: Spooled,
+        until: &CancellationToken,
+    ) -> Result<Option<Task>, QueueError> {
+        let kept = self.keep(lease_id, seq, &item);
+        self.send_kept(what, &item, kept, until).await
+    }
+
+    /// Sends a report already kept (or not, without a spool), and forgets it once the queue has it or
+    /// refused it for good.
+    async fn send_kept(
+        &self,
+        what: &str,
+        item: &Spooled,
+        kept: Option<Kept>,
+        until: &CancellationToken,
+    ) -> Result<Option<Task>, QueueError> {
+        let spool = self.settings.spool.as_ref();
+        self.observer.backlog(1);
+        let r = retry(what, until, self.observer.as_ref(), || {
+            self.send(item.task_id, &item.report)
+        })
+        .await;
+        self.observer.backlog(-1);
+        if !matches!(r, Err(QueueError::Unavailable(_)))
+            && let (Some(spool), Some(kept)) = (spool, &kept)
+        {
+            spool.done(kept);
+        }
+        r
+    }
+
+    /// Delivers the reports a previous process of this worker kept and could not deliver, in order, before
+    /// the worker registers (which would give its tasks back).
+    async fn recover_spool(&self) {
+        let Some(spool) = &self.settings.spool else {
+            return;
+        };
+        let pending = match spool.pending() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the spool");
+                return;
+            }
+        };
+        if !pending.is_empty() {
+            tracing::info!(
+                reports = pending.len(),
+                "delivering the reports kept from before a restart"
+            );
+        }
+        for (kept, item) in pending {
+            let r = retry(
+                "delivering a kept report",
+                &self.shutdown.draining,
+                self.observer.as_ref(),
+                || self.send(item.task_id, &item.report),
+            )
+            .await;
+            match r {
+                Err(e @ QueueError::Unavailable(_)) => {
+                    tracing::warn!(error = %e, "kept reports stay in the spool for the next start");
+                    return;
+                }
+                Ok(_) => tracing::info!(task_id = %item.task_id, "a kept report was delivered"),
+                Err(e) => {
+                    tracing::info!(task_id = %item.task_id, error = %e, "a kept report was refused: dropped")
+                }
+            }
+            spool.done(&kept);
+        }
+    }
+
+    /// The report of a run's outcome: what the runner produced, made to fit the limits the server accepts
+    /// (so that a run is never lost to a refused report), and kept in the spool at once. `None` when there is
+    /// nothing to report (the run was cancelled).
+    fn prepare(
+        &self,
+        run: Run,
+        outcome: RunOutcome,
+    ) -> Option<(&'static str, Spooled, Option<Kept>)> {
         let Run {
             task_id,
             attempt,
@@ -397,64 +566,52 @@ impl<Q: Queue> Worker<Q> {
             RunOutcome::Cancelled => "cancelled",
             RunOutcome::Interrupted => "released",
         });
-        let (what, fail) = match outcome {
-            RunOutcome::Completed { result } => {
-                let body = CompleteTaskRequest {
+        let (what, report) = match outcome {
+            RunOutcome::Completed { result } => (
+                "reporting completion",
+                Report::Complete(CompleteTaskRequest {
                     attempt,
                     lease_id,
                     result: result.into_iter().collect(),
-                };
-                return self
-                    .report("reporting completion", || {
-                        self.queue.complete(task_id, &body)
-                    })
-                    .await;
-            }
+                }),
+            ),
             RunOutcome::Failed { error, result } => (
                 "reporting the failure",
-                FailTaskRequest {
+                Report::Fail(FailTaskRequest {
                     attempt,
                     lease_id,
                     error,
                     status: None,
                     result: result.map(|r| r.into_iter().collect()),
-                },
+                }),
             ),
             RunOutcome::TimedOut { error } => (
                 "reporting the timeout",
-                FailTaskRequest {
+                Report::Fail(FailTaskRequest {
                     attempt,
                     lease_id,
                     error,
                     status: Some(api::FailStatus::Timeout),
                     result: None,
-                },
+                }),
             ),
             RunOutcome::Cancelled => {
                 tracing::info!("run stopped: the task was cancelled or is no longer this worker's");
-                return;
+                return None;
             }
             RunOutcome::Interrupted => {
-                return self
-                    .report("releasing the task", || {
-                        self.queue.release(task_id, attempt, lease_id)
-                    })
-                    .await;
+                ("releasing the task", Report::Release { attempt, lease_id })
             }
         };
-        self.report(what, || self.queue.fail(task_id, &fail)).await
+        let item = Spooled { task_id, report };
+        let kept = self.keep(lease_id, None, &item);
+        Some((what, item, kept))
     }
 
-    async fn report<F, Fut>(&self, what: &str, op: F)
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<Task, QueueError>>,
-    {
-        self.observer.backlog(1);
-        let r = retry(what, &self.give_up, self.observer.as_ref(), op).await;
-        self.observer.backlog(-1);
-        match r {
-            Ok(t) => tracing::info!(status = %t.status, "outcome delivered"),
+    /// Reports the outcome until the queue has it (or refuses it for good).
+    async fn deliver(&self, (what, item, kept): (&'static str, Spooled, Option<Kept>)) {
+        match self.send_kept(what, &item, kept, &self.give_up).await {
+            Ok(t) => tracing::info!(status = ?t.map(|t| t.status), "outcome delivered"),
             Err(e @ QueueError::Unavailable(_)) => {
                 tracing::error!(error = %e, "outcome not delivered: the queue was unreachable too long")
             }

@@ -38,11 +38,12 @@ pub trait Queue: Send + Sync + 'static {
     /// The id of the worker this queue handle speaks for.
     fn worker_id(&self) -> &str;
 
-    /// Registers the worker, or registers it again after a restart.
+    /// Registers the worker, or registers it again after a restart. Answers how long a lease lasts without a
+    /// heartbeat.
     fn register(
         &self,
         req: &RegisterWorkerRequest,
-    ) -> impl Future<Output = Result<(), QueueError>> + Send;
+    ) -> impl Future<Output = Result<Duration, QueueError>> + Send;
 
     /// A sign of life, with the tasks the worker holds; the answer lists those to stop.
     fn heartbeat(

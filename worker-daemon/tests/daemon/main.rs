@@ -2,4 +2,6 @@
 //! processes on both database backends.
 
 mod cli;
+mod faults;
+mod harness;
 mod runs;

@@ -1,0 +1,38 @@
+//! The process behind a worker id: a worker that registers says which instance it is, so that a second live
+//! process cannot take over an id in use, while a restarted one (the same instance) takes over at once.
+
+use sea_orm_migration::prelude::*;
+
+#[derive(DeriveMigrationName)]
+pub struct Migration;
+
+#[derive(DeriveIden)]
+enum Workers {
+    Table,
+    InstanceId,
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for Migration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(Workers::Table)
+                    .add_column(ColumnDef::new(Workers::InstanceId).string_len(128).null())
+                    .to_owned(),
+            )
+            .await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(Workers::Table)
+                    .drop_column(Workers::InstanceId)
+                    .to_owned(),
+            )
+            .await
+    }
+}

@@ -1,0 +1,249 @@
+//! The daemon when things go wrong: killed with an outcome undelivered, cut off from the server, a worker id
+//! claimed twice, two API servers on one database.
+
+use std::{process::Stdio, time::Duration};
+
+use nix::sys::signal::Signal;
+use serde_json::{Value, json};
+use task_executor_shared::testing::{Backend, fresh_database};
+use tokio::process::Command;
+
+use crate::harness::{Server, daemon, daemon_bin, daemon_in, free_port, server_bin, signal, sim};
+
+async fn log_messages(server: &Server, t: &Value) -> Vec<String> {
+    server
+        .get(&format!("/api/v1/tasks/{}/logs", t["id"].as_str().unwrap()))
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["message"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// A daemon killed (SIGKILL) while the outcome of a finished run could not be delivered delivers it when it
+/// starts again, before registering: the run is not repeated.
+async fn a_restarted_daemon_delivers_a_kept_outcome_instead_of_running_again(backend: Backend) {
+    let (db, _dir) = fresh_database(backend).await;
+    let server = Server::start(&db, &[("WORKER_HEARTBEAT_TIMEOUT_SECONDS", "60")]).await;
+    let env = [("REQUEST_TIMEOUT_SECONDS", "1")];
+    let mut first = daemon(&server, "spooler", &env);
+    let t = server
+        .create(json!({"problem_id": "kept", "parameters": sim(6, 400)}))
+        .await;
+    server
+        .until("the run started", || async {
+            (server.task(&t).await["status"] == "running").then_some(())
+        })
+        .await;
+    // The server stops answering; the run ends meanwhile and its outcome waits in the spool.
+    signal(&server.child, Signal::SIGSTOP);
+    let spool = first.state.path().join("spool");
+    server
+        .until("the outcome is kept in the spool", || async {
+            std::fs::read_dir(&spool)
+                .ok()?
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().ends_with("-outcome.json"))
+                .then_some(())
+        })
+        .await;
+    signal(&first, Signal::SIGKILL);
+    let _ = first.wait().await;
+    signal(&server.child, Signal::SIGCONT);
+    let _again = daemon_in(&server, "spooler", &env, first.state.clone());
+    let done = server
+        .until("the kept outcome was delivered", || async {
+            let cur = server.task(&t).await;
+            (cur["status"] == "completed").then_some(cur)
+        })
+        .await;
+    assert_eq!(done["attempt"], 1, "not run again: {done}");
+    assert_eq!(done["result"]["success"], true);
+    let claims = log_messages(&server, &t)
+        .await
+        .iter()
+        .filter(|m| m.starts_with("Task claimed"))
+        .count();
+    assert_eq!(claims, 1, "claimed once, completed once");
+}
+
+/// A daemon that cannot renew its leases for longer than the heartbeat timeout stops those runs itself (the
+/// server has given them to others), and says so in its log.
+async fn a_cut_off_daemon_stops_its_runs_itself(backend: Backend) {
+    let (db, _dir) = fresh_database(backend).await;
+    let server = Server::start(&db, &[("WORKER_HEARTBEAT_TIMEOUT_SECONDS", "3")]).await;
+    let state = tempfile::tempdir().unwrap();
+    let log = state.path().join("daemon.log");
+    let port = free_port();
+    let mut d = Command::new(daemon_bin())
+        .env("TASK_EXECUTOR_URL", server.url(""))
+        .env("WORKER_ID", "cut-off")
+        .env("TASK_RUNNER", "simulate")
+        .env("HEARTBEAT_INTERVAL_SECONDS", "1")
+        .env("REQUEST_TIMEOUT_SECONDS", "1")
+        .env("STATE_DIR", state.path())
+        .env("METRICS_ADDR", format!("127.0.0.1:{port}"))
+        .env("LOG_LEVEL", "warning")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let t = server
+        .create(json!({"problem_id": "long", "parameters": {"simulate": {"outcome": "hang", "steps": 1, "step_ms": 10}}}))
+        .await;
+    server
+        .until("the run started", || async {
+            (server.task(&t).await["status"] == "running").then_some(())
+        })
+        .await;
+    signal(&server.child, Signal::SIGSTOP);
+    let metrics = format!("http://127.0.0.1:{port}/metrics");
+    let stopped = server
+        .until("the daemon stopped the run on its own", || async {
+            let text = server
+                .client
+                .get(&metrics)
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            text.contains(r#"worker_daemon_task_runs_total{outcome="cancelled"} 1"#)
+                .then_some(text)
+        })
+        .await;
+    assert!(
+        stopped.contains("worker_daemon_running_tasks 0"),
+        "{stopped}"
+    );
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        said.contains("longer than a lease lasts"),
+        "the daemon says why: {said}"
+    );
+    signal(&server.child, Signal::SIGCONT);
+    let _ = d.kill().await;
+}
+
+/// A second live process cannot take a worker id in use; a restart of the same daemon (the same state
+/// directory, so the same instance) takes over at once; two daemons cannot share a state directory.
+async fn a_worker_id_in_use_is_refused_but_a_restart_takes_over(backend: Backend) {
+    let (db, _dir) = fresh_database(backend).await;
+    let server = Server::start(&db, &[]).await;
+    let mut first = daemon(&server, "twin", &[]);
+    let registered = server
+        .until("the first daemon registered", || async {
+            let w = server.get("/api/v1/workers/twin").await;
+            (w["status"] == "idle").then_some(w)
+        })
+        .await;
+    let run = |state: &std::path::Path| {
+        let mut c = Command::new(daemon_bin());
+        c.env("TASK_EXECUTOR_URL", server.url(""))
+            .env("WORKER_ID", "twin")
+            .env("TASK_RUNNER", "simulate")
+            .env("STATE_DIR", state)
+            .env("LOG_LEVEL", "warning")
+            .kill_on_drop(true);
+        c
+    };
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(30), run(elsewhere.path()).output())
+        .await
+        .expect("the second daemon gives up")
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("worker_id_in_use"), "{err}");
+    let out = tokio::time::timeout(Duration::from_secs(30), run(first.state.path()).output())
+        .await
+        .expect("a daemon on a state directory in use gives up")
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("another worker-daemon uses the state directory"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    signal(&first, Signal::SIGKILL);
+    let _ = first.wait().await;
+    let again = daemon_in(&server, "twin", &[], first.state.clone());
+    let pid = again.id().unwrap();
+    server
+        .until("the restart took over the id at once", || async {
+            let w = server.get("/api/v1/workers/twin").await;
+            (w["metadata"]["pid"] == pid && w["status"] == "idle").then_some(())
+        })
+        .await;
+    assert_ne!(registered["metadata"]["pid"], pid);
+}
+
+/// Two API servers on one PostgreSQL database with default settings: the second would run internal workers
+/// with the ids of the first's, so it refuses to start and says which setting to change; with a prefix of its
+/// own it starts, and both run internal workers side by side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_replica_with_default_settings_refuses_to_start() {
+    let (db, _dir) = fresh_database(Backend::Postgres).await;
+    let internal = [("NUM_INTERNAL_WORKERS", "2"), ("TASK_RUNNER", "simulate")];
+    let first = Server::start(&db, &internal).await;
+    first
+        .until("the first replica's internal workers are up", || async {
+            let ws = first.get("/api/v1/workers").await;
+            (ws.as_array().unwrap().len() == 2).then_some(())
+        })
+        .await;
+    let port = free_port();
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        Command::new(server_bin())
+            .env("DATABASE_URL", &db)
+            .env("BIND_ADDR", format!("127.0.0.1:{port}"))
+            .env("NUM_INTERNAL_WORKERS", "2")
+            .env("TASK_RUNNER", "simulate")
+            .env("LOG_LEVEL", "warning")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the second replica exits")
+    .unwrap();
+    assert!(!out.status.success(), "it refuses to start");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("INTERNAL_WORKER_PREFIX") && err.contains("worker-001-kind"),
+        "{err}"
+    );
+
+    let second = Server::start(
+        &db,
+        &[
+            ("NUM_INTERNAL_WORKERS", "2"),
+            ("TASK_RUNNER", "simulate"),
+            ("INTERNAL_WORKER_PREFIX", "replica-b"),
+        ],
+    )
+    .await;
+    second
+        .until("both replicas' internal workers are up", || async {
+            let ws = second.get("/api/v1/workers").await;
+            let live = ws
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|w| w["status"] == "idle")
+                .count();
+            (live == 4).then_some(())
+        })
+        .await;
+}
+
+task_executor_shared::both_backends!(
+    a_restarted_daemon_delivers_a_kept_outcome_instead_of_running_again,
+    a_cut_off_daemon_stops_its_runs_itself,
+    a_worker_id_in_use_is_refused_but_a_restart_takes_over,
+);
