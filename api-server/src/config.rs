@@ -29,6 +29,11 @@ pub struct Config {
     #[arg(long = "bind", env = "BIND_ADDR", default_value = "0.0.0.0:8000")]
     pub bind_addr: String,
 
+    /// Seconds a request body may take to arrive; a client that trickles it is answered 408 (connections
+    /// on which nothing moves for 75 s are closed too).
+    #[arg(long, env = "REQUEST_BODY_TIMEOUT_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub request_body_timeout_seconds: u64,
+
     /// Timeout of a task, in minutes, when its parameters give none (`parameters.timeout`, in seconds).
     #[arg(long, env = "DEFAULT_TIMEOUT_MINUTES", default_value_t = params::DEFAULT_TIMEOUT_MINUTES, value_parser = clap::value_parser!(u32).range(1..=10080))]
     pub default_timeout_minutes: u32,
@@ -56,6 +61,16 @@ pub struct Config {
     /// loop.
     #[arg(long, env = "MAX_UNCOUNTED_REQUEUES", default_value_t = 10, value_parser = clap::value_parser!(i32).range(1..=1000))]
     pub max_uncounted_requeues: i32,
+
+    /// Log entries the workers of one task may write; past that they are dropped and counted (an entry says
+    /// how many), so that one runaway runner cannot fill the database.
+    #[arg(long, env = "MAX_LOG_ENTRIES_PER_TASK", default_value_t = 100_000, value_parser = clap::value_parser!(i64).range(10..=100_000_000))]
+    pub max_log_entries_per_task: i64,
+
+    /// Claims that may wait for a task at once in this server (long polls); beyond, 429 with `Retry-After`.
+    /// Each worker may also have at most as many waiting as it has free slots.
+    #[arg(long, env = "MAX_WAITING_CLAIMS", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_waiting_claims: u32,
 
     /// Internal workers (inside this process) started at boot.
     #[arg(long, env = "NUM_INTERNAL_WORKERS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=64))]

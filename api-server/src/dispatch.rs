@@ -2,7 +2,11 @@
 //! — in one place for the HTTP handlers and the internal workers alike: each call goes to the store, records
 //! the metrics and wakes the claims waiting in this process, so both kinds of worker are served the same.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use sea_orm::DatabaseConnection;
 use task_executor_shared::api;
@@ -13,9 +17,9 @@ use uuid::Uuid;
 use crate::{
     metrics::Metrics,
     store::{
-        StoreResult,
+        StoreError, StoreResult,
         entity::task,
-        queue::{self, HeartbeatOutcome, LeasePolicy, Outcome, ReapReport, RunRef},
+        queue::{self, Claim, HeartbeatOutcome, LeasePolicy, Outcome, ReapReport, RunRef},
         workers::{self, Registered},
     },
 };
@@ -32,16 +36,79 @@ pub struct Dispatcher {
     /// Woken when a task becomes claimable in this process (created or given back), so that waiting claims
     /// look at once.
     queue_changed: Arc<Notify>,
+    /// Claims waiting in this process, per worker, and how many may wait at once in all.
+    waiting: Arc<Mutex<HashMap<String, usize>>>,
+    max_waiting: usize,
 }
 
+/// One waiting claim, counted while it lives (a claim whose client went away is dropped, and uncounted).
+struct Waiting {
+    waiting: Arc<Mutex<HashMap<String, usize>>>,
+    worker_id: String,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        let mut w = self.waiting.lock().expect("waiting lock");
+        if let Some(n) = w.get_mut(&self.worker_id) {
+            *n -= 1;
+            if *n == 0 {
+                w.remove(&self.worker_id);
+            }
+        }
+    }
+}
+
+/// How long a client refused for too many waiting claims is told to wait.
+const RETRY_WAITING_SECONDS: u64 = 5;
+
 impl Dispatcher {
-    pub fn new(db: DatabaseConnection, lease: LeasePolicy, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        db: DatabaseConnection,
+        lease: LeasePolicy,
+        metrics: Arc<Metrics>,
+        max_waiting: usize,
+    ) -> Self {
         Dispatcher {
             db,
             lease,
             metrics,
             queue_changed: Arc::new(Notify::new()),
+            waiting: Arc::default(),
+            max_waiting,
         }
+    }
+
+    /// Counts a claim that is about to wait: at most the worker's free slots per worker (more could not be
+    /// served), and `max_waiting` in all; beyond, 429 with `Retry-After`.
+    fn start_waiting(&self, worker_id: &str, free_slots: i64) -> StoreResult<Waiting> {
+        let mut w = self.waiting.lock().expect("waiting lock");
+        let total: usize = w.values().sum();
+        let mine = w.get(worker_id).copied().unwrap_or(0);
+        if total >= self.max_waiting {
+            return Err(StoreError::TooMany {
+                kind: "too_many_waiting_claims",
+                detail: format!(
+                    "{total} claims are waiting on this server already (MAX_WAITING_CLAIMS); try again later"
+                ),
+                retry_after: RETRY_WAITING_SECONDS,
+            });
+        }
+        if mine as i64 >= free_slots.max(1) {
+            return Err(StoreError::TooMany {
+                kind: "too_many_waiting_claims",
+                detail: format!(
+                    "worker {worker_id} already has {mine} claim(s) waiting for its {} free slot(s)",
+                    free_slots.max(0)
+                ),
+                retry_after: RETRY_WAITING_SECONDS,
+            });
+        }
+        *w.entry(worker_id.to_owned()).or_default() += 1;
+        Ok(Waiting {
+            waiting: self.waiting.clone(),
+            worker_id: worker_id.to_owned(),
+        })
     }
 
     /// A task became claimable: wake the claims waiting in this process.
@@ -83,19 +150,26 @@ impl Dispatcher {
         stop: &CancellationToken,
     ) -> StoreResult<Option<task::Model>> {
         let deadline = Instant::now() + wait;
+        let mut waiting = None;
         loop {
             // Subscribe before looking, so that a task created meanwhile cannot be missed.
             let notified = self.queue_changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(t) = queue::claim(&self.db, worker_id, &self.lease).await? {
-                tracing::info!(task_id = %t.id, worker_id = %worker_id, attempt = t.attempt, "task claimed");
-                self.metrics.task_claimed(&t);
-                return Ok(Some(t));
-            }
+            let free_slots = match queue::claim(&self.db, worker_id, &self.lease).await? {
+                Claim::Task(t) => {
+                    tracing::info!(task_id = %t.id, worker_id = %worker_id, attempt = t.attempt, "task claimed");
+                    self.metrics.task_claimed(&t);
+                    return Ok(Some(*t));
+                }
+                Claim::Empty { free_slots } => free_slots,
+            };
             let now = Instant::now();
             if now >= deadline || stop.is_cancelled() {
                 return Ok(None);
+            }
+            if waiting.is_none() {
+                waiting = Some(self.start_waiting(worker_id, free_slots)?);
             }
             tokio::select! {
                 _ = tokio::time::timeout((deadline - now).min(POLL_TICK), notified) => {}
@@ -110,7 +184,7 @@ impl Dispatcher {
         task_id: Uuid,
         req: api::ReportLogsRequest,
     ) -> StoreResult<u64> {
-        queue::report_logs(&self.db, worker_id, task_id, req).await
+        queue::report_logs(&self.db, worker_id, task_id, req, &self.lease).await
     }
 
     /// Records the outcome of a run.

@@ -40,6 +40,9 @@ pub enum ApiError {
     /// key reused with another body, a report from a worker that no longer holds the task).
     #[oai(status = 409)]
     Conflict(Json<ErrorBody>),
+    /// 408: the body did not arrive in time.
+    #[oai(status = 408)]
+    RequestTimeout(Json<ErrorBody>),
     /// 413: the body is larger than 1 MiB.
     #[oai(status = 413)]
     PayloadTooLarge(Json<ErrorBody>),
@@ -49,6 +52,14 @@ pub enum ApiError {
     /// 422: the request is well-formed but a value is invalid.
     #[oai(status = 422)]
     Validation(Json<ErrorBody>),
+    /// 429: too many requests of this kind at once (e.g. waiting claims); retry after `Retry-After` seconds.
+    #[oai(status = 429)]
+    TooManyRequests(
+        Json<ErrorBody>,
+        /// Seconds to wait before trying again.
+        #[oai(header = "Retry-After")]
+        u64,
+    ),
     /// 500: something failed inside the server; the details are in its log, not in the answer.
     #[oai(status = 500)]
     Internal(Json<ErrorBody>),
@@ -85,6 +96,11 @@ impl From<StoreError> for ApiError {
             }
             e @ StoreError::WorkerOffline(_) => ApiError::conflict("worker_offline", e.to_string()),
             StoreError::Conflict { kind, detail } => ApiError::conflict(kind, detail),
+            StoreError::TooMany {
+                kind,
+                detail,
+                retry_after,
+            } => ApiError::TooManyRequests(body(kind, detail), retry_after),
             StoreError::Invalid(detail) => ApiError::validation(detail),
             StoreError::Db(e) => ApiError::internal(&e),
         }

@@ -30,6 +30,8 @@ use crate::{
 pub struct Edge {
     pub metrics: Arc<Metrics>,
     pub allow: AllowTable,
+    /// How long a request body may take to arrive (a client that trickles it is cut off with 408).
+    pub body_timeout: std::time::Duration,
 }
 
 const NUL_REFUSED: &str =
@@ -126,6 +128,7 @@ pub async fn edge<E: Endpoint>(
     let started = std::time::Instant::now();
     let method = req.method().to_string();
     let path = req.uri().path().to_owned();
+    let body_timeout = edge.body_timeout;
     let rid = req
         .headers()
         .get("x-request-id")
@@ -139,7 +142,15 @@ pub async fn edge<E: Endpoint>(
     let route_slot = &mut route;
     let mut resp = REQUEST_ID
         .scope(rid, async move {
-            let bytes = match req.take_body().into_bytes_limit(MAX_BODY_BYTES).await {
+            let read = tokio::time::timeout(body_timeout, req.take_body().into_bytes_limit(MAX_BODY_BYTES));
+            let Ok(read) = read.await else {
+                return json_error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request_timeout",
+                    format!("the request body did not arrive within {} s", body_timeout.as_secs()),
+                );
+            };
+            let bytes = match read {
                 Ok(b) => b,
                 Err(ReadBodyError::PayloadTooLarge) => {
                     return json_error(

@@ -28,6 +28,9 @@ pub struct Application {
 
 /// How long in-flight requests get to finish after the stop signal.
 const GRACEFUL_TIMEOUT: Duration = Duration::from_secs(30);
+/// A connection on which nothing moved for this long is closed: slow or stuck clients cannot hold
+/// connections (longer than the longest long poll, 60 s).
+const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(75);
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
@@ -47,8 +50,14 @@ impl Application {
             claim_grace: chrono::Duration::seconds(config.claim_grace_seconds as i64),
             max_attempts: config.task_max_attempts,
             max_uncounted_requeues: config.max_uncounted_requeues,
+            max_log_entries: config.max_log_entries_per_task,
         };
-        let dispatcher = Dispatcher::new(db.clone(), lease, metrics.clone());
+        let dispatcher = Dispatcher::new(
+            db.clone(),
+            lease,
+            metrics.clone(),
+            config.max_waiting_claims as usize,
+        );
         let host = nix::unistd::gethostname()
             .ok()
             .and_then(|h| h.into_string().ok())
@@ -118,6 +127,7 @@ impl Application {
         // Under systemd (Type=notify): ready once listening with migrations applied. A no-op elsewhere.
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
         let result = Server::new_with_acceptor(self.acceptor)
+            .idle_timeout(IDLE_CONNECTION_TIMEOUT)
             .run_with_graceful_shutdown(
                 app,
                 async move {

@@ -7,6 +7,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261126_000001_create_tables;
 mod m20261126_000002_task_leases;
 mod m20261126_000003_worker_instances;
+mod m20261126_000004_log_caps;
 
 pub struct Migrator;
 
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000001_create_tables::Migration),
             Box::new(m20261126_000002_task_leases::Migration),
             Box::new(m20261126_000003_worker_instances::Migration),
+            Box::new(m20261126_000004_log_caps::Migration),
         ]
     }
 }

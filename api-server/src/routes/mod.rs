@@ -62,6 +62,7 @@ pub fn app(state: &AppState) -> impl Endpoint + 'static {
     let edge = Arc::new(middleware::Edge {
         metrics: state.metrics.clone(),
         allow: AllowTable::from_spec(&api.spec()),
+        body_timeout: std::time::Duration::from_secs(state.config.request_body_timeout_seconds),
     });
     let ui = api.swagger_ui();
     let spec = api.spec_endpoint();

@@ -170,8 +170,12 @@ impl TasksApi {
             validator(minimum(value = "1"), maximum(value = "10000"))
         )]
         limit: Query<u64>,
+        /// Entries skipped first, for paging: ask again with `offset` + `limit` until fewer than `limit`
+        /// come back.
+        #[oai(default, validator(maximum(value = "1000000000")))]
+        offset: Query<u64>,
     ) -> Result<Json<Vec<LogEntry>>, ApiError> {
-        let rows = logs::list(&self.state.db, task_id.0, level.0, limit.0).await?;
+        let rows = logs::list(&self.state.db, task_id.0, level.0, limit.0, offset.0).await?;
         Ok(Json(rows.into_iter().map(Into::into).collect()))
     }
 }

@@ -28,6 +28,9 @@ pub mod task {
         pub lease_id: Option<Uuid>,
         /// Times the task went back to the queue without counting an attempt.
         pub uncounted_requeues: i32,
+        /// Log entries its workers wrote, and those dropped past the cap.
+        pub log_entries: i64,
+        pub log_dropped: i64,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

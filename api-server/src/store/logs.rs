@@ -69,12 +69,13 @@ pub async fn append_logs(
     Ok(n)
 }
 
-/// A task's log in time order, from `min` severity up, at most `limit` entries.
+/// A task's log in time order, from `min` severity up: at most `limit` entries after skipping `offset`.
 pub async fn list(
     db: &DatabaseConnection,
     id: Uuid,
     min: Option<LogLevel>,
     limit: u64,
+    offset: u64,
 ) -> StoreResult<Vec<task_log::Model>> {
     if task::Entity::find_by_id(id).count(db).await? == 0 {
         return Err(StoreError::TaskNotFound(id));
@@ -86,6 +87,7 @@ pub async fn list(
     Ok(q.order_by_asc(task_log::Column::Timestamp)
         .order_by_asc(task_log::Column::Id)
         .limit(limit)
+        .offset(offset)
         .all(db)
         .await?)
 }

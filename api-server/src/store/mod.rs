@@ -28,6 +28,13 @@ pub enum StoreError {
     /// The operation does not fit the current state; `kind` is the error `type` a client sees.
     #[error("{detail}")]
     Conflict { kind: &'static str, detail: String },
+    /// Too much at once: try again after `retry_after` seconds (429); `kind` is the error `type`.
+    #[error("{detail}")]
+    TooMany {
+        kind: &'static str,
+        detail: String,
+        retry_after: u64,
+    },
     /// A value that passed the HTTP layer's checks but not the store's.
     #[error("{0}")]
     Invalid(String),

@@ -60,6 +60,8 @@ pub async fn create(db: &DatabaseConnection, new: NewTask) -> StoreResult<(task:
         completed_at: Set(None),
         lease_id: Set(None),
         uncounted_requeues: Set(0),
+        log_entries: Set(0),
+        log_dropped: Set(0),
     };
     let txn = db.begin().await?;
     let inserted = match model.insert(&txn).await {

@@ -459,7 +459,157 @@ async fn large_parameters_reach_the_runner_in_a_file(backend: Backend) {
     assert_eq!(done["result"]["env_set"], "yes");
 }
 
+/// A task's log can be paged to its end, and its workers' entries are capped (the excess dropped, counted,
+/// and said).
+async fn logs_page_to_their_end_and_are_capped(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |c| c.max_log_entries_per_task = 2_500).await;
+    app.register("w", json!({})).await;
+    let t = app.create_task(json!({"problem_id": "p"})).await;
+    let c = app.claim_one("w").await;
+    let id = t["id"].as_str().unwrap();
+    let mut accepted = 0;
+    for batch in 0..3 {
+        let entries: Vec<Value> = (0..1000)
+            .map(|i| json!({"level": "info", "message": format!("entry {}", batch * 1000 + i)}))
+            .collect();
+        let r = app
+            .post(
+                &format!("/api/v1/workers/w/tasks/{id}/logs"),
+                json!({"attempt": 1, "lease_id": c["lease_id"], "entries": entries}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        accepted += r.body["accepted"].as_u64().unwrap();
+    }
+    assert_eq!(accepted, 2_500, "the cap keeps the first 2500");
+    let done = app
+        .post(
+            &format!("/api/v1/workers/w/tasks/{id}/complete"),
+            json!({"attempt": 1, "lease_id": c["lease_id"], "result": {"success": true}}),
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::OK);
+    let mut all = Vec::new();
+    let mut offset = 0;
+    loop {
+        let page = app
+            .get(&format!(
+                "/api/v1/tasks/{id}/logs?limit=1000&offset={offset}"
+            ))
+            .await
+            .body;
+        let page = page.as_array().unwrap().clone();
+        let n = page.len();
+        all.extend(page);
+        if n < 1000 {
+            break;
+        }
+        offset += 1000;
+    }
+    let messages: Vec<&str> = all.iter().map(|e| e["message"].as_str().unwrap()).collect();
+    assert_eq!(messages.first(), Some(&"Task created"));
+    assert_eq!(
+        messages.iter().filter(|m| m.starts_with("entry ")).count(),
+        2_500,
+        "every kept entry is reachable"
+    );
+    assert!(messages.contains(&"entry 2499") && !messages.contains(&"entry 2500"));
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("reached its cap of 2500 entries")),
+        "{:?}",
+        &messages[messages.len() - 3..]
+    );
+    assert_eq!(
+        messages.last(),
+        Some(&"500 log entries were dropped past the cap on entries per task")
+    );
+}
+
+/// Waiting claims are bounded: per worker by its free slots, and in all by MAX_WAITING_CLAIMS; beyond, 429
+/// with Retry-After.
+async fn waiting_claims_are_bounded(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |c| c.max_waiting_claims = 2).await;
+    app.register("one-slot", json!({"max_parallel_tasks": 1}))
+        .await;
+    app.register("other", json!({"max_parallel_tasks": 1}))
+        .await;
+    app.register("third", json!({"max_parallel_tasks": 1}))
+        .await;
+    let wait = |worker: &str| {
+        let (client, url) = (
+            app.client.clone(),
+            app.url(&format!("/api/v1/workers/{worker}/claim?wait_seconds=3")),
+        );
+        tokio::spawn(async move { client.post(url).send().await.unwrap().status() })
+    };
+    let first = wait("one-slot");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = app
+        .post("/api/v1/workers/one-slot/claim?wait_seconds=3", Value::Null)
+        .await;
+    assert_error(
+        &second,
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_waiting_claims",
+    );
+    assert_eq!(second.headers["retry-after"], "5");
+    let other = wait("other");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let third = app
+        .post("/api/v1/workers/third/claim?wait_seconds=3", Value::Null)
+        .await;
+    assert_error(
+        &third,
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_waiting_claims",
+    );
+    assert_eq!(first.await.unwrap(), StatusCode::NO_CONTENT);
+    assert_eq!(other.await.unwrap(), StatusCode::NO_CONTENT);
+    // Once they ended, claims may wait again.
+    assert_eq!(app.claim("third").await.status, StatusCode::NO_CONTENT);
+}
+
+/// A client that sends its headers and then trickles (or never sends) its body is cut off with 408.
+async fn a_stalled_body_is_cut_off(backend: Backend) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::spawn_with(backend, |c| c.request_body_timeout_seconds = 1).await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(
+        b"POST /api/v1/tasks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"problem_id\"",
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = s.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&buf[..n]);
+            if answer.windows(4).any(|w| w == b"\r\n\r\n") && answer.ends_with(b"}") {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(
+        read.is_ok(),
+        "the server answered instead of waiting forever"
+    );
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("request_timeout"), "{text}");
+}
+
 task_executor_shared::both_backends!(
+    logs_page_to_their_end_and_are_capped,
+    waiting_claims_are_bounded,
+    a_stalled_body_is_cut_off,
     nul_is_refused_at_the_edge,
     runner_output_never_makes_a_refused_report,
     large_parameters_reach_the_runner_in_a_file,

@@ -60,12 +60,14 @@ fn problem_filter(backend: DbBackend, patterns: &[String], values: &mut Vec<Valu
 /// one worker so that its `max_parallel_tasks` holds), its running tasks are counted, and one statement
 /// selects and marks the task — on PostgreSQL a `FOR UPDATE SKIP LOCKED` CTE, so concurrent claimers never
 /// wait for or take the same row; on SQLite one `UPDATE … WHERE id = (SELECT …)`, writers being serialized.
+///
+/// Answers the task, or `Empty` with the worker's free slots (how many claims it may usefully have waiting).
 #[tracing::instrument(skip(db, policy), fields(worker_id = %worker_id))]
 pub async fn claim(
     db: &DatabaseConnection,
     worker_id: &str,
     policy: &LeasePolicy,
-) -> StoreResult<Option<task::Model>> {
+) -> StoreResult<Claim> {
     let at = now();
     let backend = db.get_database_backend();
     let txn = db.begin().await?;
@@ -119,7 +121,9 @@ pub async fn claim(
     let Some(t) = claimed else {
         // Nothing pending that this worker may take.
         txn.commit().await?;
-        return Ok(None);
+        return Ok(Claim::Empty {
+            free_slots: i64::from(w.max_parallel_tasks) - running as i64,
+        });
     };
     append_log(
         &txn,
@@ -131,7 +135,17 @@ pub async fn claim(
     )
     .await?;
     txn.commit().await?;
-    Ok(Some(t))
+    Ok(Claim::Task(Box::new(t)))
+}
+
+/// What a claim found.
+#[derive(Debug)]
+pub enum Claim {
+    Task(Box<task::Model>),
+    /// Nothing the worker may take; it has this many slots free.
+    Empty {
+        free_slots: i64,
+    },
 }
 
 /// Records a sign of life of a worker and returns its row. An offline worker is not brought back by a claim:

@@ -15,7 +15,7 @@ pub mod transition;
 
 use chrono::Duration;
 
-pub use claim::claim;
+pub use claim::{Claim, claim};
 pub use recovery::{ReapReport, reap, release_lost};
 pub use reports::{HeartbeatOutcome, Outcome, finish, give_back, heartbeat, report_logs};
 pub use transition::RunRef;
@@ -32,4 +32,6 @@ pub struct LeasePolicy {
     pub max_attempts: i32,
     /// Times a task may go back to the queue without counting an attempt before it fails instead.
     pub max_uncounted_requeues: i32,
+    /// Log entries a task's workers may write; past that they are dropped and counted.
+    pub max_log_entries: i64,
 }

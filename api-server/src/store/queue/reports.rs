@@ -3,8 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
-    TransactionTrait,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, TransactionTrait,
     sea_query::{Expr, ExprTrait},
 };
 use serde_json::json;
@@ -187,26 +186,76 @@ async fn refusal(db: &impl ConnectionTrait, task_id: Uuid, run: RunRef<'_>) -> S
     StoreError::Conflict { kind, detail }
 }
 
-/// Appends a batch of log entries from the worker that holds the run.
+/// Appends a batch of log entries from the worker that holds the run. A task's workers write at most
+/// `policy.max_log_entries` entries: past that they are dropped and counted (an entry says so when the cap
+/// is reached, another how many were dropped when the run ends). Answers how many were kept.
 pub async fn report_logs(
     db: &DatabaseConnection,
     worker_id: &str,
     task_id: Uuid,
     req: api::ReportLogsRequest,
+    policy: &LeasePolicy,
 ) -> StoreResult<u64> {
     let run = RunRef {
         worker_id,
         attempt: req.attempt,
         lease_id: Some(req.lease_id),
     };
-    let held = run
-        .filter(task::Entity::find().filter(task::Column::Id.eq(task_id)))
-        .count(db)
+    let mut entries = req.entries;
+    let n = entries.len() as i64;
+    let txn = db.begin().await?;
+    // The fence and the count of entries so far, in one statement (the row stays locked until commit).
+    let counted = run
+        .filter(
+            task::Entity::update_many()
+                .col_expr(
+                    task::Column::LogEntries,
+                    Expr::col(task::Column::LogEntries).add(n),
+                )
+                .filter(task::Column::Id.eq(task_id)),
+        )
+        .exec_with_returning(&txn)
         .await?;
-    if held == 0 {
+    let Some(t) = counted.into_iter().next() else {
+        drop(txn);
         return Err(refusal(db, task_id, run).await);
+    };
+    let before = t.log_entries - n;
+    let keep = (policy.max_log_entries - before).clamp(0, n);
+    let dropped = n - keep;
+    if dropped > 0 {
+        task::Entity::update_many()
+            .col_expr(
+                task::Column::LogEntries,
+                Expr::col(task::Column::LogEntries).sub(dropped),
+            )
+            .col_expr(
+                task::Column::LogDropped,
+                Expr::col(task::Column::LogDropped).add(dropped),
+            )
+            .filter(task::Column::Id.eq(task_id))
+            .exec(&txn)
+            .await?;
+        if before < policy.max_log_entries {
+            logs::append_log(
+                &txn,
+                task_id,
+                Some(req.attempt),
+                LogLevel::Warning,
+                &format!(
+                    "The log of this task reached its cap of {} entries from workers: further entries are \
+                     dropped and counted",
+                    policy.max_log_entries
+                ),
+                Some(json!({"event": "log_capped", "max_log_entries": policy.max_log_entries})),
+            )
+            .await?;
+        }
+        entries.truncate(keep as usize);
     }
-    Ok(logs::append_logs(db, task_id, req.attempt, req.entries).await?)
+    let kept = logs::append_logs(&txn, task_id, req.attempt, entries).await?;
+    txn.commit().await?;
+    Ok(kept)
 }
 
 /// How a run ended, as its worker reports it.
@@ -285,6 +334,20 @@ pub async fn finish(
         drop(txn);
         return Err(refusal(db, task_id, run).await);
     };
+    if t.log_dropped > 0 {
+        logs::append_log(
+            &txn,
+            task_id,
+            Some(attempt),
+            LogLevel::Warning,
+            &format!(
+                "{} log entries were dropped past the cap on entries per task",
+                t.log_dropped
+            ),
+            Some(json!({"event": "log_dropped", "dropped": t.log_dropped})),
+        )
+        .await?;
+    }
     let counter = if status == TaskStatus::Completed {
         worker::Column::TasksCompleted
     } else {
