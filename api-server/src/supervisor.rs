@@ -12,7 +12,7 @@ use std::{
 
 use serde_json::json;
 use task_executor_shared::{
-    WorkerId, WorkerStatus,
+    InstanceId, WorkerId, WorkerStatus,
     api::{
         ClaimedTask, CompleteTaskRequest, FailTaskRequest, HeartbeatRequest, HeartbeatResponse,
         NewLogEntry, RegisterWorkerRequest, ReportLogsRequest, Task, WorkerCapabilities,
@@ -148,7 +148,7 @@ impl Queue for LocalQueue {
                 .status
                 .map(Into::into)
                 .unwrap_or(task_executor_shared::TaskStatus::Failed),
-            error: req.error.clone(),
+            error: req.error.to_string(),
             result: req.result.clone(),
         };
         self.dispatcher
@@ -262,7 +262,7 @@ impl Supervisor {
         let settings = Settings {
             registration: RegisterWorkerRequest {
                 worker_id: WorkerId::parse(id.clone()).expect("internal worker ids are valid"),
-                backend_type: "kind".to_owned(),
+                backend_type: "kind".into(),
                 capabilities: WorkerCapabilities {
                     max_parallel_tasks: 1,
                     supported_problems: Vec::new(),
@@ -272,7 +272,7 @@ impl Supervisor {
                     "cluster": cluster,
                     "runner": format!("{:?}", self.env.runner.runner).to_lowercase(),
                 })),
-                instance_id: Some(self.env.instance_id.clone()),
+                instance_id: InstanceId::parse(self.env.instance_id.clone()).ok(),
             },
             clusters: vec![cluster],
             runner: self.env.runner.clone(),

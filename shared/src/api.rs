@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::{LogLevel, ProblemId, TaskStatus, WorkerId, WorkerStatus};
+use crate::{
+    InstanceId, LogLevel, ProblemGlob, ProblemId, TaskStatus, Text, WorkerId, WorkerStatus,
+};
 
 /// A free-form JSON object.
 pub type JsonObject = BTreeMap<String, Value>;
@@ -36,11 +38,11 @@ pub struct CreateTaskRequest {
     pub problem_id: ProblemId,
     /// Run parameters. `max_steps` (1-10000) and `timeout` (seconds, 1-604800) are filled in with the
     /// server's defaults when absent; `agent_config` and any other key are kept as given for the runner.
-    #[oai(default)]
+    #[oai(default, nullable)]
     #[serde(default)]
     pub parameters: JsonObject,
     /// Higher runs first; default 0.
-    #[oai(default)]
+    #[oai(default, nullable)]
     #[serde(default)]
     pub priority: i32,
 }
@@ -127,14 +129,15 @@ pub struct WorkerCapabilities {
     /// How many tasks the worker runs at once (1-256); default 1.
     #[oai(
         default = "default_parallel",
+        nullable,
         validator(minimum(value = "1"), maximum(value = "256"))
     )]
     #[serde(default = "default_parallel")]
     pub max_parallel_tasks: i32,
     /// Glob patterns (`*`, `?`) of the problem ids the worker takes; empty takes every problem.
-    #[oai(default, validator(max_items = 100))]
+    #[oai(default, nullable, validator(max_items = 100))]
     #[serde(default)]
-    pub supported_problems: Vec<String>,
+    pub supported_problems: Vec<ProblemGlob>,
 }
 
 fn default_parallel() -> i32 {
@@ -156,8 +159,8 @@ pub struct RegisterWorkerRequest {
     pub worker_id: WorkerId,
     /// Where the worker runs its tasks, e.g. `kind`.
     #[oai(validator(min_length = 1, max_length = 64))]
-    pub backend_type: String,
-    #[oai(default)]
+    pub backend_type: Text,
+    #[oai(default, nullable)]
     #[serde(default)]
     pub capabilities: WorkerCapabilities,
     /// Free-form facts about the worker (hostname, version, …).
@@ -166,12 +169,9 @@ pub struct RegisterWorkerRequest {
     /// Which process this is (1-128 visible characters), stable across its restarts: an id that a live
     /// process of another instance holds is refused (409 `worker_id_in_use`); the same instance takes over
     /// at once. Without one, registration always takes over.
-    #[oai(
-        nullable,
-        validator(min_length = 1, max_length = 128, pattern = r"^[\x21-\x7e]+$")
-    )]
+    #[oai(nullable)]
     #[serde(default)]
-    pub instance_id: Option<String>,
+    pub instance_id: Option<InstanceId>,
 }
 
 /// Answer to a registration.
@@ -212,8 +212,8 @@ pub struct HeartbeatRequest {
     /// The task the worker runs, for a worker of one slot.
     #[oai(nullable)]
     pub current_task_id: Option<Uuid>,
-    /// Every task the worker runs, for a worker of several slots.
-    #[oai(default)]
+    /// Every task the worker runs, for a worker of several slots (`null` is none).
+    #[oai(default, nullable)]
     #[serde(default)]
     pub running_task_ids: Vec<Uuid>,
 }
@@ -244,7 +244,7 @@ pub struct NewLogEntry {
     pub timestamp: Option<DateTime<Utc>>,
     pub level: LogLevel,
     #[oai(validator(max_length = 65536))]
-    pub message: String,
+    pub message: Text,
     #[oai(nullable)]
     pub context: Option<Value>,
 }
@@ -290,7 +290,7 @@ pub struct FailTaskRequest {
     /// The run's lease id, from the claim.
     pub lease_id: Uuid,
     #[oai(validator(max_length = 65536))]
-    pub error: String,
+    pub error: Text,
     #[oai(nullable)]
     pub status: Option<FailStatus>,
     /// Whatever partial result the runner produced; `error` is added to it.

@@ -123,6 +123,131 @@ checked_id!(
     "worker-001-kind"
 );
 
+checked_id!(
+    /// A `supported_problems` pattern: the characters of a problem id plus the wildcards `*` and `?`.
+    ProblemGlob,
+    validate::problem_glob,
+    r"^[A-Za-z0-9._*?-]+$",
+    validate::PROBLEM_ID_MAX,
+    "*-detection-*"
+);
+
+checked_id!(
+    /// The instance of a worker process: 1-128 visible ASCII characters, stable across its restarts.
+    InstanceId,
+    validate::instance_id,
+    r"^[\x21-\x7e]+$",
+    validate::INSTANCE_ID_MAX,
+    "3f2c8a1e-6b7d-4c55-9a0e-2f1d8c7b6a59"
+);
+
+/// A string that is a JSON string: poem-openapi's own `String` also accepts numbers and booleans (turning
+/// `5` into `"5"`), which the OpenAPI document does not allow. Length and pattern validators apply as to a
+/// `String`; it derefs to one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Text(String);
+
+impl Text {
+    pub fn into_inner(self) -> String {
+        self.0
+    }
+}
+
+impl std::ops::Deref for Text {
+    type Target = String;
+    fn deref(&self) -> &String {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Text {
+    fn deref_mut(&mut self) -> &mut String {
+        &mut self.0
+    }
+}
+
+impl AsRef<str> for Text {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Text {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<String> for Text {
+    fn from(s: String) -> Self {
+        Text(s)
+    }
+}
+
+impl From<&str> for Text {
+    fn from(s: &str) -> Self {
+        Text(s.to_owned())
+    }
+}
+
+impl From<Text> for String {
+    fn from(t: Text) -> Self {
+        t.0
+    }
+}
+
+impl PartialEq<str> for Text {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for Text {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl Type for Text {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = Self;
+    type RawElementValueType = Self;
+
+    fn name() -> Cow<'static, str> {
+        "string".into()
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        MetaSchemaRef::Inline(Box::new(MetaSchema::new("string")))
+    }
+
+    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
+        Some(self)
+    }
+
+    fn raw_element_iter<'a>(
+        &'a self,
+    ) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
+        Box::new(self.as_raw_value().into_iter())
+    }
+}
+
+impl ParseFromJSON for Text {
+    fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
+        match value {
+            Some(Value::String(s)) => Ok(Text(s)),
+            other => Err(ParseError::expected_type(other.unwrap_or_default())),
+        }
+    }
+}
+
+impl ToJSON for Text {
+    fn to_json(&self) -> Option<Value> {
+        Some(Value::String(self.0.clone()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,5 +265,12 @@ mod tests {
             "p-1"
         );
         assert!(serde_json::from_value::<WorkerId>(serde_json::json!("a/b")).is_err());
+        assert!(Text::parse_from_json(Some(serde_json::json!(5))).is_err());
+        assert!(Text::parse_from_json(Some(serde_json::json!(false))).is_err());
+        assert_eq!(
+            Text::parse_from_json(Some(serde_json::json!("x"))).unwrap(),
+            "x"
+        );
+        assert!(InstanceId::parse("has space").is_err());
     }
 }

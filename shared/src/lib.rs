@@ -16,5 +16,5 @@ pub mod testing;
 pub mod validate;
 pub mod worker;
 
-pub use ids::{ProblemId, WorkerId};
+pub use ids::{InstanceId, ProblemGlob, ProblemId, Text, WorkerId};
 pub use status::{LogLevel, TaskStatus, WorkerStatus};

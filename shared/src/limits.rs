@@ -152,7 +152,7 @@ mod tests {
         let mut e = NewLogEntry {
             timestamp: None,
             level: LogLevel::Info,
-            message: "é".repeat(MAX_MESSAGE_CHARS + 10),
+            message: "é".repeat(MAX_MESSAGE_CHARS + 10).into(),
             context: Some(json!({"big": "x".repeat(MAX_CONTEXT_BYTES * 2)})),
         };
         fit_entry(&mut e);

@@ -197,3 +197,133 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A PostgreSQL server of one test's own, which the test may stop and start again (a database outage),
+/// removed when dropped.
+pub struct OwnPostgres {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    pub port: u16,
+    /// A database on it, for the test.
+    pub url: String,
+}
+
+/// Runs a PostgreSQL binary, as the `postgres` user when this process is root (initdb refuses root).
+fn as_postgres(bin: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg(r#"if [ "$(id -u)" = 0 ]; then exec runuser -u postgres -- "$@"; else exec "$@"; fi"#)
+        .arg("sh")
+        .arg(bin)
+        .args(args);
+    c.output().expect("run a PostgreSQL binary")
+}
+
+impl OwnPostgres {
+    pub fn start() -> OwnPostgres {
+        let bin = pg_bin_dir();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let _ = Command::new("chmod").arg("755").arg(dir.path()).status();
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(r#"[ "$(id -u)" = 0 ] && chown postgres "$1" || true"#)
+            .arg("sh")
+            .arg(dir.path())
+            .status();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let data = dir.path().join("data");
+        let out = as_postgres(
+            &bin.join("initdb"),
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let pg = OwnPostgres {
+            url: format!("postgres://postgres@127.0.0.1:{port}/te"),
+            dir,
+            bin,
+            port,
+        };
+        pg.start_again();
+        let out = as_postgres(
+            &pg.bin.join("psql"),
+            &[
+                "-q",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                "postgres",
+                "-c",
+                "CREATE DATABASE te",
+                "postgres",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "createdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        pg
+    }
+
+    fn ctl(&self, args: &[&str]) {
+        let data = self.dir.path().join("data");
+        let mut all = vec!["-D", data.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let out = as_postgres(&self.bin.join("pg_ctl"), &all);
+        assert!(
+            out.status.success(),
+            "pg_ctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Stops the server (fast shutdown: connections are cut).
+    pub fn stop(&self) {
+        self.ctl(&["-m", "fast", "-w", "stop"]);
+    }
+
+    /// Starts it (again).
+    pub fn start_again(&self) {
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("server.log");
+        self.ctl(&["-l", log.to_str().unwrap(), "-o", &opts, "-w", "start"]);
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        let _ = as_postgres(
+            &self.bin.join("pg_ctl"),
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+        );
+    }
+}

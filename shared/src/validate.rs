@@ -34,6 +34,19 @@ pub fn worker_id(s: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The longest instance id accepted.
+pub const INSTANCE_ID_MAX: usize = 128;
+
+/// An instance id: 1-128 visible ASCII characters.
+pub fn instance_id(s: &str) -> Result<(), String> {
+    if s.is_empty() || s.len() > INSTANCE_ID_MAX || !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "instance_id must be 1-{INSTANCE_ID_MAX} visible ASCII characters"
+        ));
+    }
+    Ok(())
+}
+
 /// A `supported_problems` pattern: the characters of a problem id plus the wildcards `*` and `?`.
 pub fn problem_glob(s: &str) -> Result<(), String> {
     if s.is_empty()

@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 
 use serde_json::json;
 use task_executor_shared::{
-    WorkerId,
+    InstanceId, ProblemGlob, WorkerId,
     api::{RegisterWorkerRequest, WorkerCapabilities},
     worker::{Observer, Settings, Shutdown, Worker},
 };
@@ -41,10 +41,14 @@ impl Observer for Watch {
 fn registration(cfg: &Config, worker_id: WorkerId, instance_id: String) -> RegisterWorkerRequest {
     RegisterWorkerRequest {
         worker_id,
-        backend_type: cfg.backend_type.clone(),
+        backend_type: cfg.backend_type.clone().into(),
         capabilities: WorkerCapabilities {
             max_parallel_tasks: i32::from(cfg.max_parallel_tasks),
-            supported_problems: cfg.supported_problems.clone(),
+            supported_problems: cfg
+                .supported_problems
+                .iter()
+                .filter_map(|p| ProblemGlob::parse(p.as_str()).ok())
+                .collect(),
         },
         metadata: Some(json!({
             "hostname": nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()),
@@ -53,7 +57,7 @@ fn registration(cfg: &Config, worker_id: WorkerId, instance_id: String) -> Regis
             "clusters": cfg.clusters(),
             "pid": std::process::id(),
         })),
-        instance_id: Some(instance_id),
+        instance_id: InstanceId::parse(instance_id).ok(),
     }
 }
 

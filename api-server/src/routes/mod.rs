@@ -52,7 +52,8 @@ pub fn api_service(state: &AppState) -> OpenApiService<Apis, ()> {
     )
     .description(
         "Queues AIOpsLab problem runs in a database and hands them to workers that execute them and report \
-         logs and results. Every error is `{detail, type, request_id}`.",
+         logs and results. Every error is `{detail, type, request_id}`. No string anywhere (body or query) may \
+         contain the NUL character (`\\u0000`): the database cannot store it, so it is refused with 422.",
     )
 }
 

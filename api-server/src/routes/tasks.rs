@@ -63,7 +63,15 @@ impl TasksApi {
         )]
         idempotency_key: Header<Option<String>>,
         body: Json<CreateTaskRequest>,
+        raw: &poem::Request,
     ) -> Result<CreateResponse, ApiError> {
+        // A key that is not visible ASCII never reaches `idempotency_key` (it is not text): refuse it rather
+        // than create a task without the protection the client asked for.
+        if idempotency_key.0.is_none() && raw.headers().contains_key("idempotency-key") {
+            return Err(ApiError::validation(
+                "Idempotency-Key must be 1-255 visible ASCII characters",
+            ));
+        }
         let req = body.0;
         let parameters = params::effective(&req.parameters, self.state.config.param_defaults())
             .map_err(ApiError::validation)?;
@@ -112,7 +120,10 @@ impl TasksApi {
         )]
         limit: Query<u64>,
         /// Tasks skipped first, for paging.
-        #[oai(default, validator(maximum(value = "1000000000")))]
+        #[oai(
+            default,
+            validator(minimum(value = "0"), maximum(value = "1000000000"))
+        )]
         offset: Query<u64>,
     ) -> Result<Json<Vec<TaskSummary>>, ApiError> {
         let filter = ListFilter {
@@ -172,7 +183,10 @@ impl TasksApi {
         limit: Query<u64>,
         /// Entries skipped first, for paging: ask again with `offset` + `limit` until fewer than `limit`
         /// come back.
-        #[oai(default, validator(maximum(value = "1000000000")))]
+        #[oai(
+            default,
+            validator(minimum(value = "0"), maximum(value = "1000000000"))
+        )]
         offset: Query<u64>,
     ) -> Result<Json<Vec<LogEntry>>, ApiError> {
         let rows = logs::list(&self.state.db, task_id.0, level.0, limit.0, offset.0).await?;

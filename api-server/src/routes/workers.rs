@@ -174,7 +174,7 @@ impl WorkersApi {
         &self,
         worker_id: Path<WorkerId>,
         /// Seconds to wait for a task when none is available (0-60).
-        #[oai(default, validator(maximum(value = "60")))]
+        #[oai(default, validator(minimum(value = "0"), maximum(value = "60")))]
         wait_seconds: Query<u64>,
     ) -> Result<ClaimResponse, ApiError> {
         let claimed = self
@@ -269,7 +269,7 @@ impl WorkersApi {
             .unwrap_or(task_executor_shared::TaskStatus::Failed);
         let outcome = Outcome::Failed {
             status,
-            error: req.error,
+            error: req.error.into(),
             result: req.result,
         };
         let run = RunRef {

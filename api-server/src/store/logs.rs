@@ -58,7 +58,7 @@ pub async fn append_logs(
             .unwrap_or(at)),
         level: Set(e.level),
         severity: Set(e.level.severity()),
-        message: Set(e.message),
+        message: Set(e.message.into()),
         context: Set(e.context),
         attempt: Set(Some(attempt)),
         ..Default::default()

@@ -7,7 +7,7 @@ use sea_orm::{
     ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, FromQueryResult, QueryFilter,
     QueryOrder, QuerySelect, Set, SqlErr, TransactionTrait,
 };
-use task_executor_shared::{TaskStatus, WorkerStatus, api, validate};
+use task_executor_shared::{TaskStatus, WorkerStatus, api};
 
 use super::{
     StoreError, StoreResult,
@@ -103,16 +103,13 @@ pub async fn register(
     policy: &LeasePolicy,
 ) -> StoreResult<Registered> {
     let max_attempts = policy.max_attempts;
-    for pattern in &req.capabilities.supported_problems {
-        validate::problem_glob(pattern).map_err(StoreError::Invalid)?;
-    }
     let at = now();
     let id = req.worker_id.as_str();
     let txn = db.begin().await?;
     let existing = worker::Entity::find_by_id(id).one(&txn).await?;
     if let Some(w) = &existing
         && let Some(holder) = &w.instance_id
-        && req.instance_id.as_ref() != Some(holder)
+        && req.instance_id.as_ref().map(|i| i.as_str()) != Some(holder.as_str())
         && w.status != WorkerStatus::Offline
         && w.last_heartbeat + policy.heartbeat_timeout > at
     {
@@ -128,13 +125,13 @@ pub async fn register(
     }
     let mut model = worker::ActiveModel {
         id: Set(id.to_owned()),
-        backend_type: Set(req.backend_type.clone()),
+        backend_type: Set(req.backend_type.to_string()),
         status: Set(WorkerStatus::Idle),
         max_parallel_tasks: Set(req.capabilities.max_parallel_tasks),
         supported_problems: Set(serde_json::json!(req.capabilities.supported_problems)),
         metadata: Set(req.metadata.clone()),
         last_heartbeat: Set(at),
-        instance_id: Set(req.instance_id.clone()),
+        instance_id: Set(req.instance_id.as_ref().map(|i| i.to_string())),
         ..Default::default()
     };
     let created = existing.is_none();

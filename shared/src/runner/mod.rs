@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
-    LogLevel,
+    LogLevel, Text,
     api::{NewLogEntry, Task},
     params::TaskParams,
 };
@@ -214,7 +214,7 @@ pub(crate) fn entry(
     NewLogEntry {
         timestamp: Some(chrono::Utc::now()),
         level,
-        message: message.into(),
+        message: Text::from(message.into()),
         context,
     }
 }

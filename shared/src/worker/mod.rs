@@ -580,7 +580,7 @@ impl<Q: Queue> Worker<Q> {
                 Report::Fail(FailTaskRequest {
                     attempt,
                     lease_id,
-                    error,
+                    error: error.into(),
                     status: None,
                     result: result.map(|r| r.into_iter().collect()),
                 }),
@@ -590,7 +590,7 @@ impl<Q: Queue> Worker<Q> {
                 Report::Fail(FailTaskRequest {
                     attempt,
                     lease_id,
-                    error,
+                    error: error.into(),
                     status: Some(api::FailStatus::Timeout),
                     result: None,
                 }),

@@ -5,7 +5,7 @@ use std::{process::Stdio, time::Duration};
 
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
-use task_executor_shared::testing::{Backend, fresh_database};
+use task_executor_shared::testing::{Backend, OwnPostgres, fresh_database, wait_for};
 use tokio::process::Command;
 
 use crate::harness::{Server, daemon, daemon_bin, daemon_in, free_port, server_bin, signal, sim};
@@ -242,7 +242,178 @@ async fn a_second_replica_with_default_settings_refuses_to_start() {
         .await;
 }
 
+/// Every task completed, each by exactly one run (the simulation started once: no two runs, overlapping or
+/// not) and one outcome, attempt 1, and the workers' counters add up. A claim whose answer was lost on the
+/// way (a database that went away between its commit and its answer) may be given back uncounted before
+/// the run: that is not a run.
+async fn each_completed_exactly_once(server: &Server, tasks: &[Value]) {
+    for t in tasks {
+        let done = wait_for("every task completed", Duration::from_secs(120), || async {
+            let cur = server.task(t).await;
+            (cur["status"] == "completed").then_some(cur)
+        })
+        .await;
+        assert_eq!(done["attempt"], 1, "{done}");
+        let messages = log_messages(server, t).await;
+        let count = |prefix: &str| messages.iter().filter(|m| m.starts_with(prefix)).count();
+        assert_eq!(
+            count("[simulation] Simulated run"),
+            1,
+            "one run: {messages:?}"
+        );
+        assert_eq!(count("Task completed"), 1, "one outcome: {messages:?}");
+        assert_eq!(count("Task requeued"), 0, "{messages:?}");
+    }
+    let workers = server.get("/api/v1/workers").await;
+    let completed: i64 = workers
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["tasks_completed"].as_i64().unwrap())
+        .sum();
+    assert_eq!(completed, tasks.len() as i64, "{workers}");
+}
+
+/// The API server killed (SIGKILL) in the middle of runs and started again: the daemons' runs go on, their
+/// outcomes are delivered once it is back, nothing is lost or run twice.
+async fn killing_the_api_server_mid_run_loses_nothing(backend: Backend) {
+    let (db, _dir) = fresh_database(backend).await;
+    let mut server = Server::start(&db, &[]).await;
+    let _a = daemon(&server, "k-a", &[("MAX_PARALLEL_TASKS", "2")]);
+    let _b = daemon(&server, "k-b", &[("MAX_PARALLEL_TASKS", "2")]);
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        tasks.push(
+            server
+                .create(json!({"problem_id": format!("killed-{i}"), "parameters": sim(6, 300)}))
+                .await,
+        );
+    }
+    server
+        .until("runs under way", || async {
+            let h = server.get("/health").await;
+            (h["queue"]["running"].as_i64().unwrap() >= 2).then_some(())
+        })
+        .await;
+    signal(&server.child, Signal::SIGKILL);
+    let _ = server.child.wait().await;
+    server.spawn().await;
+    each_completed_exactly_once(&server, &tasks).await;
+}
+
+/// PostgreSQL stopped for 20 s in the middle of runs: the server answers 503 on /ready meanwhile and
+/// recovers without a restart; the runs' outcomes wait in the daemons; nothing is lost or run twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_mid_run_loses_nothing() {
+    let pg = tokio::task::spawn_blocking(OwnPostgres::start)
+        .await
+        .unwrap();
+    let server = Server::start(&pg.url, &[]).await;
+    let _a = daemon(&server, "o-a", &[("MAX_PARALLEL_TASKS", "2")]);
+    let _b = daemon(&server, "o-b", &[("MAX_PARALLEL_TASKS", "2")]);
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        tasks.push(
+            server
+                .create(json!({"problem_id": format!("outage-{i}"), "parameters": sim(10, 400)}))
+                .await,
+        );
+    }
+    server
+        .until("runs under way", || async {
+            let h = server.get("/health").await;
+            (h["queue"]["running"].as_i64().unwrap() >= 2).then_some(())
+        })
+        .await;
+    let stopped_at = std::time::Instant::now();
+    let pg = tokio::task::spawn_blocking(move || {
+        pg.stop();
+        pg
+    })
+    .await
+    .unwrap();
+    let ready = |server: &Server| {
+        let (client, url) = (server.client.clone(), server.url("/ready"));
+        async move {
+            client
+                .get(url)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .ok()
+        }
+    };
+    assert_eq!(
+        ready(&server).await,
+        Some(503),
+        "not ready while the database is down"
+    );
+    while stopped_at.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(ready(&server).await, Some(503));
+    let pg = tokio::task::spawn_blocking(move || {
+        pg.start_again();
+        pg
+    })
+    .await
+    .unwrap();
+    server
+        .until("ready again without a restart", || async {
+            (ready(&server).await == Some(200)).then_some(())
+        })
+        .await;
+    each_completed_exactly_once(&server, &tasks).await;
+    drop(pg);
+}
+
+/// Two API servers on one PostgreSQL database (the second with its own INTERNAL_WORKER_PREFIX, which it
+/// must have: see the test above), internal workers on both and a daemon on each: every task, created
+/// through either, completes exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_with_workers_on_both_complete_each_task_once() {
+    let (db, _dir) = fresh_database(Backend::Postgres).await;
+    let a = Server::start(
+        &db,
+        &[("NUM_INTERNAL_WORKERS", "2"), ("TASK_RUNNER", "simulate")],
+    )
+    .await;
+    let b = Server::start(
+        &db,
+        &[
+            ("NUM_INTERNAL_WORKERS", "2"),
+            ("TASK_RUNNER", "simulate"),
+            ("INTERNAL_WORKER_PREFIX", "replica-b"),
+        ],
+    )
+    .await;
+    let _da = daemon(&a, "on-a", &[("MAX_PARALLEL_TASKS", "2")]);
+    let _db = daemon(&b, "on-b", &[("MAX_PARALLEL_TASKS", "2")]);
+    let mut tasks = Vec::new();
+    for i in 0..30 {
+        let via = if i % 2 == 0 { &a } else { &b };
+        tasks.push(
+            via.create(json!({"problem_id": format!("replicas-{i}"), "parameters": sim(2, 50)}))
+                .await,
+        );
+    }
+    each_completed_exactly_once(&a, &tasks).await;
+    let workers = b.get("/api/v1/workers").await;
+    let busy: Vec<&str> = workers
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["tasks_completed"].as_i64().unwrap() > 0)
+        .map(|w| w["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        busy.len() >= 3,
+        "workers of both replicas took part: {busy:?}"
+    );
+}
+
 task_executor_shared::both_backends!(
+    killing_the_api_server_mid_run_loses_nothing,
     a_restarted_daemon_delivers_a_kept_outcome_instead_of_running_again,
     a_cut_off_daemon_stops_its_runs_itself,
     a_worker_id_in_use_is_refused_but_a_restart_takes_over,
