@@ -7,8 +7,11 @@ It writes JSON lines on stdout:
 {"event": "log", ...}, one {"event": "step", ...} per agent action, and once {"event": "result", ...}.
 
 The agent comes from parameters.agent_config:
-  {"agent": "my_module:MyAgent", ...}   a class of your own (constructed with the other keys when it accepts
-                                         them), with `async def get_action(self, state) -> str`;
+  {"agent": "NAME", ...}                 an agent by name: one the worker's operator listed in AIOPSLAB_AGENTS
+                                         (`name=module:Class,...`), or one of AIOpsLab's own clients (gpt, qwen,
+                                         deepseek, vllm, openrouter, generic); constructed with the other keys
+                                         when it accepts them. A task names an agent, never code: a name that is
+                                         not listed (a `module:Class` among them) is refused.
   {"model": "gpt-4o", "temperature": 0.7, "max_tokens": 1024}
                                          the built-in OpenAI-compatible chat agent, using OPENAI_API_KEY and
                                          OPENAI_BASE_URL (default https://api.openai.com/v1) from the environment.
@@ -102,13 +105,37 @@ class StepReporter:
         return getattr(self.inner, name)
 
 
+# AIOpsLab's own clients (its clients/ directory), by the names its registry gives them.
+AIOPSLAB_CLIENTS = {
+    "gpt": "clients.gpt:GPTAgent",
+    "qwen": "clients.qwen:QwenAgent",
+    "deepseek": "clients.deepseek:DeepSeekAgent",
+    "vllm": "clients.vllm:vLLMAgent",
+    "openrouter": "clients.openrouter:OpenRouterAgent",
+    "generic": "clients.generic_openai:GenericOpenAIAgent",
+}
+
+
+def registered_agents():
+    """The agents a task may name: AIOpsLab's clients, and what the operator listed in AIOPSLAB_AGENTS."""
+    agents = dict(AIOPSLAB_CLIENTS)
+    for item in filter(None, (os.environ.get("AIOPSLAB_AGENTS") or "").split(",")):
+        name, _, target = item.strip().partition("=")
+        agents[name] = target
+    return agents
+
+
 def build_agent(agent_config):
     config = dict(agent_config or {})
-    spec = config.pop("agent", None)
-    if spec:
-        module_name, _, class_name = spec.partition(":")
-        if not class_name:
-            raise SystemExit(f"agent_config.agent must be 'module:Class', got {spec!r}")
+    name = config.pop("agent", None)
+    if name is not None:
+        agents = registered_agents()
+        if not isinstance(name, str) or name not in agents:
+            raise SystemExit(
+                f"agent {name!r} is not registered on this worker: a task names an agent, never code. "
+                f"Known: {', '.join(sorted(agents))}. The worker's operator registers more with "
+                "AIOPSLAB_AGENTS=name=module:Class,...")
+        module_name, _, class_name = agents[name].partition(":")
         cls = getattr(importlib.import_module(module_name), class_name)
         try:
             return cls(**config)
@@ -116,7 +143,7 @@ def build_agent(agent_config):
             return cls()
     if not os.environ.get("OPENAI_API_KEY"):
         raise SystemExit("the built-in chat agent needs OPENAI_API_KEY in the runner's environment "
-                         "(or name your own agent class in agent_config.agent as 'module:Class')")
+                         "(or name a registered agent in agent_config.agent)")
     if "model" not in config:
         raise SystemExit("agent_config.model is required for the built-in chat agent")
     return ChatAgent(**config)

@@ -68,14 +68,16 @@ pub struct RunnerArgs {
     )]
     pub aiopslab_python: String,
 
-    /// For `aiopslab`: the bridge program shipped with the service.
-    #[arg(
-        global = true,
-        long,
-        env = "AIOPSLAB_BRIDGE",
-        default_value = "deploy/aiopslab_bridge.py"
-    )]
-    pub aiopslab_bridge: PathBuf,
+    /// For `aiopslab`: the bridge program. Default: the one built into this binary, written to a cache
+    /// directory at start, so the default works from any directory.
+    #[arg(global = true, long, env = "AIOPSLAB_BRIDGE")]
+    pub aiopslab_bridge: Option<PathBuf>,
+
+    /// For `aiopslab`: the agents tasks may name, as `name=module:Class` pairs, comma-separated (the
+    /// worker's operator's list; a task names an agent, never code). AIOpsLab's own clients are there by
+    /// their short names (gpt, qwen, deepseek, vllm, openrouter, generic) without being listed.
+    #[arg(global = true, long, env = "AIOPSLAB_AGENTS", value_delimiter = ',', value_parser = parse_agent)]
+    pub aiopslab_agents: Vec<String>,
 
     /// Seconds between SIGTERM and SIGKILL when a runner is stopped (cancel, timeout, shutdown).
     #[arg(
@@ -87,7 +89,78 @@ pub struct RunnerArgs {
     pub runner_kill_grace_seconds: u64,
 }
 
+/// One `name=module:Class` entry of `AIOPSLAB_AGENTS`.
+fn parse_agent(s: &str) -> Result<String, String> {
+    let ok = |part: &str, extra: &[char]| {
+        !part.is_empty()
+            && part
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || extra.contains(&c))
+    };
+    match s.split_once('=') {
+        Some((name, target))
+            if ok(name, &['-'])
+                && target
+                    .split_once(':')
+                    .is_some_and(|(module, class)| ok(module, &['.']) && ok(class, &[])) =>
+        {
+            Ok(s.to_owned())
+        }
+        _ => Err(format!(
+            "`{s}` is not `name=module:Class` (a name of letters, digits, '_' or '-'; a Python module path and class)"
+        )),
+    }
+}
+
+/// The AIOpsLab bridge built into the binaries.
+const EMBEDDED_BRIDGE: &str = include_str!("../../../deploy/aiopslab_bridge.py");
+
+/// Writes the built-in bridge to a cache directory (once per version of its text) and answers its path.
+fn embedded_bridge() -> Result<PathBuf, String> {
+    let dir = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("task-executor");
+    let path = dir.join(format!(
+        "aiopslab_bridge-{}-{:x}.py",
+        env!("CARGO_PKG_VERSION"),
+        EMBEDDED_BRIDGE.len()
+    ));
+    if std::fs::read_to_string(&path).ok().as_deref() != Some(EMBEDDED_BRIDGE) {
+        std::fs::create_dir_all(&dir)
+            .and_then(|()| {
+                let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+                std::fs::write(&tmp, EMBEDDED_BRIDGE)?;
+                std::fs::rename(&tmp, &path)
+            })
+            .map_err(|e| {
+                format!(
+                    "cannot write the built-in AIOpsLab bridge to {}: {e} (set AIOPSLAB_BRIDGE)",
+                    path.display()
+                )
+            })?;
+    }
+    Ok(path)
+}
+
 impl RunnerArgs {
+    /// The bridge the `aiopslab` runner runs: the configured one, else the built-in one.
+    pub fn bridge(&self) -> Result<PathBuf, String> {
+        match &self.aiopslab_bridge {
+            Some(p) => Ok(p.clone()),
+            None => embedded_bridge(),
+        }
+    }
+
+    /// Variables of the runner's environment that come from the worker's settings.
+    pub fn runner_env(&self) -> Vec<(&'static str, String)> {
+        match self.runner {
+            RunnerKind::Aiopslab => vec![("AIOPSLAB_AGENTS", self.aiopslab_agents.join(","))],
+            _ => Vec::new(),
+        }
+    }
+
     /// The program and arguments that run a task, or why there are none. `RUNNER_COMMAND` is split like a
     /// shell would split it (quotes keep spaces in an argument), but no shell ever runs it.
     pub fn program(&self) -> Result<Option<Vec<String>>, String> {
@@ -111,7 +184,7 @@ impl RunnerArgs {
             }
             RunnerKind::Aiopslab => Ok(Some(vec![
                 self.aiopslab_python.clone(),
-                self.aiopslab_bridge.display().to_string(),
+                self.bridge()?.display().to_string(),
             ])),
         }
     }
@@ -124,11 +197,14 @@ impl RunnerArgs {
         if which::which(&program[0]).is_err() {
             return Err(format!("runner program `{}` was not found", program[0]));
         }
-        if self.runner == RunnerKind::Aiopslab && !self.aiopslab_bridge.is_file() {
-            return Err(format!(
-                "the AIOpsLab bridge `{}` does not exist (set AIOPSLAB_BRIDGE)",
-                self.aiopslab_bridge.display()
-            ));
+        if self.runner == RunnerKind::Aiopslab {
+            let bridge = self.bridge()?;
+            if !bridge.is_file() {
+                return Err(format!(
+                    "the AIOpsLab bridge `{}` does not exist (set AIOPSLAB_BRIDGE)",
+                    bridge.display()
+                ));
+            }
         }
         Ok(())
     }
@@ -234,7 +310,17 @@ pub async fn execute(
         },
         Ok(None) => simulate::run(spec, deadline, control, logs).await,
         Ok(Some(program)) => {
-            process::run(&program, spec, deadline, control, logs, args.kill_grace()).await
+            let env = args.runner_env();
+            process::run(
+                &program,
+                &env,
+                spec,
+                deadline,
+                control,
+                logs,
+                args.kill_grace(),
+            )
+            .await
         }
     }
 }
@@ -279,7 +365,8 @@ mod tests {
             runner: RunnerKind::Exec,
             runner_command: Some(r#"/opt/harness --name "two words" 'x y' plain"#.to_owned()),
             aiopslab_python: "python3".to_owned(),
-            aiopslab_bridge: PathBuf::from("b.py"),
+            aiopslab_bridge: Some(PathBuf::from("b.py")),
+            aiopslab_agents: Vec::new(),
             runner_kill_grace_seconds: 1,
         };
         assert_eq!(
@@ -292,5 +379,38 @@ mod tests {
         assert!(args.check().is_ok(), "found on PATH");
         args.runner_command = Some("no-such-program-here".to_owned());
         assert!(args.check().unwrap_err().contains("was not found"));
+    }
+
+    #[test]
+    fn agents_are_names_for_classes() {
+        assert!(parse_agent("mine=my_pkg.agents:MyAgent").is_ok());
+        assert!(parse_agent("gpt-4o_custom=a:B").is_ok());
+        for bad in [
+            "mine",
+            "mine=pkg",
+            "=a:B",
+            "m=a:",
+            "m=a b:C",
+            "m=os:system;x",
+            "m=a:B.c",
+        ] {
+            assert!(parse_agent(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_built_in_bridge_is_written_where_it_can_run() {
+        let args = RunnerArgs {
+            runner: RunnerKind::Aiopslab,
+            runner_command: None,
+            aiopslab_python: "python3".to_owned(),
+            aiopslab_bridge: None,
+            aiopslab_agents: Vec::new(),
+            runner_kill_grace_seconds: 1,
+        };
+        let path = args.bridge().unwrap();
+        assert!(path.is_absolute() || path.starts_with(std::env::temp_dir()));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), EMBEDDED_BRIDGE);
+        assert_eq!(args.bridge().unwrap(), path, "written once, then reused");
     }
 }

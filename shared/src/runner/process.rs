@@ -132,6 +132,7 @@ enum Stop {
 
 pub(crate) async fn run(
     program: &[String],
+    env: &[(&'static str, String)],
     spec: &TaskSpec,
     deadline: Instant,
     control: &RunControl,
@@ -160,6 +161,7 @@ pub(crate) async fn run(
         .env("AIOPSLAB_CLUSTER", &spec.cluster)
         .env("TASK_PARAMETERS_FILE", &params_file.0)
         .env("PYTHONUNBUFFERED", "1")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -29,8 +29,11 @@ fn args(kind: RunnerKind) -> RunnerArgs {
             .join("python_with_fake_aiopslab.sh")
             .display()
             .to_string(),
-        aiopslab_bridge: PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../deploy/aiopslab_bridge.py"),
+        aiopslab_bridge: None,
+        aiopslab_agents: vec![
+            "scripted=fake_agent:ScriptedAgent".to_owned(),
+            "looper=fake_agent:Looper".to_owned(),
+        ],
         runner_kill_grace_seconds: 1,
     }
 }
@@ -385,7 +388,7 @@ async fn aiopslab_bridge_runs_a_problem_against_the_fake_package() {
     a.check().expect("the bridge and python are found");
     let s = spec(
         "misconfig_app_hotel_res-detection-1",
-        json!({"agent_config": {"agent": "fake_agent:ScriptedAgent", "answer": "Yes"}, "max_steps": 10}),
+        json!({"agent_config": {"agent": "scripted", "answer": "Yes"}, "max_steps": 10}),
     );
     let r = run(&a, &s).await;
     let RunOutcome::Completed { result } = &r.outcome else {
@@ -416,7 +419,7 @@ async fn aiopslab_bridge_runs_a_problem_against_the_fake_package() {
 
     let wrong = spec(
         "p-detection-1",
-        json!({"agent_config": {"agent": "fake_agent:ScriptedAgent", "answer": "No"}}),
+        json!({"agent_config": {"agent": "scripted", "answer": "No"}}),
     );
     let r = run(&a, &wrong).await;
     let RunOutcome::Completed { result } = &r.outcome else {
@@ -427,7 +430,7 @@ async fn aiopslab_bridge_runs_a_problem_against_the_fake_package() {
 
     let looping = spec(
         "p",
-        json!({"agent_config": {"agent": "fake_agent:Looper"}, "max_steps": 4}),
+        json!({"agent_config": {"agent": "looper"}, "max_steps": 4}),
     );
     let r = run(&a, &looping).await;
     let RunOutcome::Completed { result } = &r.outcome else {
@@ -438,7 +441,7 @@ async fn aiopslab_bridge_runs_a_problem_against_the_fake_package() {
 
     let unknown = spec(
         "unknown-problem",
-        json!({"agent_config": {"agent": "fake_agent:ScriptedAgent"}}),
+        json!({"agent_config": {"agent": "scripted"}}),
     );
     let r = run(&a, &unknown).await;
     let RunOutcome::Failed { error, .. } = &r.outcome else {
@@ -448,6 +451,33 @@ async fn aiopslab_bridge_runs_a_problem_against_the_fake_package() {
         error.contains("exited with status 1") && error.contains("not found"),
         "{error}"
     );
+}
+
+/// A task names an agent the worker's operator registered, never code: a `module:Class` (here one that
+/// would run a shell command) or an unlisted name fails the run with a clear error, and nothing is imported.
+#[tokio::test]
+async fn aiopslab_bridge_refuses_agents_that_are_not_registered() {
+    let a = args(RunnerKind::Aiopslab);
+    for agent in [
+        "fake_agent:ScriptedAgent",
+        "subprocess:run",
+        "os:system",
+        "not-listed",
+    ] {
+        let s = spec("p-detection-1", json!({"agent_config": {"agent": agent}}));
+        let r = run(&a, &s).await;
+        let RunOutcome::Failed { error, .. } = &r.outcome else {
+            panic!("{agent}: {:?}", r.outcome)
+        };
+        assert!(
+            error.contains("is not registered on this worker") && error.contains("AIOPSLAB_AGENTS"),
+            "{agent}: {error}"
+        );
+        assert!(
+            error.contains("scripted"),
+            "the known agents are named: {error}"
+        );
+    }
 }
 
 #[tokio::test]
