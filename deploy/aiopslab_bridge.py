@@ -15,24 +15,143 @@ The agent comes from parameters.agent_config:
   {"model": "gpt-4o", "temperature": 0.7, "max_tokens": 1024}
                                          the built-in OpenAI-compatible chat agent, using OPENAI_API_KEY and
                                          OPENAI_BASE_URL (default https://api.openai.com/v1) from the environment.
-Each run drives the kind cluster named by AIOPSLAB_CLUSTER (AIOpsLab uses the kube context kind-$AIOPSLAB_CLUSTER).
+Each run drives the kind cluster named by AIOPSLAB_CLUSTER, and only it:
+  - a kubeconfig of the run's own, whose current context is kind-$AIOPSLAB_CLUSTER (`kind get kubeconfig`, or a
+    copy of the user's with that context), is the run's KUBECONFIG: AIOpsLab's shell commands (kubectl, helm,
+    its deployments and fault injectors) and its Python client (which loads kind-$AIOPSLAB_CLUSTER) agree;
+  - AIOpsLab's Shell sends a kind host's commands to the container `kind-control-plane`; in this process it sends
+    them to `$AIOPSLAB_CLUSTER-control-plane`, the node container of this run's cluster;
+  - the context must answer before the problem starts; otherwise the run fails at once (exit 4).
+On SIGTERM (cancel, timeout, a stopping worker) the run stops: the injected fault is recovered and the
+application cleaned up, as AIOpsLab's own exit path does, then the bridge exits (143). A run killed before it
+could clean up leaves its cluster marked, and the next run on that cluster cleans up first.
 """
 
 import asyncio
+import atexit
 import importlib
 import inspect
 import json
 import os
+import shutil
+import signal
+import subprocess
 import sys
+import tempfile
 import traceback
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 INSTALL_HINT = (
     "AIOpsLab is not importable by {python}. Install it into that interpreter, e.g. "
     "`git clone https://github.com/microsoft/AIOpsLab && cd AIOpsLab && pip install -e .` "
     "(or set AIOPSLAB_PYTHON to the python of the environment that has it, such as its poetry venv)."
 )
+
+
+class Stopped(Exception):
+    """SIGTERM: the run is being stopped from outside."""
+
+
+class Unusable(Exception):
+    """The worker cannot run problems here (its cluster is missing or does not answer)."""
+
+
+def on_sigterm(signum, frame):
+    # Once: a second signal must not interrupt the clean-up (SIGKILL ends it after the grace period).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Stopped()
+
+
+def prepare_cluster(cluster):
+    """Makes this run's KUBECONFIG one whose current context is kind-<cluster>, and checks that it answers."""
+    fd, path = tempfile.mkstemp(prefix=f"kubeconfig-{cluster}-", suffix=".yaml")
+    os.close(fd)
+    atexit.register(lambda: os.path.exists(path) and os.unlink(path))
+    context = f"kind-{cluster}"
+    if shutil.which("kind"):
+        out = subprocess.run(["kind", "get", "kubeconfig", "--name", cluster],
+                             capture_output=True, text=True, timeout=60)
+        if out.returncode != 0:
+            raise Unusable(f"kind cluster {cluster!r} is not available ({out.stderr.strip()}): create it with "
+                           f"`kind create cluster --name {cluster}`, or give this worker another one")
+        Path(path).write_text(out.stdout)
+    else:
+        source = (os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")).split(os.pathsep)[0]
+        if not os.path.isfile(source):
+            raise Unusable(f"neither `kind` nor a kubeconfig ({source}) is there to reach cluster {cluster!r}")
+        shutil.copyfile(source, path)
+        out = subprocess.run(["kubectl", "config", "use-context", context, "--kubeconfig", path],
+                             capture_output=True, text=True, timeout=60)
+        if out.returncode != 0:
+            raise Unusable(f"the kubeconfig {source} has no context {context}: {out.stderr.strip()}")
+    os.environ["KUBECONFIG"] = path
+    try:
+        out = subprocess.run(["kubectl", "--context", context, "cluster-info"],
+                             capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise Unusable(f"the kube context {context} does not answer: {e}") from e
+    if out.returncode != 0:
+        raise Unusable(f"the kube context {context} does not answer: {(out.stderr or out.stdout).strip()}")
+    log("info", f"this run drives kind cluster {cluster} (context {context}, container {cluster}-control-plane)",
+        cluster=cluster, kubeconfig=path)
+
+
+def target_cluster_shell(cluster):
+    """AIOpsLab's Shell sends a kind host's commands to `kind-control-plane`; the node container of a kind
+    cluster named X is `X-control-plane`. In this process only, it sends them to this run's cluster."""
+    from aiopslab.paths import config
+    from aiopslab.service.shell import Shell
+    original = Shell.exec
+    container = f"{cluster}-control-plane"
+
+    def exec_on_this_cluster(command, input_data=None, cwd=None, timeout=30):
+        if config.get("k8s_host", "localhost") == "kind":
+            return Shell.docker_exec(container, command, timeout=timeout)
+        return original(command, input_data, cwd, timeout)
+
+    Shell.exec = staticmethod(exec_on_this_cluster)
+
+
+def marker(cluster):
+    """Where a run on `cluster` notes the problem it set up until it has cleaned up after it."""
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(state) / "task-executor" / "clusters" / f"{cluster or 'default'}.json"
+
+
+def clean_up(prob, orch_module=None):
+    """Recovers the injected fault and cleans the application up; says what was done."""
+    done = []
+    try:
+        prob.recover_fault()
+        done.append("fault recovered")
+    except Exception as e:  # noqa: BLE001 - report, go on with the clean-up
+        done.append(f"fault recovery failed: {e}")
+    cleanup_fault = getattr(orch_module, "exit_cleanup_fault", None)
+    if cleanup_fault is not None:
+        atexit.unregister(cleanup_fault)
+    try:
+        prob.app.cleanup()
+        done.append("application cleaned up")
+    except Exception as e:  # noqa: BLE001
+        done.append(f"application clean-up failed: {e}")
+    return done
+
+
+def clean_leftovers(cluster):
+    """A run killed before it cleaned up left its cluster marked: clean up after it before starting."""
+    m = marker(cluster)
+    if not m.exists():
+        return
+    left = json.loads(m.read_text())
+    pid = left.get("problem_id")
+    log("warning", f"the last run on cluster {cluster} ({pid}) was killed before it cleaned up: cleaning up first",
+        left_by=left)
+    from aiopslab.orchestrator.problems.registry import ProblemRegistry
+    done = clean_up(ProblemRegistry().get_problem_instance(pid))
+    log("info", f"clean-up of the last run on cluster {cluster}: {', '.join(done)}", problem_id=pid)
+    m.unlink()
 
 
 def emit(obj):
@@ -169,6 +288,7 @@ def main():
     max_steps = int(os.environ.get("MAX_STEPS", "30"))
     params = task_parameters()
     cluster = os.environ.get("AIOPSLAB_CLUSTER", "")
+    signal.signal(signal.SIGTERM, on_sigterm)
     try:
         from aiopslab.orchestrator import Orchestrator
     except ImportError as e:
@@ -176,16 +296,40 @@ def main():
         log("critical", message)
         print(message, file=sys.stderr)
         return 3
+    if cluster:
+        try:
+            prepare_cluster(cluster)
+            target_cluster_shell(cluster)
+            clean_leftovers(cluster)
+        except Unusable as e:
+            log("critical", str(e), cluster=cluster)
+            print(e, file=sys.stderr)
+            return 4
 
     agent = StepReporter(build_agent(params.get("agent_config")))
     log("info", f"AIOpsLab run of {problem_id} on kind cluster {cluster or '(default)'}",
         cluster=cluster, max_steps=max_steps)
     orch = Orchestrator()
     orch.register_agent(agent, name=(params.get("agent_config") or {}).get("name", "task-executor-agent"))
-    problem_desc, instructions, apis = orch.init_problem(problem_id)
-    agent.init_context(problem_desc, instructions, apis)
-    log("info", "problem initialised: application deployed, fault injected")
-    session = asyncio.run(orch.start_problem(max_steps=max_steps))
+    mark = marker(cluster)
+    mark.parent.mkdir(parents=True, exist_ok=True)
+    mark.write_text(json.dumps({"problem_id": problem_id, "task_id": os.environ.get("TASK_ID")}))
+    try:
+        problem_desc, instructions, apis = orch.init_problem(problem_id)
+        agent.init_context(problem_desc, instructions, apis)
+        log("info", "problem initialised: application deployed, fault injected")
+        session = asyncio.run(orch.start_problem(max_steps=max_steps))
+    except BaseException as e:
+        # Stopped (SIGTERM) or failed: recover the fault and clean up, as AIOpsLab's own exit path does.
+        prob = getattr(getattr(orch, "session", None), "problem", None)
+        done = clean_up(prob, sys.modules.get(type(orch).__module__)) if prob is not None else ["nothing set up yet"]
+        mark.unlink(missing_ok=True)
+        if isinstance(e, Stopped):
+            log("warning", f"stopped: {', '.join(done)}", cluster=cluster)
+            return 143
+        log("error", f"the run failed; {', '.join(done)}", cluster=cluster)
+        raise
+    mark.unlink(missing_ok=True)
     results = (session or {}).get("results") or {}
     success = success_of(results)
     metrics = dict(results)

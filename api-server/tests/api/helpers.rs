@@ -59,7 +59,7 @@ impl TestApp {
         config.auto_start_workers = false;
         config.runner.runner = RunnerKind::Simulate;
         config.runner.runner_command = Some(fixture("runner.sh"));
-        config.runner.runner_kill_grace_seconds = 1;
+        config.runner.runner_kill_grace_seconds = Some(1);
         tweak(&mut config);
         let app = Application::build(config)
             .await

@@ -118,7 +118,7 @@ async fn a_start_during_a_stop_waits_for_it(backend: Backend) {
         c.auto_start_workers = true;
         c.num_internal_workers = 1;
         c.runner.runner = RunnerKind::Exec;
-        c.runner.runner_kill_grace_seconds = 2;
+        c.runner.runner_kill_grace_seconds = Some(2);
     })
     .await;
     let dir = tempfile::tempdir().unwrap();

@@ -79,14 +79,11 @@ pub struct RunnerArgs {
     #[arg(global = true, long, env = "AIOPSLAB_AGENTS", value_delimiter = ',', value_parser = parse_agent)]
     pub aiopslab_agents: Vec<String>,
 
-    /// Seconds between SIGTERM and SIGKILL when a runner is stopped (cancel, timeout, shutdown).
-    #[arg(
-        global = true,
-        long,
-        env = "RUNNER_KILL_GRACE_SECONDS",
-        default_value_t = 10
-    )]
-    pub runner_kill_grace_seconds: u64,
+    /// Seconds between SIGTERM and SIGKILL when a runner is stopped (cancel, timeout, shutdown). Default:
+    /// 120 for `aiopslab` (its bridge recovers the injected fault and cleans the application up on SIGTERM),
+    /// 10 for the others.
+    #[arg(global = true, long, env = "RUNNER_KILL_GRACE_SECONDS")]
+    pub runner_kill_grace_seconds: Option<u64>,
 }
 
 /// One `name=module:Class` entry of `AIOPSLAB_AGENTS`.
@@ -210,7 +207,10 @@ impl RunnerArgs {
     }
 
     pub fn kill_grace(&self) -> Duration {
-        Duration::from_secs(self.runner_kill_grace_seconds)
+        Duration::from_secs(self.runner_kill_grace_seconds.unwrap_or(match self.runner {
+            RunnerKind::Aiopslab => 120,
+            _ => 10,
+        }))
     }
 }
 
@@ -367,7 +367,7 @@ mod tests {
             aiopslab_python: "python3".to_owned(),
             aiopslab_bridge: Some(PathBuf::from("b.py")),
             aiopslab_agents: Vec::new(),
-            runner_kill_grace_seconds: 1,
+            runner_kill_grace_seconds: Some(1),
         };
         assert_eq!(
             args.program().unwrap().unwrap(),
@@ -406,7 +406,7 @@ mod tests {
             aiopslab_python: "python3".to_owned(),
             aiopslab_bridge: None,
             aiopslab_agents: Vec::new(),
-            runner_kill_grace_seconds: 1,
+            runner_kill_grace_seconds: Some(1),
         };
         let path = args.bridge().unwrap();
         assert!(path.is_absolute() || path.starts_with(std::env::temp_dir()));

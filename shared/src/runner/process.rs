@@ -255,7 +255,26 @@ pub(crate) async fn run(
     };
 
     if stop.is_some() && exit.is_none() {
-        exit = stop_group(&mut child, pgid, grace).await;
+        // SIGTERM, and what the runner says while it stops (what it cleaned up) is still logged.
+        let stopping = stop_group(&mut child, pgid, grace);
+        tokio::pin!(stopping);
+        exit = loop {
+            tokio::select! {
+                status = &mut stopping => break status,
+                line = stdout.next_line(), if out_open => match line {
+                    Ok(Some(line)) => {
+                        if let Event::Log(e) = protocol::parse_line(&line) {
+                            logs.send(e);
+                        }
+                    }
+                    _ => out_open = false,
+                },
+                line = stderr.next_line(), if err_open => match line {
+                    Ok(Some(line)) => logs.send(entry(LogLevel::Warning, line, Some(serde_json::json!({"stream": "stderr"})))),
+                    _ => err_open = false,
+                },
+            }
+        };
     }
     // Whatever the runner left behind in its group goes too.
     if let Some(pgid) = pgid {

@@ -33,8 +33,9 @@ fn args(kind: RunnerKind) -> RunnerArgs {
         aiopslab_agents: vec![
             "scripted=fake_agent:ScriptedAgent".to_owned(),
             "looper=fake_agent:Looper".to_owned(),
+            "sleeper=fake_agent:Sleeper".to_owned(),
         ],
-        runner_kill_grace_seconds: 1,
+        runner_kill_grace_seconds: Some(1),
     }
 }
 
@@ -531,4 +532,206 @@ async fn aiopslab_bridge_chat_agent_needs_an_api_key() {
         panic!("{:?}", r.outcome)
     };
     assert!(error.contains("OPENAI_API_KEY"), "{error}");
+}
+
+/// What the fake AIOpsLab and its fake kubectl, helm and docker recorded for a run.
+fn record_of(spec: &TaskSpec) -> Vec<String> {
+    std::fs::read_to_string(format!("/tmp/fake-aiopslab-{}.log", spec.task_id))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn on_cluster(problem: &str, parameters: Value, cluster: &str) -> TaskSpec {
+    let mut s = spec(problem, parameters);
+    s.cluster = cluster.to_owned();
+    s
+}
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+}
+
+/// Two runs at once on two clusters: each one's kubectl and helm act on its own context (its KUBECONFIG's
+/// current context), its agent's commands go to its own node container, its Python client loads its own
+/// context, and neither touches the other's.
+#[tokio::test]
+async fn parallel_aiopslab_runs_each_touch_only_their_own_cluster() {
+    let a = args(RunnerKind::Aiopslab);
+    let agent = json!({"agent_config": {"agent": "scripted", "answer": "Yes"}});
+    let (one, two) = (unique("par-a"), unique("par-b"));
+    let s1 = on_cluster("p1-detection-1", agent.clone(), &one);
+    let s2 = on_cluster("p2-detection-1", agent, &two);
+    let (r1, r2) = tokio::join!(run(&a, &s1), run(&a, &s2));
+    for (r, s, mine, other) in [(&r1, &s1, &one, &two), (&r2, &s2, &two, &one)] {
+        assert!(
+            matches!(r.outcome, RunOutcome::Completed { .. }),
+            "{:?} {:?}",
+            r.outcome,
+            messages(r)
+        );
+        let record = record_of(s);
+        assert!(
+            record.contains(&format!("client-context kind-{mine}")),
+            "{record:?}"
+        );
+        let kubectl: Vec<&String> = record
+            .iter()
+            .filter(|l| l.starts_with("kubectl "))
+            .collect();
+        let helm: Vec<&String> = record.iter().filter(|l| l.starts_with("helm ")).collect();
+        let docker: Vec<&String> = record.iter().filter(|l| l.starts_with("docker ")).collect();
+        assert!(
+            !kubectl.is_empty() && !helm.is_empty() && docker.len() == 2,
+            "{record:?}"
+        );
+        for l in kubectl.iter().chain(&helm) {
+            assert!(l.split(' ').nth(1) == Some(&format!("kind-{mine}")), "{l}");
+        }
+        for l in &docker {
+            assert_eq!(**l, format!("docker exec {mine}-control-plane"));
+        }
+        assert!(
+            !record.iter().any(|l| l.contains(other.as_str())),
+            "{record:?}"
+        );
+    }
+}
+
+/// A run stopped from outside (SIGTERM: cancel, timeout, a stopping worker) recovers its fault and cleans the
+/// application up before it exits, and says so.
+#[tokio::test]
+async fn a_cancelled_aiopslab_run_recovers_its_fault_and_cleans_up() {
+    let a = args(RunnerKind::Aiopslab);
+    let cluster = unique("stop");
+    let s = on_cluster(
+        "stop-detection-1",
+        json!({"agent_config": {"agent": "sleeper"}, "max_steps": 1000}),
+        &cluster,
+    );
+    let control = RunControl::default();
+    let cancel = control.cancel.clone();
+    let watched = s.clone();
+    tokio::spawn(async move {
+        while !record_of(&watched).iter().any(|l| l.starts_with("inject ")) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        cancel.cancel();
+    });
+    let r = run_with(&a, &s, Duration::from_secs(60), control).await;
+    assert_eq!(r.outcome, RunOutcome::Cancelled);
+    let record = record_of(&s);
+    let at = |prefix: &str| record.iter().position(|l| l.starts_with(prefix));
+    let (inject, recover, cleanup) = (at("inject "), at("recover "), at("cleanup "));
+    assert!(
+        inject.is_some() && recover > inject && cleanup > recover,
+        "{record:?}"
+    );
+    assert!(
+        messages(&r)
+            .iter()
+            .any(|m| m.contains("stopped: fault recovered, application cleaned up")),
+        "{:?}",
+        messages(&r)
+    );
+}
+
+/// A run killed (SIGKILL) before it could clean up leaves its cluster marked; the next run on that cluster
+/// recovers the fault and cleans the application up first.
+#[tokio::test]
+async fn the_run_after_a_killed_one_cleans_up_first() {
+    let a = args(RunnerKind::Aiopslab);
+    let cluster = unique("killed");
+    let s = on_cluster(
+        "killed-detection-1",
+        json!({"agent_config": {"agent": "sleeper"}, "max_steps": 1000}),
+        &cluster,
+    );
+    let watched = s.clone();
+    tokio::spawn(async move {
+        loop {
+            if let Some(pid) = record_of(&watched)
+                .iter()
+                .find(|l| l.starts_with("inject "))
+                .and_then(|l| l.rsplit(' ').next().and_then(|p| p.parse::<i32>().ok()))
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let r = run(&a, &s).await;
+    assert!(
+        matches!(&r.outcome, RunOutcome::Failed { error, .. } if error.contains("signal 9")),
+        "{:?}",
+        r.outcome
+    );
+    assert!(
+        !record_of(&s).iter().any(|l| l.starts_with("cleanup ")),
+        "killed before it could clean up"
+    );
+
+    let next = on_cluster(
+        "next-detection-1",
+        json!({"agent_config": {"agent": "scripted"}}),
+        &cluster,
+    );
+    let r = run(&a, &next).await;
+    assert!(
+        matches!(r.outcome, RunOutcome::Completed { .. }),
+        "{:?}",
+        r.outcome
+    );
+    let record = record_of(&next);
+    let at = |line: &str| record.iter().position(|l| l == line);
+    let first = (
+        at("recover killed-detection-1"),
+        at("cleanup killed-detection-1"),
+    );
+    let own = record
+        .iter()
+        .position(|l| l.starts_with("inject next-detection-1"));
+    assert!(
+        first.0.is_some() && first.1 > first.0 && own > first.1,
+        "cleaned up first: {record:?}"
+    );
+    assert!(
+        messages(&r)
+            .iter()
+            .any(|m| m.contains("was killed before it cleaned up")),
+        "{:?}",
+        messages(&r)
+    );
+}
+
+/// A cluster that is missing fails the run at once with a message that says so (exit status 4).
+#[tokio::test]
+async fn an_aiopslab_run_on_a_missing_cluster_fails_clearly() {
+    let a = args(RunnerKind::Aiopslab);
+    let s = on_cluster(
+        "p-detection-1",
+        json!({"agent_config": {"agent": "scripted"}}),
+        &unique("missing"),
+    );
+    let r = run(&a, &s).await;
+    let RunOutcome::Failed { error, .. } = &r.outcome else {
+        panic!("{:?}", r.outcome)
+    };
+    assert!(
+        error.contains("exited with status 4") && error.contains("is not available"),
+        "{error}"
+    );
+    assert!(
+        !record_of(&s).iter().any(|l| l.starts_with("inject ")),
+        "nothing was set up"
+    );
 }
