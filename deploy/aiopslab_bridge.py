@@ -22,6 +22,8 @@ Each run drives the kind cluster named by AIOPSLAB_CLUSTER, and only it:
   - AIOpsLab's Shell sends a kind host's commands to the container `kind-control-plane`; in this process it sends
     them to `$AIOPSLAB_CLUSTER-control-plane`, the node container of this run's cluster;
   - the context must answer before the problem starts; otherwise the run fails at once (exit 4).
+With `--check`, it only checks that it could run here (AIOpsLab importable: else exit 3; the cluster there and
+answering: else exit 4) and exits 0; workers run that check before claiming.
 On SIGTERM (cancel, timeout, a stopping worker) the run stops: the injected fault is recovered and the
 application cleaned up, as AIOpsLab's own exit path does, then the bridge exits (143). A run killed before it
 could clean up leaves its cluster marked, and the next run on that cluster cleans up first.
@@ -284,7 +286,7 @@ def task_parameters():
 
 
 def main():
-    problem_id = os.environ["PROBLEM_ID"]
+    problem_id = os.environ.get("PROBLEM_ID", "")
     max_steps = int(os.environ.get("MAX_STEPS", "30"))
     params = task_parameters()
     cluster = os.environ.get("AIOPSLAB_CLUSTER", "")
@@ -299,12 +301,16 @@ def main():
     if cluster:
         try:
             prepare_cluster(cluster)
+            if "--check" in sys.argv[1:]:
+                return 0
             target_cluster_shell(cluster)
             clean_leftovers(cluster)
         except Unusable as e:
             log("critical", str(e), cluster=cluster)
             print(e, file=sys.stderr)
             return 4
+    if "--check" in sys.argv[1:]:
+        return 0
 
     agent = StepReporter(build_agent(params.get("agent_config")))
     log("info", f"AIOpsLab run of {problem_id} on kind cluster {cluster or '(default)'}",

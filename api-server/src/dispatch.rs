@@ -202,9 +202,14 @@ impl Dispatcher {
     }
 
     /// A run its worker stopped goes back to the queue, attempt not counted.
-    pub async fn release(&self, task_id: Uuid, run: RunRef<'_>) -> StoreResult<task::Model> {
+    pub async fn release(
+        &self,
+        task_id: Uuid,
+        run: RunRef<'_>,
+        why: Option<&str>,
+    ) -> StoreResult<task::Model> {
         let worker_id = run.worker_id;
-        let t = queue::give_back(&self.db, task_id, run, &self.lease).await?;
+        let t = queue::give_back(&self.db, task_id, run, &self.lease, why).await?;
         tracing::info!(task_id = %t.id, worker_id = %worker_id, "task released by its worker");
         self.metrics.tasks_requeued(1, "worker_stopping");
         self.wake();

@@ -163,9 +163,10 @@ impl Queue for LocalQueue {
         task_id: Uuid,
         attempt: i32,
         lease_id: Uuid,
+        reason: Option<&str>,
     ) -> Result<Task, QueueError> {
         self.dispatcher
-            .release(task_id, self.run(attempt, lease_id))
+            .release(task_id, self.run(attempt, lease_id), reason)
             .await
             .map(Into::into)
             .map_err(queue_error)

@@ -8,6 +8,7 @@ mod m20261126_000001_create_tables;
 mod m20261126_000002_task_leases;
 mod m20261126_000003_worker_instances;
 mod m20261126_000004_log_caps;
+mod m20261126_000005_worker_status_reason;
 
 pub struct Migrator;
 
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000002_task_leases::Migration),
             Box::new(m20261126_000003_worker_instances::Migration),
             Box::new(m20261126_000004_log_caps::Migration),
+            Box::new(m20261126_000005_worker_status_reason::Migration),
         ]
     }
 }

@@ -192,6 +192,9 @@ pub struct Worker {
     pub id: String,
     pub backend_type: String,
     pub status: WorkerStatus,
+    /// Why it is `degraded` (its runner cannot run problems now), else null.
+    #[oai(nullable)]
+    pub status_reason: Option<String>,
     pub last_heartbeat: DateTime<Utc>,
     pub registered_at: DateTime<Utc>,
     pub capabilities: WorkerCapabilities,
@@ -212,6 +215,10 @@ pub struct HeartbeatRequest {
     /// The task the worker runs, for a worker of one slot.
     #[oai(nullable)]
     pub current_task_id: Option<Uuid>,
+    /// With `status: "degraded"`: why the worker's runner cannot run problems now.
+    #[oai(nullable, validator(max_length = 2000))]
+    #[serde(default)]
+    pub reason: Option<Text>,
     /// Every task the worker runs, for a worker of several slots (`null` is none).
     #[oai(default, nullable)]
     #[serde(default)]
@@ -304,4 +311,8 @@ pub struct ReleaseTaskRequest {
     pub attempt: i32,
     /// The run's lease id, from the claim.
     pub lease_id: Uuid,
+    /// Why the run is given back, when not because the worker stops (e.g. its runner cannot run here).
+    #[oai(nullable, validator(max_length = 2000))]
+    #[serde(default)]
+    pub reason: Option<Text>,
 }

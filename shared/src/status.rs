@@ -82,11 +82,14 @@ state_enum! {
     /// What a worker is doing, as the server sees it. `busy` and `idle` are derived from the tasks the worker
     /// holds; `offline` from a stale heartbeat or the worker saying so. `stopping` is a worker that finishes
     /// its tasks before it goes away (an internal worker scaled down or drained, a daemon draining).
+    /// `degraded` is a worker whose runner cannot run problems now (it claims nothing meanwhile; the reason
+    /// is shown with it).
     pub enum WorkerStatus {
         Idle,
         Busy,
         Offline,
         Stopping,
+        Degraded,
     }
 }
 

@@ -182,10 +182,20 @@ impl Queue for Client {
             .await
     }
 
-    async fn release(&self, task: Uuid, attempt: i32, lease_id: Uuid) -> Result<Task, QueueError> {
+    async fn release(
+        &self,
+        task: Uuid,
+        attempt: i32,
+        lease_id: Uuid,
+        reason: Option<&str>,
+    ) -> Result<Task, QueueError> {
         self.post(
             self.url(&format!("/tasks/{task}/release")),
-            &api::ReleaseTaskRequest { attempt, lease_id },
+            &api::ReleaseTaskRequest {
+                attempt,
+                lease_id,
+                reason: reason.map(Into::into),
+            },
         )
         .await
     }

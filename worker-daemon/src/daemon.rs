@@ -36,6 +36,11 @@ impl Observer for Watch {
     fn backlog(&self, delta: i64) {
         self.metrics.backlog.add(delta, &[]);
     }
+    fn degraded(&self, reason: Option<&str>) {
+        self.metrics
+            .degraded
+            .record(i64::from(reason.is_some()), &[]);
+    }
 }
 
 fn registration(cfg: &Config, worker_id: WorkerId, instance_id: String) -> RegisterWorkerRequest {

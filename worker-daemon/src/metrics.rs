@@ -17,6 +17,8 @@ pub struct DaemonMetrics {
     pub report_retries: Counter<u64>,
     pub backlog: UpDownCounter<i64>,
     pub running: UpDownCounter<i64>,
+    /// 1 while a slot's runner cannot run problems (the worker is `degraded`), else 0.
+    pub degraded: opentelemetry::metrics::Gauge<i64>,
 }
 
 impl DaemonMetrics {
@@ -27,7 +29,7 @@ impl DaemonMetrics {
             runs: m
                 .u64_counter("worker_daemon_task_runs")
                 .with_description(
-                    "Task runs, by outcome (completed, failed, timeout, cancelled, released).",
+                    "Task runs, by outcome (completed, failed, timeout, cancelled, released, unusable).",
                 )
                 .build(),
             report_retries: m
@@ -43,6 +45,12 @@ impl DaemonMetrics {
             running: m
                 .i64_up_down_counter("worker_daemon_running_tasks")
                 .with_description("Tasks running now.")
+                .build(),
+            degraded: m
+                .i64_gauge("worker_daemon_degraded")
+                .with_description(
+                    "1 while a slot's runner cannot run problems (it claims nothing), else 0.",
+                )
                 .build(),
             prom,
         }

@@ -34,6 +34,8 @@ struct WorkerCounts {
     busy: i64,
     offline: i64,
     stopping: i64,
+    /// Workers whose runner cannot run problems now (see `status_reason` in `GET /api/v1/workers`).
+    degraded: i64,
 }
 
 #[derive(Object, Default)]
@@ -119,6 +121,7 @@ impl HealthApi {
                 WorkerStatus::Busy => w.busy += 1,
                 WorkerStatus::Offline => w.offline += 1,
                 WorkerStatus::Stopping => w.stopping += 1,
+                WorkerStatus::Degraded => w.degraded += 1,
             }
         }
         let c = stats::counts_by_status(&self.state.db).await?;

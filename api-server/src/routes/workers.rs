@@ -305,7 +305,8 @@ impl WorkersApi {
             attempt: body.0.attempt,
             lease_id: Some(body.0.lease_id),
         };
-        let t = self.state.dispatcher.release(task_id.0, run).await?;
+        let why = body.0.reason.as_ref().map(|r| r.as_str());
+        let t = self.state.dispatcher.release(task_id.0, run, why).await?;
         Ok(Json(t.into()))
     }
 }

@@ -83,6 +83,8 @@ pub mod worker {
         pub tasks_failed: i64,
         /// The process that registered the worker last, when it said.
         pub instance_id: Option<String>,
+        /// Why it is `degraded`, as its heartbeat said.
+        pub status_reason: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

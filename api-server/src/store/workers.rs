@@ -29,6 +29,8 @@ pub fn derive_status(
         WorkerStatus::Offline
     } else if stored == WorkerStatus::Stopping {
         WorkerStatus::Stopping
+    } else if stored == WorkerStatus::Degraded {
+        WorkerStatus::Degraded
     } else if running > 0 {
         WorkerStatus::Busy
     } else {
@@ -132,6 +134,7 @@ pub async fn register(
         metadata: Set(req.metadata.clone()),
         last_heartbeat: Set(at),
         instance_id: Set(req.instance_id.as_ref().map(|i| i.to_string())),
+        status_reason: Set(None),
         ..Default::default()
     };
     let created = existing.is_none();
@@ -189,6 +192,9 @@ pub async fn get(db: &DatabaseConnection, id: &str) -> StoreResult<worker::Model
 pub fn to_api(w: worker::Model, status: WorkerStatus, held: Vec<uuid::Uuid>) -> api::Worker {
     let supported_problems = serde_json::from_value(w.supported_problems).unwrap_or_default();
     api::Worker {
+        status_reason: (status == WorkerStatus::Degraded)
+            .then(|| w.status_reason.clone())
+            .flatten(),
         status,
         current_task_ids: held,
         capabilities: api::WorkerCapabilities {

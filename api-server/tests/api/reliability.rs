@@ -606,7 +606,97 @@ async fn a_stalled_body_is_cut_off(backend: Backend) {
     assert!(text.contains("request_timeout"), "{text}");
 }
 
+/// A worker whose runner cannot run (here: its program is missing) claims nothing: it shows `degraded` with
+/// the reason in the worker list, /health and the metrics; its task stays pending, and runs as soon as the
+/// runner is there.
+async fn a_worker_that_cannot_run_claims_nothing_and_shows_degraded(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let runner = dir.path().join("runner.sh");
+    let command = runner.display().to_string();
+    let app = TestApp::spawn_with(backend, move |c| {
+        exec_workers(c);
+        c.runner.runner_command = Some(command);
+    })
+    .await;
+    let t = app
+        .create_task(json!({"problem_id": "p", "parameters": {"mode": "unsolved"}}))
+        .await;
+    let w = app
+        .eventually("the worker shows degraded", || async {
+            let w = app.get("/api/v1/workers/worker-001-kind").await.body;
+            (w["status"] == "degraded").then_some(w)
+        })
+        .await;
+    let reason = w["status_reason"].as_str().unwrap();
+    assert!(reason.contains("was not found"), "{reason}");
+    assert_eq!(app.get("/health").await.body["workers"]["degraded"], 1);
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(r#"task_executor_workers{status="degraded"} 1"#),
+        "{text}"
+    );
+    let still = app.task(&t["id"]).await;
+    assert_eq!(still["status"], "pending", "nothing was claimed: {still}");
+    assert_eq!(still["attempt"], 0);
+
+    std::fs::copy(crate::helpers::fixture("runner.sh"), &runner).unwrap();
+    let done = crate::helpers::wait_for(
+        "the fixed worker runs the task",
+        Duration::from_secs(60),
+        || async {
+            let cur = app.task(&t["id"]).await;
+            (cur["status"] == "completed").then_some(cur)
+        },
+    )
+    .await;
+    assert_eq!(done["attempt"], 1);
+    let w = app.get("/api/v1/workers/worker-001-kind").await.body;
+    assert_eq!(w["status"], "idle", "{w}");
+    assert!(w["status_reason"].is_null());
+}
+
+/// A run that finds its runner cannot run here (exit status 75) gives its task back without using an
+/// attempt, instead of failing it; the task then runs to its end.
+async fn an_infrastructure_failure_gives_the_task_back_uncounted(backend: Backend) {
+    let app = TestApp::spawn_with(backend, exec_workers).await;
+    let dir = tempfile::tempdir().unwrap();
+    let flag = dir.path().join("tried");
+    let t = app
+        .create_task(
+            json!({"problem_id": "p", "parameters": {"mode": "unusable_once", "pid_file": flag}}),
+        )
+        .await;
+    let done = wait_end(&app, &t).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(
+        done["attempt"], 1,
+        "the run that could not start was not counted"
+    );
+    assert_eq!(done["result"]["output"], "ran on the second try");
+    let messages: Vec<String> = log_entries(&app, &t)
+        .await
+        .iter()
+        .map(|e| e["message"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("gave it back") && m.contains("cannot run here")),
+        "{messages:?}"
+    );
+}
+
 task_executor_shared::both_backends!(
+    a_worker_that_cannot_run_claims_nothing_and_shows_degraded,
+    an_infrastructure_failure_gives_the_task_back_uncounted,
     logs_page_to_their_end_and_are_capped,
     waiting_claims_are_bounded,
     a_stalled_body_is_cut_off,

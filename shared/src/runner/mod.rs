@@ -206,6 +206,38 @@ impl RunnerArgs {
         Ok(())
     }
 
+    /// Whether a slot's runner can run problems at all, on its cluster: the program (and bridge) exist and,
+    /// for `aiopslab`, the bridge's own check passes (AIOpsLab importable, the cluster there and answering).
+    /// Answers why not.
+    pub async fn probe(&self, cluster: &str) -> Result<(), String> {
+        self.check()?;
+        if self.runner != RunnerKind::Aiopslab {
+            return Ok(());
+        }
+        let program = self.program()?.expect("aiopslab runs a program");
+        let mut cmd = tokio::process::Command::new(&program[0]);
+        cmd.args(&program[1..])
+            .arg("--check")
+            .env("AIOPSLAB_CLUSTER", cluster)
+            .envs(self.runner_env())
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        match tokio::time::timeout(Duration::from_secs(120), cmd.output()).await {
+            Ok(Ok(out)) if out.status.success() => Ok(()),
+            Ok(Ok(out)) => {
+                let err = String::from_utf8_lossy(&out.stderr);
+                Err(err
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("the AIOpsLab bridge's check failed")
+                    .to_owned())
+            }
+            Ok(Err(e)) => Err(format!("the AIOpsLab bridge's check could not run: {e}")),
+            Err(_) => Err("the AIOpsLab bridge's check did not finish within 120 s".to_owned()),
+        }
+    }
+
     pub fn kill_grace(&self) -> Duration {
         Duration::from_secs(self.runner_kill_grace_seconds.unwrap_or(match self.runner {
             RunnerKind::Aiopslab => 120,
@@ -271,7 +303,15 @@ pub enum RunOutcome {
     Cancelled,
     /// The worker is shutting down: the run was stopped and the task should go back to the queue.
     Interrupted,
+    /// The runner cannot run problems here at all (the program or the bridge is missing, AIOpsLab is not
+    /// importable, the cluster is missing or does not answer): the problem itself was never run, so the task
+    /// goes back to the queue without using an attempt, and the worker's slot pauses until it can.
+    Unusable { reason: String },
 }
+
+/// The exit status by which a runner says it cannot run here at all (EX_TEMPFAIL); the AIOpsLab bridge also
+/// uses 3 (AIOpsLab not importable) and 4 (cluster missing or silent).
+pub const EXIT_UNUSABLE: i32 = 75;
 
 /// What can end a run from outside.
 #[derive(Debug, Clone, Default)]
@@ -304,10 +344,7 @@ pub async fn execute(
     logs: &LogSender,
 ) -> RunOutcome {
     match args.program() {
-        Err(e) => RunOutcome::Failed {
-            error: e,
-            result: None,
-        },
+        Err(e) => RunOutcome::Unusable { reason: e },
         Ok(None) => simulate::run(spec, deadline, control, logs).await,
         Ok(Some(program)) => {
             let env = args.runner_env();

@@ -173,9 +173,8 @@ pub(crate) async fn run(
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
-            return RunOutcome::Failed {
-                error: format!("cannot start the runner `{}`: {e}", program.join(" ")),
-                result: None,
+            return RunOutcome::Unusable {
+                reason: format!("cannot start the runner `{}`: {e}", program.join(" ")),
             };
         }
     };
@@ -324,6 +323,12 @@ pub(crate) async fn run(
             error: with_tail("the runner exited with status 0 without a result event".to_owned()),
             result: None,
         },
+        (Some(s), _) if unusable(program, s.code()) => RunOutcome::Unusable {
+            reason: with_tail(format!(
+                "the runner cannot run here (exit status {})",
+                s.code().unwrap_or_default()
+            )),
+        },
         (Some(s), result) => {
             use std::os::unix::process::ExitStatusExt;
             let how = match (s.code(), s.signal()) {
@@ -340,6 +345,19 @@ pub(crate) async fn run(
             error: with_tail("the runner's exit status could not be read".to_owned()),
             result,
         },
+    }
+}
+
+/// Whether an exit status says the runner cannot run here at all: `EXIT_UNUSABLE` from any runner, and the
+/// AIOpsLab bridge's 3 (AIOpsLab not importable) and 4 (cluster missing or silent).
+fn unusable(program: &[String], code: Option<i32>) -> bool {
+    let bridge = program
+        .get(1)
+        .is_some_and(|p| p.contains("aiopslab_bridge"));
+    match code {
+        Some(super::EXIT_UNUSABLE) => true,
+        Some(3 | 4) => bridge,
+        _ => false,
     }
 }
 

@@ -16,19 +16,19 @@ mod retry;
 mod spool;
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use serde_json::{Map, Value};
-use tokio::time::Instant;
+use tokio::{sync::Notify, time::Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
 pub use queue::{Queue, QueueError};
-pub use retry::{backoff, delays, retry};
+pub use retry::{backoff, delays, probe_delays, retry};
 pub use spool::{Kept, Report, Spool, Spooled};
 
 use crate::{
@@ -115,6 +115,8 @@ pub trait Observer: Send + Sync + 'static {
     fn retried(&self) {}
     /// Reports (log batches, outcomes) waiting for delivery went up or down by `delta`.
     fn backlog(&self, _delta: i64) {}
+    /// The worker became degraded (its runner cannot run problems; the reason), or usable again (`None`).
+    fn degraded(&self, _reason: Option<&str>) {}
 }
 
 /// An observer that watches nothing.
@@ -137,6 +139,10 @@ pub struct Worker<Q: Queue> {
     lease: Mutex<Duration>,
     /// When a heartbeat last renewed this worker's leases.
     renewed: Mutex<Instant>,
+    /// The slots (by cluster) whose runner cannot run problems now, and why.
+    unusable: Mutex<BTreeMap<String, String>>,
+    /// Wakes the heartbeat loop at once (the worker's state changed).
+    beat_now: Notify,
 }
 
 impl<Q: Queue> Worker<Q> {
@@ -155,6 +161,8 @@ impl<Q: Queue> Worker<Q> {
             observer,
             lease: Mutex::new(Duration::from_secs(60)),
             renewed: Mutex::new(Instant::now()),
+            unusable: Mutex::new(BTreeMap::new()),
+            beat_now: Notify::new(),
         })
     }
 
@@ -216,6 +224,7 @@ impl<Q: Queue> Worker<Q> {
             status: WorkerStatus::Offline,
             current_task_id: None,
             running_task_ids: Vec::new(),
+            reason: None,
         };
         match self.queue.heartbeat(&offline).await {
             Ok(_) => {
@@ -268,9 +277,23 @@ impl<Q: Queue> Worker<Q> {
 
     fn heartbeat_request(&self) -> HeartbeatRequest {
         let ids = self.held_tasks();
+        let unusable = self.unusable.lock().expect("unusable lock");
+        let reason = (!unusable.is_empty()).then(|| {
+            unusable
+                .iter()
+                .map(|(cluster, why)| format!("{cluster}: {why}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        });
+        let mut reason = reason.map(crate::Text::from);
+        if let Some(r) = &mut reason {
+            crate::limits::fit_text(r, 1_900);
+        }
         HeartbeatRequest {
             status: if self.is_draining() {
                 WorkerStatus::Stopping
+            } else if reason.is_some() {
+                WorkerStatus::Degraded
             } else if ids.is_empty() {
                 WorkerStatus::Idle
             } else {
@@ -278,6 +301,39 @@ impl<Q: Queue> Worker<Q> {
             },
             current_task_id: ids.first().copied(),
             running_task_ids: ids,
+            reason,
+        }
+    }
+
+    /// Records whether a slot's runner can run problems, and tells the queue at once when that changed.
+    fn set_unusable(&self, cluster: &str, reason: Option<String>) {
+        let changed = {
+            let mut unusable = self.unusable.lock().expect("unusable lock");
+            let before = unusable.get(cluster).cloned();
+            match &reason {
+                Some(r) => unusable.insert(cluster.to_owned(), r.clone()),
+                None => unusable.remove(cluster),
+            };
+            before != reason
+        };
+        if changed {
+            match &reason {
+                Some(r) => {
+                    tracing::warn!(worker_id = %self.worker_id(), cluster = %cluster, reason = %r, "this slot cannot run problems: it claims nothing until it can")
+                }
+                None => {
+                    tracing::info!(worker_id = %self.worker_id(), cluster = %cluster, "this slot can run problems again")
+                }
+            }
+            let any = self
+                .unusable
+                .lock()
+                .expect("unusable lock")
+                .values()
+                .next()
+                .cloned();
+            self.observer.degraded(any.as_deref());
+            self.beat_now.notify_one();
         }
     }
 
@@ -288,6 +344,7 @@ impl<Q: Queue> Worker<Q> {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tick.tick() => {}
+                _ = self.beat_now.notified() => {}
             }
             match self.queue.heartbeat(&self.heartbeat_request()).await {
                 Ok(resp) => {
@@ -319,7 +376,29 @@ impl<Q: Queue> Worker<Q> {
 
     async fn slot_loop(self: Arc<Self>, cluster: String) {
         let mut pause = delays();
+        // A slot claims only when its runner can run: checked at start, and again after a run found it could
+        // not (with backoff meanwhile, claiming nothing).
+        let mut usable = false;
+        let mut probe_pause = probe_delays();
         while !self.is_draining() {
+            if !usable {
+                match self.settings.runner.probe(&cluster).await {
+                    Ok(()) => {
+                        usable = true;
+                        probe_pause = probe_delays();
+                        self.set_unusable(&cluster, None);
+                    }
+                    Err(reason) => {
+                        self.set_unusable(&cluster, Some(reason));
+                        let wait = probe_pause.next().unwrap_or(Duration::from_secs(30));
+                        tokio::select! {
+                            _ = self.shutdown.draining.cancelled() => {}
+                            _ = tokio::time::sleep(wait) => {}
+                        }
+                        continue;
+                    }
+                }
+            }
             let claimed = self
                 .queue
                 .claim(self.settings.claim_wait, &self.shutdown.draining)
@@ -327,7 +406,10 @@ impl<Q: Queue> Worker<Q> {
             let e = match claimed {
                 Ok(Some(task)) => {
                     pause = delays();
-                    self.run_task(task, &cluster).await;
+                    if let Err(reason) = self.run_task(task, &cluster).await {
+                        usable = false;
+                        self.set_unusable(&cluster, Some(reason));
+                    }
                     continue;
                 }
                 Ok(None) => {
@@ -354,7 +436,9 @@ impl<Q: Queue> Worker<Q> {
         }
     }
 
-    async fn run_task(&self, claimed: ClaimedTask, cluster: &str) {
+    /// Runs a claimed task to its reported outcome; `Err` with the reason when the runner could not run here
+    /// at all (the task was given back, uncounted).
+    async fn run_task(&self, claimed: ClaimedTask, cluster: &str) -> Result<(), String> {
         let ClaimedTask { task, lease_id } = claimed;
         let run = Run {
             task_id: task.id,
@@ -385,10 +469,25 @@ impl<Q: Queue> Worker<Q> {
             };
             let (prepared, ()) =
                 tokio::join!(execution, self.ship_logs(run, rx, control.cancel.clone()));
+            let unusable = match &prepared {
+                Some((
+                    _,
+                    Spooled {
+                        report:
+                            Report::Release {
+                                reason: Some(r), ..
+                            },
+                        ..
+                    },
+                    _,
+                )) => Err(r.clone()),
+                _ => Ok(()),
+            };
             if let Some(outcome) = prepared {
                 self.deliver(outcome).await;
             }
             self.held.lock().expect("held lock").remove(&lease_id);
+            unusable
         }
         .instrument(span)
         .await
@@ -449,9 +548,13 @@ impl<Q: Queue> Worker<Q> {
                 .map(|()| None),
             Report::Complete(req) => self.queue.complete(task_id, req).await.map(Some),
             Report::Fail(req) => self.queue.fail(task_id, req).await.map(Some),
-            Report::Release { attempt, lease_id } => self
+            Report::Release {
+                attempt,
+                lease_id,
+                reason,
+            } => self
                 .queue
-                .release(task_id, *attempt, *lease_id)
+                .release(task_id, *attempt, *lease_id, reason.as_deref())
                 .await
                 .map(Some),
         }
@@ -565,6 +668,7 @@ impl<Q: Queue> Worker<Q> {
             RunOutcome::TimedOut { .. } => "timeout",
             RunOutcome::Cancelled => "cancelled",
             RunOutcome::Interrupted => "released",
+            RunOutcome::Unusable { .. } => "unusable",
         });
         let (what, report) = match outcome {
             RunOutcome::Completed { result } => (
@@ -599,8 +703,24 @@ impl<Q: Queue> Worker<Q> {
                 tracing::info!("run stopped: the task was cancelled or is no longer this worker's");
                 return None;
             }
-            RunOutcome::Interrupted => {
-                ("releasing the task", Report::Release { attempt, lease_id })
+            RunOutcome::Interrupted => (
+                "releasing the task",
+                Report::Release {
+                    attempt,
+                    lease_id,
+                    reason: None,
+                },
+            ),
+            RunOutcome::Unusable { reason } => {
+                tracing::warn!(reason = %reason, "the runner cannot run here: giving the task back, uncounted");
+                (
+                    "giving the task back",
+                    Report::Release {
+                        attempt,
+                        lease_id,
+                        reason: Some(reason),
+                    },
+                )
             }
         };
         let item = Spooled { task_id, report };

@@ -82,11 +82,13 @@ pub trait Queue: Send + Sync + 'static {
         req: &FailTaskRequest,
     ) -> impl Future<Output = Result<Task, QueueError>> + Send;
 
-    /// The worker stopped the run because it stops: the task goes back to the queue, attempt not counted.
+    /// The worker stopped the run because it stops, or its runner could not run here (`reason`): the task
+    /// goes back to the queue, attempt not counted.
     fn release(
         &self,
         task_id: Uuid,
         attempt: i32,
         lease_id: Uuid,
+        reason: Option<&str>,
     ) -> impl Future<Output = Result<Task, QueueError>> + Send;
 }

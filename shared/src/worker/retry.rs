@@ -24,6 +24,12 @@ pub fn delays() -> impl Iterator<Item = Duration> {
     backoff().build()
 }
 
+/// Delays between checks of a slot whose runner cannot run: like [`backoff`], at most 10 s apart, so that a
+/// fixed host is back at work soon.
+pub fn probe_delays() -> impl Iterator<Item = Duration> {
+    backoff().with_max_delay(Duration::from_secs(5)).build()
+}
+
 /// Runs `op` until it succeeds or fails in a way that is not [`QueueError::Unavailable`], retrying with
 /// [`backoff`] until `give_up` fires; then the last error is returned. Each retry is told to `observer`.
 pub async fn retry<T, F, Fut>(

@@ -26,6 +26,9 @@ pub enum Report {
     Release {
         attempt: i32,
         lease_id: Uuid,
+        /// Why, when not because the worker stops (its runner cannot run here).
+        #[serde(default)]
+        reason: Option<String>,
     },
 }
 

@@ -49,7 +49,8 @@ fn spec(problem: &str, parameters: Value) -> TaskSpec {
         problem_id: problem.to_owned(),
         attempt: 2,
         worker_id: "worker-007-kind".to_owned(),
-        cluster: "aiops-7".to_owned(),
+        // One cluster per run, as on a worker: two runs never share one.
+        cluster: unique("aiops"),
         params: TaskParams::of(&p),
     }
 }
@@ -130,7 +131,7 @@ async fn exec_success_streams_logs_and_completes() {
     assert_eq!(
         result["env"],
         json!({"task_id": s.task_id.to_string(), "problem_id": "p-1", "max_steps": "7", "timeout": "90",
-               "attempt": "2", "worker_id": "worker-007-kind", "cluster": "aiops-7"})
+               "attempt": "2", "worker_id": "worker-007-kind", "cluster": s.cluster})
     );
     let m = messages(&r);
     assert!(
@@ -302,10 +303,13 @@ async fn exec_missing_program_fails_clearly() {
     a.runner_command = Some("/nonexistent/runner --flag".to_owned());
     assert!(a.check().unwrap_err().contains("/nonexistent/runner"));
     let r = run(&a, &spec("p", json!({}))).await;
-    let RunOutcome::Failed { error, .. } = &r.outcome else {
-        panic!("{:?}", r.outcome)
+    let RunOutcome::Unusable { reason } = &r.outcome else {
+        panic!(
+            "a runner that cannot start is an infrastructure failure, not the task's: {:?}",
+            r.outcome
+        )
     };
-    assert!(error.contains("cannot start the runner"), "{error}");
+    assert!(reason.contains("cannot start the runner"), "{reason}");
     a.runner_command = None;
     assert!(a.check().unwrap_err().contains("RUNNER_COMMAND"));
 }
@@ -406,7 +410,8 @@ async fn aiopslab_bridge_runs_a_problem_against_the_fake_package() {
     assert_eq!(m["in_tokens"], 300);
     assert_eq!(m["steps_taken"], 3, "one step event per agent action");
     assert_eq!(
-        m["cluster"], "aiops-7",
+        m["cluster"],
+        s.cluster.as_str(),
         "the run drives its worker's cluster"
     );
     let steps: Vec<&str> = r
@@ -486,17 +491,22 @@ async fn aiopslab_bridge_without_aiopslab_fails_at_once_saying_how_to_install() 
     let mut a = args(RunnerKind::Aiopslab);
     a.aiopslab_python = "python3".to_owned();
     let r = run(&a, &spec("p", json!({"agent_config": {"model": "gpt-4"}}))).await;
-    let RunOutcome::Failed { error, .. } = &r.outcome else {
+    let RunOutcome::Unusable { reason } = &r.outcome else {
         panic!("{:?}", r.outcome)
     };
-    assert!(error.contains("exited with status 3"), "{error}");
+    assert!(reason.contains("exit status 3"), "{reason}");
     assert!(
-        error.contains("AIOpsLab is not importable") && error.contains("pip install"),
-        "{error}"
+        reason.contains("AIOpsLab is not importable") && reason.contains("pip install"),
+        "{reason}"
     );
     assert!(
         r.logs.iter().any(|e| e.level == LogLevel::Critical),
         "a critical log entry says it too"
+    );
+    let probe = a.probe(&unique("aiops")).await.unwrap_err();
+    assert!(
+        probe.contains("AIOpsLab is not importable"),
+        "the probe says why: {probe}"
     );
 }
 
@@ -713,7 +723,8 @@ async fn the_run_after_a_killed_one_cleans_up_first() {
     );
 }
 
-/// A cluster that is missing fails the run at once with a message that says so (exit status 4).
+/// A cluster that is missing makes the run "unusable" at once (exit status 4), with a message that says so,
+/// and the worker's probe of that cluster fails the same way.
 #[tokio::test]
 async fn an_aiopslab_run_on_a_missing_cluster_fails_clearly() {
     let a = args(RunnerKind::Aiopslab);
@@ -723,12 +734,18 @@ async fn an_aiopslab_run_on_a_missing_cluster_fails_clearly() {
         &unique("missing"),
     );
     let r = run(&a, &s).await;
-    let RunOutcome::Failed { error, .. } = &r.outcome else {
+    let RunOutcome::Unusable { reason } = &r.outcome else {
         panic!("{:?}", r.outcome)
     };
     assert!(
-        error.contains("exited with status 4") && error.contains("is not available"),
-        "{error}"
+        reason.contains("exit status 4") && reason.contains("is not available"),
+        "{reason}"
+    );
+    let probe = a.probe(&s.cluster).await.unwrap_err();
+    assert!(probe.contains("is not available"), "{probe}");
+    assert!(
+        a.probe(&unique("there")).await.is_ok(),
+        "a cluster that is there passes"
     );
     assert!(
         !record_of(&s).iter().any(|l| l.starts_with("inject ")),

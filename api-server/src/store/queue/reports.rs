@@ -29,11 +29,14 @@ pub struct HeartbeatOutcome {
     pub released: Vec<task::Model>,
 }
 
-/// The status a heartbeat leaves on the worker's row: `offline` when it says so; `stopping` when it says so
-/// or was marked so (an internal worker scaled down); else `idle` (`busy` is derived from the tasks held).
+/// The status a heartbeat leaves on the worker's row: `offline`, `stopping` or `degraded` when it says so;
+/// `stopping` when it was marked so (an internal worker scaled down); else `idle` (`busy` is derived from the
+/// tasks held).
 fn stored_status(said: WorkerStatus) -> Expr {
     match said {
-        WorkerStatus::Offline | WorkerStatus::Stopping => Expr::value(said),
+        WorkerStatus::Offline | WorkerStatus::Stopping | WorkerStatus::Degraded => {
+            Expr::value(said)
+        }
         WorkerStatus::Idle | WorkerStatus::Busy => Expr::case(
             worker::Column::Status.eq(WorkerStatus::Stopping),
             WorkerStatus::Stopping,
@@ -64,6 +67,14 @@ pub async fn heartbeat(
     let mut update = worker::Entity::update_many()
         .col_expr(worker::Column::LastHeartbeat, Expr::value(at))
         .col_expr(worker::Column::Status, stored_status(req.status))
+        .col_expr(
+            worker::Column::StatusReason,
+            Expr::value(
+                (req.status == WorkerStatus::Degraded)
+                    .then(|| req.reason.as_ref().map(|r| r.to_string()))
+                    .flatten(),
+            ),
+        )
         .filter(worker::Column::Id.eq(worker_id));
     if !goodbye {
         // Offline stays offline until the worker registers again.
@@ -370,9 +381,19 @@ pub async fn give_back(
     task_id: Uuid,
     run: RunRef<'_>,
     policy: &LeasePolicy,
+    why: Option<&str>,
 ) -> StoreResult<task::Model> {
-    let reason = format!("worker {} stopped it", run.worker_id);
-    match requeue_uncounted(db, task_id, run, &reason, "worker stopping", policy).await? {
+    let (reason, kind) = match why {
+        Some(w) => (
+            format!("worker {} gave it back: {w}", run.worker_id),
+            "runner unusable",
+        ),
+        None => (
+            format!("worker {} stopped it", run.worker_id),
+            "worker stopping",
+        ),
+    };
+    match requeue_uncounted(db, task_id, run, &reason, kind, policy).await? {
         Some(t) => Ok(t),
         None => Err(refusal(db, task_id, run).await),
     }
