@@ -270,6 +270,40 @@ def build_agent(agent_config):
     return ChatAgent(**config)
 
 
+# The agent's trajectory kept in the result, at most (the whole session stays in AIOpsLab's results directory).
+HISTORY_MAX_BYTES = 160_000
+
+
+def capped_history(history):
+    """The session's history, its first and last entries kept when it is larger than HISTORY_MAX_BYTES."""
+    history = list(history or [])
+    if len(json.dumps(history, default=str)) <= HISTORY_MAX_BYTES:
+        return history
+    head, tail = history[:5], history[5:]
+    while tail and len(json.dumps(head + tail, default=str)) > HISTORY_MAX_BYTES:
+        tail = tail[max(1, len(tail) // 10):]
+    cut = len(history) - len(head) - len(tail)
+    return head + [{"truncated": True, "entries_cut": cut}] + tail
+
+
+def session_link(orch):
+    """AIOpsLab's session id and the JSON file it wrote the whole session to (on this worker's disk)."""
+    sess = getattr(orch, "session", None)
+    session_id = getattr(sess, "session_id", None)
+    if session_id is None:
+        return {}
+    link = {"session_id": str(session_id)}
+    try:
+        from aiopslab.paths import RESULTS_DIR
+        results_dir = Path(getattr(sess, "results_dir", None) or RESULTS_DIR)
+        path = results_dir / f"{session_id}_{getattr(sess, 'start_time', '')}.json"
+        if path.is_file():
+            link["session_file"] = str(path)
+    except Exception:  # noqa: BLE001 - the link is a help, not a condition of the result
+        pass
+    return link
+
+
 def success_of(results):
     if "success" in results:
         return bool(results["success"])
@@ -348,7 +382,8 @@ def main():
     summary = ", ".join(f"{k}: {v}" for k, v in results.items() if k in (
         "Detection Accuracy", "Localization Accuracy", "TTD", "TTL", "TTA", "TTM", "success"))
     emit({"event": "result", "success": success, "output": f"{problem_id}: {summary or 'no results'}",
-          "metrics": metrics})
+          "metrics": metrics, **session_link(orch),
+          "history": capped_history((session or {}).get("history"))})
     return 0
 
 

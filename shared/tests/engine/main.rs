@@ -34,6 +34,7 @@ fn args(kind: RunnerKind) -> RunnerArgs {
             "scripted=fake_agent:ScriptedAgent".to_owned(),
             "looper=fake_agent:Looper".to_owned(),
             "sleeper=fake_agent:Sleeper".to_owned(),
+            "chatty=fake_agent:Chatty".to_owned(),
         ],
         runner_kill_grace_seconds: Some(1),
     }
@@ -421,6 +422,13 @@ async fn aiopslab_bridge_runs_a_problem_against_the_fake_package() {
         .map(|e| e.message.as_str())
         .collect();
     assert_eq!(steps.len(), 3);
+    // The result keeps its link to AIOpsLab's session, and the agent's trajectory.
+    let session_id = result["session_id"].as_str().expect("the session id");
+    let file = result["session_file"].as_str().expect("the session file");
+    let saved: Value = serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+    assert_eq!(saved["session_id"], session_id);
+    assert_eq!(result["history"].as_array().unwrap().len(), 3);
+    assert_eq!(result["history"][2]["content"], "submit(\"Yes\")");
     assert_eq!(steps[2], "step 3: submit(\"Yes\")");
 
     let wrong = spec(
@@ -751,4 +759,27 @@ async fn an_aiopslab_run_on_a_missing_cluster_fails_clearly() {
         !record_of(&s).iter().any(|l| l.starts_with("inject ")),
         "nothing was set up"
     );
+}
+
+/// A trajectory larger than a result may hold keeps its first and last entries, and says how many were cut
+/// (the whole session stays in AIOpsLab's results directory).
+#[tokio::test]
+async fn a_long_trajectory_is_cut_with_a_marker() {
+    let a = args(RunnerKind::Aiopslab);
+    let s = on_cluster(
+        "long-detection-1",
+        json!({"agent_config": {"agent": "chatty"}, "max_steps": 150}),
+        &unique("long"),
+    );
+    let r = run(&a, &s).await;
+    let RunOutcome::Completed { result } = &r.outcome else {
+        panic!("{:?}", r.outcome)
+    };
+    let history = result["history"].as_array().unwrap();
+    assert!(history.len() < 150, "{}", history.len());
+    assert_eq!(history[5]["truncated"], true, "{:?}", &history[5]);
+    assert!(history[5]["entries_cut"].as_u64().unwrap() > 0);
+    assert!(history.last().unwrap()["content"].as_str().unwrap().starts_with("exec_shell(\"echo 150 "));
+    assert!(serde_json::to_vec(history).unwrap().len() <= 160_000);
+    assert!(std::path::Path::new(result["session_file"].as_str().unwrap()).is_file());
 }
