@@ -44,11 +44,7 @@ pub struct LocalQueue {
 
 impl LocalQueue {
     fn run(&self, attempt: i32, lease_id: Uuid) -> RunRef<'_> {
-        RunRef {
-            worker_id: &self.worker_id,
-            attempt,
-            lease_id: Some(lease_id),
-        }
+        RunRef::reported(&self.worker_id, attempt, lease_id)
     }
 }
 

@@ -234,11 +234,7 @@ impl WorkersApi {
         body: Json<CompleteTaskRequest>,
     ) -> Result<Json<Task>, ApiError> {
         let req = body.0;
-        let run = RunRef {
-            worker_id: worker_id.0.as_str(),
-            attempt: req.attempt,
-            lease_id: Some(req.lease_id),
-        };
+        let run = RunRef::reported(worker_id.0.as_str(), req.attempt, req.lease_id);
         let t = self
             .state
             .dispatcher
@@ -272,11 +268,7 @@ impl WorkersApi {
             error: req.error.into(),
             result: req.result,
         };
-        let run = RunRef {
-            worker_id: worker_id.0.as_str(),
-            attempt: req.attempt,
-            lease_id: Some(req.lease_id),
-        };
+        let run = RunRef::reported(worker_id.0.as_str(), req.attempt, req.lease_id);
         let t = self
             .state
             .dispatcher
@@ -300,11 +292,7 @@ impl WorkersApi {
         task_id: Path<Uuid>,
         body: Json<ReleaseTaskRequest>,
     ) -> Result<Json<Task>, ApiError> {
-        let run = RunRef {
-            worker_id: worker_id.0.as_str(),
-            attempt: body.0.attempt,
-            lease_id: Some(body.0.lease_id),
-        };
+        let run = RunRef::reported(worker_id.0.as_str(), body.0.attempt, body.0.lease_id);
         let why = body.0.reason.as_ref().map(|r| r.as_str());
         let t = self.state.dispatcher.release(task_id.0, run, why).await?;
         Ok(Json(t.into()))

@@ -93,7 +93,7 @@ async fn register_list_and_get(backend: Backend) {
     let health = app.get("/health").await.body;
     assert_eq!(
         health["workers"],
-        json!({"total": 2, "idle": 2, "busy": 0, "offline": 0, "stopping": 0})
+        json!({"total": 2, "idle": 2, "busy": 0, "offline": 0, "stopping": 0, "degraded": 0})
     );
 }
 

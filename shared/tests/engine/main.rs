@@ -779,7 +779,12 @@ async fn a_long_trajectory_is_cut_with_a_marker() {
     assert!(history.len() < 150, "{}", history.len());
     assert_eq!(history[5]["truncated"], true, "{:?}", &history[5]);
     assert!(history[5]["entries_cut"].as_u64().unwrap() > 0);
-    assert!(history.last().unwrap()["content"].as_str().unwrap().starts_with("exec_shell(\"echo 150 "));
+    assert!(
+        history.last().unwrap()["content"]
+            .as_str()
+            .unwrap()
+            .starts_with("exec_shell(\"echo 150 ")
+    );
     assert!(serde_json::to_vec(history).unwrap().len() <= 160_000);
     assert!(std::path::Path::new(result["session_file"].as_str().unwrap()).is_file());
 }

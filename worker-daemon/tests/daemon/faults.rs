@@ -274,18 +274,32 @@ async fn each_completed_exactly_once(server: &Server, tasks: &[Value]) {
     assert_eq!(completed, tasks.len() as i64, "{workers}");
 }
 
-/// The API server killed (SIGKILL) in the middle of runs and started again: the daemons' runs go on, their
-/// outcomes are delivered once it is back, nothing is lost or run twice.
-async fn killing_the_api_server_mid_run_loses_nothing(backend: Backend) {
-    let (db, _dir) = fresh_database(backend).await;
-    let mut server = Server::start(&db, &[]).await;
-    let _a = daemon(&server, "k-a", &[("MAX_PARALLEL_TASKS", "2")]);
-    let _b = daemon(&server, "k-b", &[("MAX_PARALLEL_TASKS", "2")]);
+/// Two daemons of two slots each on `server`, `n` simulated tasks of `steps` steps of `step_ms`, and runs
+/// under way.
+async fn runs_under_way(
+    server: &Server,
+    prefix: &str,
+    n: usize,
+    steps: u64,
+    step_ms: u64,
+) -> (Vec<crate::harness::Daemon>, Vec<Value>) {
+    let daemons = vec![
+        daemon(
+            server,
+            &format!("{prefix}-a"),
+            &[("MAX_PARALLEL_TASKS", "2")],
+        ),
+        daemon(
+            server,
+            &format!("{prefix}-b"),
+            &[("MAX_PARALLEL_TASKS", "2")],
+        ),
+    ];
     let mut tasks = Vec::new();
-    for i in 0..8 {
+    for i in 0..n {
         tasks.push(
             server
-                .create(json!({"problem_id": format!("killed-{i}"), "parameters": sim(6, 300)}))
+                .create(json!({"problem_id": format!("{prefix}-{i}"), "parameters": sim(steps, step_ms)}))
                 .await,
         );
     }
@@ -295,6 +309,15 @@ async fn killing_the_api_server_mid_run_loses_nothing(backend: Backend) {
             (h["queue"]["running"].as_i64().unwrap() >= 2).then_some(())
         })
         .await;
+    (daemons, tasks)
+}
+
+/// The API server killed (SIGKILL) in the middle of runs and started again: the daemons' runs go on, their
+/// outcomes are delivered once it is back, nothing is lost or run twice.
+async fn killing_the_api_server_mid_run_loses_nothing(backend: Backend) {
+    let (db, _dir) = fresh_database(backend).await;
+    let mut server = Server::start(&db, &[]).await;
+    let (_daemons, tasks) = runs_under_way(&server, "killed", 8, 6, 300).await;
     signal(&server.child, Signal::SIGKILL);
     let _ = server.child.wait().await;
     server.spawn().await;
@@ -309,22 +332,7 @@ async fn a_database_outage_mid_run_loses_nothing() {
         .await
         .unwrap();
     let server = Server::start(&pg.url, &[]).await;
-    let _a = daemon(&server, "o-a", &[("MAX_PARALLEL_TASKS", "2")]);
-    let _b = daemon(&server, "o-b", &[("MAX_PARALLEL_TASKS", "2")]);
-    let mut tasks = Vec::new();
-    for i in 0..6 {
-        tasks.push(
-            server
-                .create(json!({"problem_id": format!("outage-{i}"), "parameters": sim(10, 400)}))
-                .await,
-        );
-    }
-    server
-        .until("runs under way", || async {
-            let h = server.get("/health").await;
-            (h["queue"]["running"].as_i64().unwrap() >= 2).then_some(())
-        })
-        .await;
+    let (_daemons, tasks) = runs_under_way(&server, "outage", 6, 10, 400).await;
     let stopped_at = std::time::Instant::now();
     let pg = tokio::task::spawn_blocking(move || {
         pg.stop();

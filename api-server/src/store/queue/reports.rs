@@ -207,11 +207,7 @@ pub async fn report_logs(
     req: api::ReportLogsRequest,
     policy: &LeasePolicy,
 ) -> StoreResult<u64> {
-    let run = RunRef {
-        worker_id,
-        attempt: req.attempt,
-        lease_id: Some(req.lease_id),
-    };
+    let run = RunRef::reported(worker_id, req.attempt, req.lease_id);
     let mut entries = req.entries;
     let n = entries.len() as i64;
     let txn = db.begin().await?;

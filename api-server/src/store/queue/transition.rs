@@ -44,6 +44,15 @@ pub struct RunRef<'a> {
 }
 
 impl<'a> RunRef<'a> {
+    /// The run a worker's report names.
+    pub fn reported(worker_id: &'a str, attempt: i32, lease_id: Uuid) -> RunRef<'a> {
+        RunRef {
+            worker_id,
+            attempt,
+            lease_id: Some(lease_id),
+        }
+    }
+
     /// The run a task row describes now.
     pub fn of(t: &'a task::Model) -> RunRef<'a> {
         RunRef {
