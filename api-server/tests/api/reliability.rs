@@ -694,7 +694,55 @@ async fn an_infrastructure_failure_gives_the_task_back_uncounted(backend: Backen
     );
 }
 
+/// A worker's heartbeats list the tasks it runs (by task id, whatever it keys its runs by), so a run longer
+/// than the claim grace period keeps its task: no "claim lost" requeue, one run, attempt 1.
+async fn heartbeats_keep_a_long_run_held(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |c| {
+        c.auto_start_workers = true;
+        c.num_internal_workers = 1;
+        c.runner.runner = RunnerKind::Simulate;
+        c.claim_grace_seconds = 1;
+        c.worker_heartbeat_timeout_seconds = 3;
+    })
+    .await;
+    let t = app
+        .create_task(json!({"problem_id": "long", "parameters": {"simulate": {"steps": 10, "step_ms": 500}}}))
+        .await;
+    let id = t["id"].as_str().unwrap().to_owned();
+    app.eventually("the run is under way", || async {
+        (app.task(&t["id"]).await["status"] == "running").then_some(())
+    })
+    .await;
+    let internal = app.get("/api/v1/workers/internal/status").await.body;
+    assert_eq!(
+        internal["workers"][0]["current_task"],
+        id.as_str(),
+        "{internal}"
+    );
+    let done = wait_end(&app, &t).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["attempt"], 1);
+    let messages: Vec<String> = log_entries(&app, &t)
+        .await
+        .iter()
+        .map(|e| e["message"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        !messages.iter().any(|m| m.contains("returned to the queue")),
+        "{messages:?}"
+    );
+    assert_eq!(
+        messages
+            .iter()
+            .filter(|m| m.starts_with("Task claimed"))
+            .count(),
+        1,
+        "{messages:?}"
+    );
+}
+
 task_executor_shared::both_backends!(
+    heartbeats_keep_a_long_run_held,
     a_worker_that_cannot_run_claims_nothing_and_shows_degraded,
     an_infrastructure_failure_gives_the_task_back_uncounted,
     logs_page_to_their_end_and_are_capped,

@@ -170,16 +170,17 @@ impl<Q: Queue> Worker<Q> {
         self.queue.worker_id()
     }
 
-    /// The tasks held now, in id order.
+    /// The tasks held now (not their lease ids), in id order.
     pub fn held_tasks(&self) -> Vec<Uuid> {
         let mut ids: Vec<Uuid> = self
             .held
             .lock()
             .expect("held lock")
-            .keys()
-            .copied()
+            .values()
+            .map(|(task, _)| *task)
             .collect();
         ids.sort();
+        ids.dedup();
         ids
     }
 

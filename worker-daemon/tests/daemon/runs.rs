@@ -286,7 +286,49 @@ async fn check_reports_problems_clearly(backend: Backend) {
     assert!(text.contains("RUNNER_COMMAND"), "{text}");
 }
 
+/// The daemon's heartbeats list the tasks it runs, so a run longer than the claim grace period keeps its
+/// task: no "claim lost" requeue, one run, attempt 1.
+async fn a_long_run_stays_held(backend: Backend) {
+    let (db, _dir) = fresh_database(backend).await;
+    let server = Server::start(&db, &[("CLAIM_GRACE_SECONDS", "1")]).await;
+    let _d = daemon(&server, "steady", &[]);
+    let t = server
+        .create(json!({"problem_id": "long", "parameters": sim(10, 500)}))
+        .await;
+    let held = server
+        .until("the daemon runs it", || async {
+            let w = server.get("/api/v1/workers/steady").await;
+            (w["current_task_ids"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty()))
+            .then_some(w)
+        })
+        .await;
+    assert_eq!(held["current_task_ids"][0], t["id"]);
+    let done = server
+        .until("completed", || async {
+            let cur = server.task(&t).await;
+            (cur["status"] == "completed").then_some(cur)
+        })
+        .await;
+    assert_eq!(done["attempt"], 1);
+    let logs = server
+        .get(&format!("/api/v1/tasks/{}/logs", t["id"].as_str().unwrap()))
+        .await;
+    let messages: Vec<&str> = logs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["message"].as_str().unwrap())
+        .collect();
+    assert!(
+        !messages.iter().any(|m| m.contains("returned to the queue")),
+        "{messages:?}"
+    );
+}
+
 task_executor_shared::both_backends!(
+    a_long_run_stays_held,
     daemons_share_a_batch_and_complete_each_task_once,
     a_killed_daemons_task_is_finished_by_another,
     a_server_restart_loses_nothing,
