@@ -79,11 +79,55 @@ pub struct RunnerArgs {
     #[arg(global = true, long, env = "AIOPSLAB_AGENTS", value_delimiter = ',', value_parser = parse_agent)]
     pub aiopslab_agents: Vec<String>,
 
+    /// Variables of the worker's environment that runners get besides the task's and a few basics (PATH,
+    /// HOME, locale, temporary and XDG directories; KUBECONFIG and DOCKER_HOST for `aiopslab`), e.g.
+    /// `OPENAI_API_KEY,OPENAI_BASE_URL`, comma-separated. Nothing else of the worker's reaches a runner.
+    #[arg(global = true, long, env = "RUNNER_ENV_PASSTHROUGH", value_delimiter = ',', value_parser = parse_env_name)]
+    pub runner_env_passthrough: Vec<String>,
+
     /// Seconds between SIGTERM and SIGKILL when a runner is stopped (cancel, timeout, shutdown). Default:
     /// 120 for `aiopslab` (its bridge recovers the injected fault and cleans the application up on SIGTERM),
     /// 10 for the others.
     #[arg(global = true, long, env = "RUNNER_KILL_GRACE_SECONDS")]
     pub runner_kill_grace_seconds: Option<u64>,
+}
+
+/// Variables of the worker's own environment that every runner gets: where programs and the home are, the
+/// locale, temporary and XDG directories. Nothing else of the worker's (its DATABASE_URL, tokens, API keys)
+/// unless the operator lists it in `RUNNER_ENV_PASSTHROUGH`.
+const BASE_ENV: &[&str] = &[
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "LANGUAGE",
+    "LC_ALL",
+    "LC_CTYPE",
+    "LC_MESSAGES",
+    "TZ",
+    "TMPDIR",
+    "XDG_CACHE_HOME",
+    "XDG_CONFIG_HOME",
+    "XDG_STATE_HOME",
+    "XDG_RUNTIME_DIR",
+];
+/// What the `aiopslab` runner needs besides: where the clusters are reached (paths and addresses, no
+/// secrets).
+const AIOPSLAB_ENV: &[&str] = &["KUBECONFIG", "DOCKER_HOST", "DOCKER_CONFIG"];
+
+/// One name of `RUNNER_ENV_PASSTHROUGH`.
+fn parse_env_name(s: &str) -> Result<String, String> {
+    let ok = s
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("`{s}` is not an environment variable name"))
+    }
 }
 
 /// One `name=module:Class` entry of `AIOPSLAB_AGENTS`.
@@ -150,12 +194,25 @@ impl RunnerArgs {
         }
     }
 
-    /// Variables of the runner's environment that come from the worker's settings.
-    pub fn runner_env(&self) -> Vec<(&'static str, String)> {
-        match self.runner {
-            RunnerKind::Aiopslab => vec![("AIOPSLAB_AGENTS", self.aiopslab_agents.join(","))],
-            _ => Vec::new(),
+    /// The whole environment a runner starts with, besides the task's own variables: the basics, what the
+    /// runner kind needs, what the operator passes through, and settings meant for the runner. The runner
+    /// never inherits the worker's environment.
+    pub fn runner_env(&self) -> Vec<(String, String)> {
+        let kind: &[&str] = match self.runner {
+            RunnerKind::Aiopslab => AIOPSLAB_ENV,
+            _ => &[],
+        };
+        let mut env: Vec<(String, String)> = BASE_ENV
+            .iter()
+            .chain(kind)
+            .map(|n| n.to_string())
+            .chain(self.runner_env_passthrough.iter().cloned())
+            .filter_map(|name| std::env::var(&name).ok().map(|v| (name, v)))
+            .collect();
+        if self.runner == RunnerKind::Aiopslab {
+            env.push(("AIOPSLAB_AGENTS".to_owned(), self.aiopslab_agents.join(",")));
         }
+        env
     }
 
     /// The program and arguments that run a task, or why there are none. `RUNNER_COMMAND` is split like a
@@ -218,8 +275,9 @@ impl RunnerArgs {
         let mut cmd = tokio::process::Command::new(&program[0]);
         cmd.args(&program[1..])
             .arg("--check")
-            .env("AIOPSLAB_CLUSTER", cluster)
+            .env_clear()
             .envs(self.runner_env())
+            .env("AIOPSLAB_CLUSTER", cluster)
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true);
         match tokio::time::timeout(Duration::from_secs(120), cmd.output()).await {
@@ -404,6 +462,7 @@ mod tests {
             aiopslab_python: "python3".to_owned(),
             aiopslab_bridge: Some(PathBuf::from("b.py")),
             aiopslab_agents: Vec::new(),
+            runner_env_passthrough: Vec::new(),
             runner_kill_grace_seconds: Some(1),
         };
         assert_eq!(
@@ -443,6 +502,7 @@ mod tests {
             aiopslab_python: "python3".to_owned(),
             aiopslab_bridge: None,
             aiopslab_agents: Vec::new(),
+            runner_env_passthrough: Vec::new(),
             runner_kill_grace_seconds: Some(1),
         };
         let path = args.bridge().unwrap();

@@ -132,7 +132,7 @@ enum Stop {
 
 pub(crate) async fn run(
     program: &[String],
-    env: &[(&'static str, String)],
+    env: &[(String, String)],
     spec: &TaskSpec,
     deadline: Instant,
     control: &RunControl,
@@ -151,7 +151,10 @@ pub(crate) async fn run(
     };
     let params_json = spec.params.all.to_string();
     let mut cmd = Command::new(&program[0]);
+    // An explicit environment: the worker's own (its database URL, tokens, keys) never reaches a runner.
     cmd.args(&program[1..])
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .env("TASK_ID", spec.task_id.to_string())
         .env("PROBLEM_ID", &spec.problem_id)
         .env("MAX_STEPS", spec.params.max_steps.to_string())
@@ -161,7 +164,6 @@ pub(crate) async fn run(
         .env("AIOPSLAB_CLUSTER", &spec.cluster)
         .env("TASK_PARAMETERS_FILE", &params_file.0)
         .env("PYTHONUNBUFFERED", "1")
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -36,6 +36,7 @@ fn args(kind: RunnerKind) -> RunnerArgs {
             "sleeper=fake_agent:Sleeper".to_owned(),
             "chatty=fake_agent:Chatty".to_owned(),
         ],
+        runner_env_passthrough: Vec::new(),
         runner_kill_grace_seconds: Some(1),
     }
 }

@@ -420,7 +420,99 @@ async fn two_replicas_with_workers_on_both_complete_each_task_once() {
     );
 }
 
+/// A runner starts with an explicit environment — the task's variables, the basics (PATH, HOME, …) and what
+/// the operator passes through (RUNNER_ENV_PASSTHROUGH) — and none of the worker's secrets: not the API
+/// server's DATABASE_URL, not a key the worker holds, for internal workers and daemons alike.
+async fn runners_see_none_of_the_workers_secrets(backend: Backend) {
+    let (db, _dir) = fresh_database(backend).await;
+    let runner = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/tests/fixtures/runner.sh"
+    );
+    let server = Server::start(
+        &db,
+        &[
+            ("NUM_INTERNAL_WORKERS", "1"),
+            ("TASK_RUNNER", "exec"),
+            ("RUNNER_COMMAND", runner),
+            ("OPENAI_API_KEY", "sk-server-secret"),
+            ("ALLOWED_VAR", "from-server"),
+            ("RUNNER_ENV_PASSTHROUGH", "ALLOWED_VAR"),
+        ],
+    )
+    .await;
+    let check = |result: &Value, allowed: &str| {
+        let names: Vec<&str> = result["names"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_str().unwrap())
+            .collect();
+        for needed in [
+            "TASK_ID",
+            "PROBLEM_ID",
+            "TASK_PARAMETERS_FILE",
+            "PATH",
+            "HOME",
+        ] {
+            assert!(names.contains(&needed), "{needed} missing: {names:?}");
+        }
+        for secret in [
+            "DATABASE_URL",
+            "OPENAI_API_KEY",
+            "TASK_EXECUTOR_URL",
+            "RUNNER_COMMAND",
+            "RUNNER_ENV_PASSTHROUGH",
+        ] {
+            assert!(!names.contains(&secret), "{secret} leaked: {names:?}");
+        }
+        assert_eq!(result["allowed"], allowed, "passed through as listed");
+    };
+    let t = server
+        .create(json!({"problem_id": "env-internal", "parameters": {"mode": "env"}}))
+        .await;
+    let done = server
+        .until("the internal worker ran it", || async {
+            let cur = server.task(&t).await;
+            (cur["status"] == "completed").then_some(cur)
+        })
+        .await;
+    assert_eq!(done["worker_id"], "worker-001-kind");
+    check(&done["result"], "from-server");
+
+    let stop = server
+        .client
+        .post(server.url("/api/v1/workers/internal/stop"))
+        .send()
+        .await
+        .unwrap();
+    assert!(stop.status().is_success());
+    let _d = daemon(
+        &server,
+        "env-daemon",
+        &[
+            ("TASK_RUNNER", "exec"),
+            ("RUNNER_COMMAND", runner),
+            ("OPENAI_API_KEY", "sk-daemon-secret"),
+            ("ALLOWED_VAR", "from-daemon"),
+            ("RUNNER_ENV_PASSTHROUGH", "ALLOWED_VAR"),
+        ],
+    );
+    let t = server
+        .create(json!({"problem_id": "env-daemon", "parameters": {"mode": "env"}}))
+        .await;
+    let done = server
+        .until("the daemon ran it", || async {
+            let cur = server.task(&t).await;
+            (cur["status"] == "completed").then_some(cur)
+        })
+        .await;
+    assert_eq!(done["worker_id"], "env-daemon");
+    check(&done["result"], "from-daemon");
+}
+
 task_executor_shared::both_backends!(
+    runners_see_none_of_the_workers_secrets,
     killing_the_api_server_mid_run_loses_nothing,
     a_restarted_daemon_delivers_a_kept_outcome_instead_of_running_again,
     a_cut_off_daemon_stops_its_runs_itself,
