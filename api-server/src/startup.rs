@@ -118,7 +118,7 @@ impl Application {
         let reaper = tokio::spawn(reaper::run(self.state.dispatcher.clone(), stop.clone()));
         if self.state.config.auto_start_workers && self.state.config.num_internal_workers > 0 {
             if let Err(e) = self.state.config.runner.check() {
-                tracing::warn!(error = %e, "the runner is not usable: internal workers will fail their tasks");
+                tracing::warn!(error = %e, "the runner is not usable: internal workers will show degraded and claim nothing until it is");
             }
             let _ = self.state.supervisor.start().await;
         }
