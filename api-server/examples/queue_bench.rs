@@ -65,8 +65,11 @@ async fn main() -> anyhow::Result<()> {
         )
     });
     let mut config = Config::for_database(&url);
-    config.bind_addr = "127.0.0.1:0".to_owned();
+    config.bind_addr = Some("127.0.0.1:0".to_owned());
     config.auto_start_workers = false;
+    // The clients all come from one address: the queue is measured, not the per-client rate limit.
+    config.rate_limit_per_second = 0;
+    config.max_pending_tasks = 0;
     let app = Application::build(config).await?;
     let base = format!("http://127.0.0.1:{}", app.port());
     tokio::spawn(app.run_until_stopped(std::future::pending()));

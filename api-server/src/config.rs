@@ -18,16 +18,48 @@ pub const DEFAULT_DATABASE_URL: &str = "sqlite://task-executor.db?mode=rwc";
 pub struct Config {
     /// Database: `postgres://USER:PASS@HOST:PORT/DB` (production) or `sqlite://PATH?mode=rwc` (embedded,
     /// one process). Migrations are applied at start.
-    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    #[arg(long, global = true, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
     pub database_url: String,
 
     /// Most connections in the PostgreSQL pool (SQLite always uses one).
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub database_max_connections: u32,
 
-    /// Address and port to listen on.
-    #[arg(long = "bind", env = "BIND_ADDR", default_value = "0.0.0.0:8000")]
-    pub bind_addr: String,
+    /// Address and port to listen on. Default: `0.0.0.0:8000` when API tokens exist, else `127.0.0.1:8000`
+    /// (without tokens nobody is asked for one, so the server stays on loopback; a non-loopback address
+    /// without tokens is refused unless `--insecure-no-auth` is given).
+    #[arg(long = "bind", env = "BIND_ADDR")]
+    pub bind_addr: Option<String>,
+
+    /// Serve without authentication even on a non-loopback address and even when tokens exist. Only for a
+    /// network where everyone who can reach the port may run anything on the workers.
+    #[arg(long, env = "INSECURE_NO_AUTH", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub insecure_no_auth: bool,
+
+    /// A file of API tokens besides those in the database, for provisioning (e.g. systemd
+    /// `LoadCredential=`): one a line, `NAME ROLE SECRET [WORKER_PATTERN]`, SECRET being the token or
+    /// `sha256:` and its SHA-256 in hex. Reloaded every 2 s.
+    #[arg(long, env = "TOKENS_FILE")]
+    pub tokens_file: Option<std::path::PathBuf>,
+
+    /// Requests per second one token (or, without a token, one client address) may make on average; beyond,
+    /// 429 with `Retry-After`. 0: no limit. `/health` and `/ready` are not limited.
+    #[arg(long, env = "RATE_LIMIT_PER_SECOND", default_value_t = 100, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub rate_limit_per_second: u32,
+
+    /// Requests one token (or client address) may make at once above the average rate.
+    #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub rate_limit_burst: u32,
+
+    /// Pending and running tasks one token may have at once; a create beyond is 429 `too_many_tasks`.
+    /// 0: no cap. (Without authentication, no cap applies.)
+    #[arg(long, env = "MAX_ACTIVE_TASKS_PER_TOKEN", default_value_t = 10_000)]
+    pub max_active_tasks_per_token: u64,
+
+    /// Pending tasks in the whole queue at most; a create beyond is 503 `queue_full` with `Retry-After`.
+    /// 0: no cap.
+    #[arg(long, env = "MAX_PENDING_TASKS", default_value_t = 100_000)]
+    pub max_pending_tasks: u64,
 
     /// Seconds a request body may take to arrive; a client that trickles it is answered 408 (connections
     /// on which nothing moves for 75 s are closed too).
@@ -100,6 +132,42 @@ pub struct Config {
     /// Log format: text for people, json for log collectors.
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What to do instead of serving.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Manage API tokens (in the database of DATABASE_URL).
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print it, once, on standard output (only its SHA-256 is stored).
+    Create {
+        /// A name for the token (1-64 letters, digits, '.', '_', '-'): tasks it creates record it, and
+        /// `revoke` takes it.
+        #[arg(long)]
+        name: String,
+        /// read, submit, worker or admin.
+        #[arg(long)]
+        role: task_executor_shared::Role,
+        /// For a `worker` token: the worker ids it may act as (`*` any run of characters, `?` any one).
+        /// Default: the name followed by `-*`.
+        #[arg(long)]
+        worker_pattern: Option<String>,
+    },
+    /// List the tokens: name, role, worker pattern, creation time (never the tokens).
+    List,
+    /// Revoke a token: servers refuse it within 2 seconds.
+    Revoke {
+        /// The token's name.
+        name: String,
+    },
 }
 
 fn parse_prefix(s: &str) -> Result<String, String> {
@@ -127,6 +195,15 @@ impl Config {
         params::Defaults {
             max_steps: self.default_max_steps,
             timeout_minutes: self.default_timeout_minutes,
+        }
+    }
+
+    /// The caps a new task must fit under.
+    pub fn admission(&self) -> crate::store::tasks::Admission {
+        let cap = |n: u64| (n > 0).then_some(n);
+        crate::store::tasks::Admission {
+            max_pending: cap(self.max_pending_tasks),
+            max_active_per_token: cap(self.max_active_tasks_per_token),
         }
     }
 

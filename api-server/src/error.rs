@@ -33,6 +33,18 @@ pub enum ApiError {
     /// 400: the request is not well-formed (malformed JSON).
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
+    /// 401: authentication is on and the request has no usable token (`Authorization: Bearer …`).
+    #[oai(status = 401)]
+    Unauthorized(
+        Json<ErrorBody>,
+        /// `Bearer`: the scheme to authenticate with.
+        #[oai(header = "WWW-Authenticate")]
+        String,
+    ),
+    /// 403: the token's role does not cover this operation, or a worker token acts for a worker id outside
+    /// its pattern, or a state-changing request came from another site (a cross-site form).
+    #[oai(status = 403)]
+    Forbidden(Json<ErrorBody>),
     /// 404: the task, worker or route does not exist.
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
@@ -63,9 +75,14 @@ pub enum ApiError {
     /// 500: something failed inside the server; the details are in its log, not in the answer.
     #[oai(status = 500)]
     Internal(Json<ErrorBody>),
-    /// 503: the database does not answer.
+    /// 503: the database does not answer, or the queue is full (`queue_full`, with `Retry-After`).
     #[oai(status = 503)]
-    Unavailable(Json<ErrorBody>),
+    Unavailable(
+        Json<ErrorBody>,
+        /// Seconds to wait before trying again, when known.
+        #[oai(header = "Retry-After")]
+        Option<u64>,
+    ),
 }
 
 impl ApiError {
@@ -74,6 +91,12 @@ impl ApiError {
     }
     pub fn conflict(kind: &str, detail: impl Into<String>) -> Self {
         ApiError::Conflict(body(kind, detail))
+    }
+    pub fn unauthorized(detail: impl Into<String>) -> Self {
+        ApiError::Unauthorized(body("unauthorized", detail), "Bearer".to_owned())
+    }
+    pub fn forbidden(kind: &str, detail: impl Into<String>) -> Self {
+        ApiError::Forbidden(body(kind, detail))
     }
     pub fn validation(detail: impl Into<String>) -> Self {
         ApiError::Validation(body("validation_error", detail))
@@ -101,6 +124,10 @@ impl From<StoreError> for ApiError {
                 detail,
                 retry_after,
             } => ApiError::TooManyRequests(body(kind, detail), retry_after),
+            StoreError::QueueFull {
+                detail,
+                retry_after,
+            } => ApiError::Unavailable(body("queue_full", detail), Some(retry_after)),
             StoreError::Invalid(detail) => ApiError::validation(detail),
             StoreError::Db(e) => ApiError::internal(&e),
         }

@@ -2,24 +2,30 @@
 //! side of the worker protocol, and the supervisor of internal workers. `main.rs` only parses the
 //! configuration and calls [`run`]. The README's "Code map" says what each module is for.
 
+pub mod auth;
 pub mod config;
 pub mod dispatch;
 pub mod error;
 pub mod idempotency;
 pub mod metrics;
 pub mod middleware;
+pub mod ratelimit;
 pub mod reaper;
 pub mod routes;
 pub mod startup;
 pub mod state;
 pub mod store;
 pub mod supervisor;
+pub mod tokens_cli;
 
 pub use config::Config;
 pub use startup::Application;
 
-/// Runs the server until SIGTERM or SIGINT.
+/// Runs the server until SIGTERM or SIGINT (or the subcommand asked for).
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    if let Some(config::Command::Token(command)) = &config.command {
+        return tokens_cli::run(&config, command).await;
+    }
     let app = Application::build(config).await?;
     app.run_until_stopped(shutdown_signal()).await
 }

@@ -1,5 +1,6 @@
 //! The outermost middleware, around every route: assigns the request id (the client's own when usable) and
-//! opens the request's tracing span, bounds the body and checks that declared JSON parses and holds no NUL
+//! opens the request's tracing span, refuses state-changing requests sent from another site, finds out the
+//! caller (its token) and applies the rate limit, bounds the body and checks that declared JSON parses and holds no NUL
 //! (nor the query string), turns every
 //! error — poem's and poem-openapi's own included (unknown route, wrong method, wrong content type, bad
 //! parameter) — into the specification's JSON body, and records the HTTP metrics by route template.
@@ -21,8 +22,10 @@ use poem_openapi::error::{
 use tracing::Instrument;
 
 use crate::{
+    auth,
     error::{REQUEST_ID, body, request_id},
     metrics::Metrics,
+    ratelimit::RateLimiter,
     routes::AllowTable,
 };
 
@@ -32,6 +35,39 @@ pub struct Edge {
     pub allow: AllowTable,
     /// How long a request body may take to arrive (a client that trickles it is cut off with 408).
     pub body_timeout: std::time::Duration,
+    pub auth: Arc<auth::Registry>,
+    pub limiter: Option<Arc<RateLimiter>>,
+}
+
+/// Why a state-changing request is refused as coming from another site, if it is: a browser says where a
+/// request comes from (`Sec-Fetch-Site`, `Origin`), so a page elsewhere that makes the user's browser post a
+/// form or a `no-cors` fetch to this server (which may be on loopback, without authentication) is stopped
+/// here. Clients that are not browsers send neither header and pass.
+fn cross_site(req: &Request) -> Option<String> {
+    if matches!(req.method().as_str(), "GET" | "HEAD" | "OPTIONS") {
+        return None;
+    }
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    if let Some(site) = header("sec-fetch-site")
+        && matches!(site, "cross-site" | "same-site")
+    {
+        return Some(format!(
+            "a {site} request may not change anything here (Sec-Fetch-Site: {site})"
+        ));
+    }
+    if let Some(origin) = header("origin") {
+        let authority = origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"));
+        let host = header("host");
+        if authority.is_none() || host.is_none() || authority != host {
+            return Some(format!(
+                "a request from origin `{origin}` may not change anything on this server (its pages are at {})",
+                host.unwrap_or("its own address")
+            ));
+        }
+    }
+    None
 }
 
 const NUL_REFUSED: &str =
@@ -129,6 +165,7 @@ pub async fn edge<E: Endpoint>(
     let method = req.method().to_string();
     let path = req.uri().path().to_owned();
     let body_timeout = edge.body_timeout;
+    let edge_in = edge.clone();
     let rid = req
         .headers()
         .get("x-request-id")
@@ -142,6 +179,30 @@ pub async fn edge<E: Endpoint>(
     let route_slot = &mut route;
     let mut resp = REQUEST_ID
         .scope(rid, async move {
+            if let Some(why) = cross_site(&req) {
+                return json_error(StatusCode::FORBIDDEN, "cross_site_request", why);
+            }
+            let caller = edge_in.auth.caller(
+                req.headers()
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok()),
+            );
+            if let Some(limiter) = &edge_in.limiter
+                && !matches!(req.uri().path(), "/health" | "/ready")
+                && let Err(wait) = limiter.check(
+                    &caller,
+                    req.remote_addr().as_socket_addr().map(|a| a.ip()),
+                )
+            {
+                let mut resp = json_error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    format!("too many requests: try again in {wait} s"),
+                );
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait));
+                return resp;
+            }
+            req.extensions_mut().insert(caller);
             let read = tokio::time::timeout(body_timeout, req.take_body().into_bytes_limit(MAX_BODY_BYTES));
             let Ok(read) = read.await else {
                 return json_error(

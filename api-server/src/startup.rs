@@ -11,9 +11,11 @@ use poem::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    auth,
     config::Config,
     dispatch::Dispatcher,
     metrics::Metrics,
+    ratelimit::RateLimiter,
     reaper, routes,
     state::AppState,
     store::{self, queue::LeasePolicy, workers},
@@ -22,6 +24,7 @@ use crate::{
 
 pub struct Application {
     acceptor: TcpAcceptor,
+    addr: std::net::SocketAddr,
     port: u16,
     state: AppState,
 }
@@ -35,15 +38,22 @@ const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(75);
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let db = store::connect(&config.database_url, config.database_max_connections).await?;
-        let acceptor = TcpListener::bind(config.bind_addr.clone())
+        let auth = Arc::new(auth::Registry::new(
+            config.insecure_no_auth,
+            config.tokens_file.clone(),
+        ));
+        auth.refresh(&db).await?;
+        let bind_addr = listen_address(&config, auth.enabled()).await?;
+        let acceptor = TcpListener::bind(bind_addr.clone())
             .into_acceptor()
             .await
-            .with_context(|| format!("cannot listen on {}", config.bind_addr))?;
-        let port = acceptor
+            .with_context(|| format!("cannot listen on {bind_addr}"))?;
+        let addr = acceptor
             .local_addr()
             .first()
-            .and_then(|a| a.as_socket_addr().map(|s| s.port()))
+            .and_then(|a| a.as_socket_addr().copied())
             .context("the listener has no TCP address")?;
+        let port = addr.port();
         let metrics = Arc::new(Metrics::new());
         let lease = LeasePolicy {
             heartbeat_timeout: config.heartbeat_timeout(),
@@ -93,13 +103,21 @@ impl Application {
             dispatcher,
             supervisor,
             metrics,
+            limiter: RateLimiter::new(config.rate_limit_per_second, config.rate_limit_burst),
+            auth,
             config: Arc::new(config),
         };
         Ok(Application {
             acceptor,
+            addr,
             port,
             state,
         })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.addr
     }
 
     /// The port actually bound (useful when the configuration asked for port 0).
@@ -116,6 +134,15 @@ impl Application {
         let app = routes::app(&self.state);
         tracing::info!(port = self.port, database = %store::redact(&self.state.config.database_url), "listening");
         let reaper = tokio::spawn(reaper::run(self.state.dispatcher.clone(), stop.clone()));
+        tokio::spawn(
+            self.state
+                .auth
+                .clone()
+                .run(self.state.db.clone(), stop.clone()),
+        );
+        if let Some(limiter) = &self.state.limiter {
+            tokio::spawn(limiter.clone().run(stop.clone()));
+        }
         if self.state.config.auto_start_workers && self.state.config.num_internal_workers > 0 {
             if let Err(e) = self.state.config.runner.check() {
                 tracing::warn!(error = %e, "the runner is not usable: internal workers will show degraded and claim nothing until it is");
@@ -146,4 +173,39 @@ impl Application {
         self.state.db.clone().close().await.ok();
         result.context("server failed")
     }
+}
+
+/// Where to listen: `BIND_ADDR`, or by default every interface when tokens exist and loopback when none
+/// does. Without tokens (and without `--insecure-no-auth`) an address that is not loopback is refused: the
+/// server would let anyone who reaches it run anything on the workers.
+async fn listen_address(config: &Config, auth_on: bool) -> anyhow::Result<String> {
+    let addr = config.bind_addr.clone().unwrap_or_else(|| {
+        if auth_on {
+            "0.0.0.0:8000"
+        } else {
+            "127.0.0.1:8000"
+        }
+        .to_owned()
+    });
+    if auth_on {
+        return Ok(addr);
+    }
+    if config.insecure_no_auth {
+        tracing::warn!(address = %addr, "authentication is OFF (--insecure-no-auth): anyone who can reach this address may create tasks, act as a worker and stop the workers");
+        return Ok(addr);
+    }
+    let resolved: Vec<std::net::SocketAddr> = tokio::net::lookup_host(addr.as_str())
+        .await
+        .with_context(|| format!("cannot resolve the listen address {addr}"))?
+        .collect();
+    if resolved.is_empty() || resolved.iter().any(|a| !a.ip().is_loopback()) {
+        anyhow::bail!(
+            "refusing to listen on {addr} without authentication: no API token exists, so anyone reaching \
+             that address could run anything on the workers. Create one (`api-server token create --name admin \
+             --role admin`, or a TOKENS_FILE), listen on loopback (BIND_ADDR=127.0.0.1:8000), or pass \
+             --insecure-no-auth if everyone on that network may do everything"
+        );
+    }
+    tracing::info!(address = %addr, "authentication is off: no API token exists, so this server listens on loopback only and asks for none (create one with `api-server token create`; it turns authentication on within 2 s)");
+    Ok(addr)
 }

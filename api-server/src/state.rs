@@ -4,7 +4,10 @@ use std::sync::Arc;
 
 use sea_orm::DatabaseConnection;
 
-use crate::{config::Config, dispatch::Dispatcher, metrics::Metrics, supervisor::Supervisor};
+use crate::{
+    auth, config::Config, dispatch::Dispatcher, metrics::Metrics, ratelimit::RateLimiter,
+    supervisor::Supervisor,
+};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -14,4 +17,8 @@ pub struct AppState {
     pub dispatcher: Dispatcher,
     pub supervisor: Arc<Supervisor>,
     pub metrics: Arc<Metrics>,
+    /// The tokens this server accepts.
+    pub auth: Arc<auth::Registry>,
+    /// The request rate limit (none: unlimited).
+    pub limiter: Option<Arc<RateLimiter>>,
 }

@@ -52,7 +52,9 @@ impl LocalQueue {
 fn queue_error(e: StoreError) -> QueueError {
     match e {
         StoreError::Db(e) => QueueError::Unavailable(e.to_string()),
-        e @ StoreError::TooMany { .. } => QueueError::Unavailable(e.to_string()),
+        e @ (StoreError::TooMany { .. } | StoreError::QueueFull { .. }) => {
+            QueueError::Unavailable(e.to_string())
+        }
         StoreError::WorkerNotFound(_) | StoreError::WorkerOffline(_) => QueueError::UnknownWorker,
         StoreError::TaskNotFound(id) => QueueError::Refused {
             kind: "task_not_found".to_owned(),

@@ -9,6 +9,7 @@ mod m20261126_000002_task_leases;
 mod m20261126_000003_worker_instances;
 mod m20261126_000004_log_caps;
 mod m20261126_000005_worker_status_reason;
+mod m20261126_000006_api_tokens;
 
 pub struct Migrator;
 
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000003_worker_instances::Migration),
             Box::new(m20261126_000004_log_caps::Migration),
             Box::new(m20261126_000005_worker_status_reason::Migration),
+            Box::new(m20261126_000006_api_tokens::Migration),
         ]
     }
 }

@@ -73,6 +73,10 @@ pub struct Task {
     pub started_at: Option<DateTime<Utc>>,
     #[oai(nullable)]
     pub completed_at: Option<DateTime<Utc>>,
+    /// The name of the API token that created the task (null when authentication was off).
+    #[oai(nullable)]
+    #[serde(default)]
+    pub created_by: Option<String>,
 }
 
 /// A task just claimed by a worker: the task, and the lease id of this run, which every report about the run
@@ -315,4 +319,21 @@ pub struct ReleaseTaskRequest {
     #[oai(nullable, validator(max_length = 2000))]
     #[serde(default)]
     pub reason: Option<Text>,
+}
+
+/// Who the caller is, as the server sees its token.
+#[derive(Debug, Clone, Object, Serialize, Deserialize)]
+pub struct Identity {
+    /// Whether this server asks for tokens. When `false`, every caller may do everything (the server listens
+    /// on loopback only, or was started with `--insecure-no-auth`) and the other fields are null.
+    pub auth_enabled: bool,
+    /// The token's name.
+    #[oai(nullable)]
+    pub name: Option<String>,
+    /// The token's role.
+    #[oai(nullable)]
+    pub role: Option<crate::Role>,
+    /// For a `worker` token: the worker ids it may act as (`*` any run of characters, `?` any one).
+    #[oai(nullable)]
+    pub worker_pattern: Option<String>,
 }

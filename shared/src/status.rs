@@ -105,6 +105,30 @@ state_enum! {
     derive(PartialOrd, Ord)
 }
 
+state_enum! {
+    /// What an API token may do. `read`: every GET of tasks, logs, workers, health details and metrics;
+    /// `submit`: `read` plus creating and cancelling tasks; `worker`: the worker protocol, for worker ids
+    /// matching the token's pattern; `admin`: everything, the internal worker controls included.
+    pub enum Role {
+        Read,
+        Submit,
+        Worker,
+        Admin,
+    }
+}
+
+impl Role {
+    /// Whether a token of this role may do what needs `need`.
+    pub fn allows(self, need: Role) -> bool {
+        match self {
+            Role::Admin => true,
+            Role::Submit => matches!(need, Role::Read | Role::Submit),
+            Role::Read => need == Role::Read,
+            Role::Worker => need == Role::Worker,
+        }
+    }
+}
+
 impl LogLevel {
     /// A number that grows with severity, stored beside the level so that "this level and worse" is one
     /// indexed comparison.
@@ -145,6 +169,22 @@ mod tests {
     }
 
     #[test]
+    fn roles_cover_what_they_say() {
+        use Role::*;
+        let table = [
+            (Read, [true, false, false, false]),
+            (Submit, [true, true, false, false]),
+            (Worker, [false, false, true, false]),
+            (Admin, [true, true, true, true]),
+        ];
+        for (role, allowed) in table {
+            for (need, ok) in [Read, Submit, Worker, Admin].into_iter().zip(allowed) {
+                assert_eq!(role.allows(need), ok, "{role} for {need}");
+            }
+        }
+    }
+
+    #[test]
     fn names_round_trip() {
         for s in TaskStatus::all() {
             assert_eq!(s.as_str().parse::<TaskStatus>().unwrap(), s);
@@ -156,6 +196,7 @@ mod tests {
         assert_eq!(TaskStatus::Cancelled.as_str(), "cancelled");
         assert_eq!(WorkerStatus::Stopping.as_str(), "stopping");
         assert!("Pending".parse::<TaskStatus>().is_err());
+        assert_eq!("submit".parse::<Role>().unwrap(), Role::Submit);
         assert!(LogLevel::Warning.severity() > LogLevel::Info.severity());
         assert!(LogLevel::Warning > LogLevel::Info);
     }

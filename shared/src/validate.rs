@@ -60,6 +60,44 @@ pub fn problem_glob(s: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether `text` matches `pattern`, where `*` is any run of characters and `?` any one (the wildcards of
+/// `supported_problems` and of a worker token's pattern; every other character stands for itself).
+pub fn glob_matches(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti) = (0, 0);
+    // Where the last `*` was, and the text position it is tried from: backtracking to it is enough.
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+/// A worker token's pattern: the characters of a worker id plus the wildcards `*` and `?`.
+pub fn worker_pattern(s: &str) -> Result<(), String> {
+    if s.is_empty()
+        || s.len() > WORKER_ID_MAX
+        || !s.chars().all(|c| id_char(c) || c == '*' || c == '?')
+    {
+        return Err(format!(
+            "worker pattern `{s}` must be 1-{WORKER_ID_MAX} characters of letters, digits, '-', '_', '.', '*' or '?'"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,6 +121,22 @@ mod tests {
         assert!(worker_id("a/b").is_err());
         assert!(worker_id("internal").is_err());
         assert!(worker_id(&"w".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn glob_matching() {
+        assert!(glob_matches("gpu-1-*", "gpu-1-worker"));
+        assert!(glob_matches("gpu-1-*", "gpu-1-"));
+        assert!(!glob_matches("gpu-1-*", "gpu-10-worker"));
+        assert!(!glob_matches("gpu-1-*", "gpu-1"));
+        assert!(glob_matches("*", ""));
+        assert!(glob_matches("a?c", "abc"));
+        assert!(!glob_matches("a?c", "ac"));
+        assert!(glob_matches("*-detection-*", "k8s-detection-1"));
+        assert!(glob_matches("a*b*c", "aXbYbZc"));
+        assert!(!glob_matches("a*b*c", "aXbYbZ"));
+        assert!(glob_matches("exact", "exact"));
+        assert!(!glob_matches("exact", "exactly"));
     }
 
     #[test]

@@ -38,6 +38,12 @@ fn classify(status: StatusCode, kind: String, detail: String) -> QueueError {
         QueueError::UnknownWorker
     } else if status == StatusCode::CONFLICT || status == StatusCode::NOT_FOUND {
         QueueError::Refused { kind, detail }
+    } else if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+        // A revoked token cuts the daemon off: its runs stop at the lease cut-off and the server requeues
+        // them.
+        QueueError::Fatal(format!(
+            "the API server refused this daemon's token ({status}, {kind}): {detail}"
+        ))
     } else {
         QueueError::Fatal(format!(
             "the API server answered {status}: {detail} ({kind})"
@@ -46,8 +52,32 @@ fn classify(status: StatusCode, kind: String, detail: String) -> QueueError {
 }
 
 impl Client {
-    pub fn new(base: &str, worker_id: &str, timeout: Duration) -> anyhow::Result<Self> {
+    /// A client for the daemon's settings (server, worker id, timeout, token).
+    pub fn from_config(cfg: &crate::config::Config) -> anyhow::Result<Self> {
+        Self::new(
+            &cfg.server(),
+            &cfg.worker_id(),
+            Duration::from_secs(cfg.request_timeout_seconds),
+            cfg.token()?.as_ref().map(|t| t.expose()),
+        )
+    }
+
+    pub fn new(
+        base: &str,
+        worker_id: &str,
+        timeout: Duration,
+        token: Option<&str>,
+    ) -> anyhow::Result<Self> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = token {
+            let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| anyhow::anyhow!("the token is not a valid header value"))?;
+            // Kept out of reqwest's and hyper's debug output.
+            v.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, v);
+        }
         let http = reqwest::Client::builder()
+            .default_headers(headers)
             .user_agent(concat!("worker-daemon/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(5))
             .pool_idle_timeout(Duration::from_secs(90))
@@ -104,6 +134,63 @@ impl Client {
             .await
             .map_err(unreachable)?;
         Ok(resp.status())
+    }
+
+    /// The daemon's token as the server sees it (`GET /api/v1/auth/whoami`).
+    pub async fn whoami(&self) -> Result<api::Identity, QueueError> {
+        let resp = self
+            .http
+            .get(format!("{}/api/v1/auth/whoami", self.base))
+            .timeout(self.timeout)
+            .send()
+            .await
+            .map_err(unreachable)?;
+        Self::check(resp).await?.json().await.map_err(unreachable)
+    }
+
+    /// Fails when the server refuses the token or the token may not act as this worker; passes when the
+    /// server cannot be asked now (registration retries then). Says what it found.
+    pub async fn check_token(&self) -> Result<String, String> {
+        match self.whoami().await {
+            Ok(id) => self.judge_identity(id),
+            Err(QueueError::Refused { kind, detail }) if kind == "not_found" => Err(format!(
+                "the API server has no /api/v1/auth/whoami ({detail}): it is older than this daemon"
+            )),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Whether a token the server described may run this worker.
+    pub fn judge_identity(&self, id: api::Identity) -> Result<String, String> {
+        match id {
+            id if !id.auth_enabled => Ok("the API server asks for no token".to_owned()),
+            id => {
+                let name = id.name.unwrap_or_default();
+                match (id.role, id.worker_pattern) {
+                    (Some(task_executor_shared::Role::Admin), _) => {
+                        Ok(format!("token `{name}` (admin) is accepted"))
+                    }
+                    (Some(task_executor_shared::Role::Worker), Some(p))
+                        if task_executor_shared::validate::glob_matches(&p, &self.worker_id) =>
+                    {
+                        Ok(format!(
+                            "token `{name}` (worker, `{p}`) may act as {}",
+                            self.worker_id
+                        ))
+                    }
+                    (Some(task_executor_shared::Role::Worker), p) => Err(format!(
+                        "token `{name}` may act only as workers matching `{}`, not as {}: set WORKER_ID, or \
+                         create the token with a --worker-pattern that covers it",
+                        p.unwrap_or_default(),
+                        self.worker_id
+                    )),
+                    (role, _) => Err(format!(
+                        "token `{name}` has role `{}`: a worker daemon needs a `worker` token",
+                        role.map(|r| r.as_str()).unwrap_or("none")
+                    )),
+                }
+            }
+        }
     }
 
     async fn claim_now(&self, wait: Duration) -> Result<Option<ClaimedTask>, QueueError> {

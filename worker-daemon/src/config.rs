@@ -68,6 +68,22 @@ pub struct Config {
     )]
     pub shutdown_grace_seconds: u64,
 
+    /// The API token of this daemon (role `worker`, its pattern covering WORKER_ID), when the server asks for
+    /// tokens. Prefer TASK_EXECUTOR_TOKEN_FILE: an environment variable is visible to whatever reads this
+    /// process's environment. The token never reaches a runner.
+    #[arg(
+        global = true,
+        long = "token",
+        env = "TASK_EXECUTOR_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<Secret>,
+
+    /// A file holding the API token (e.g. `$CREDENTIALS_DIRECTORY/token` with systemd `LoadCredential=`);
+    /// surrounding whitespace is ignored, and an empty file means no token.
+    #[arg(global = true, long, env = "TASK_EXECUTOR_TOKEN_FILE")]
+    pub token_file: Option<std::path::PathBuf>,
+
     /// Timeout of each HTTP request to the server, in seconds (a long poll gets its wait on top).
     #[arg(global = true, long, env = "REQUEST_TIMEOUT_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=600))]
     pub request_timeout_seconds: u64,
@@ -90,6 +106,33 @@ pub struct Config {
     /// Log format: text or json.
     #[arg(global = true, long, env = "LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+}
+
+/// A secret setting: shown as `***` by `Debug`, so that it cannot reach a log by accident.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("a token is visible ASCII characters, not empty".to_owned());
+        }
+        Ok(Secret(s.to_owned()))
+    }
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -154,6 +197,28 @@ impl Config {
         Duration::from_secs(self.heartbeat_interval_seconds)
     }
 
+    /// The API token: TASK_EXECUTOR_TOKEN, or the content of TASK_EXECUTOR_TOKEN_FILE (not both).
+    pub fn token(&self) -> anyhow::Result<Option<Secret>> {
+        match (&self.token, &self.token_file) {
+            (Some(_), Some(_)) => anyhow::bail!(
+                "give the token once: TASK_EXECUTOR_TOKEN or TASK_EXECUTOR_TOKEN_FILE, not both"
+            ),
+            (Some(t), None) => Ok(Some(t.clone())),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    anyhow::anyhow!("cannot read the token file {}: {e}", path.display())
+                })?;
+                if text.trim().is_empty() {
+                    return Ok(None);
+                }
+                text.parse()
+                    .map(Some)
+                    .map_err(|e| anyhow::anyhow!("token file {}: {e}", path.display()))
+            }
+            (None, None) => Ok(None),
+        }
+    }
+
     pub fn server(&self) -> String {
         self.server_url.trim_end_matches('/').to_owned()
     }
@@ -168,6 +233,13 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Config::command().debug_assert();
+    }
+
+    #[test]
+    fn the_token_does_not_show_in_debug() {
+        let c = Config::parse_from(["worker-daemon", "--token", "tex_secret"]);
+        assert!(!format!("{c:?}").contains("tex_secret"));
+        assert_eq!(c.token().unwrap().unwrap().expose(), "tex_secret");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use serde_json::json;
 use task_executor_shared::{
     InstanceId, ProblemGlob, WorkerId,
     api::{RegisterWorkerRequest, WorkerCapabilities},
-    worker::{Observer, Settings, Shutdown, Worker},
+    worker::{Observer, QueueError, Settings, Shutdown, Worker},
 };
 
 use crate::{client::Client, config::Config, metrics::DaemonMetrics, state::State};
@@ -75,11 +75,19 @@ pub async fn run(
     let id = cfg.worker_id();
     let worker_id = WorkerId::parse(id.clone())
         .map_err(|e| anyhow::anyhow!("invalid worker id `{id}`: {e}"))?;
-    let client = Client::new(
-        &cfg.server(),
-        &id,
-        Duration::from_secs(cfg.request_timeout_seconds),
-    )?;
+    let client = Client::from_config(&cfg)?;
+    match client.whoami().await {
+        Ok(identity) => {
+            let ok = client
+                .judge_identity(identity)
+                .map_err(anyhow::Error::msg)?;
+            tracing::info!("check ok: {ok}");
+        }
+        Err(QueueError::Unavailable(e)) => {
+            tracing::warn!(error = %e, "cannot check the token now: registration will retry")
+        }
+        Err(e) => anyhow::bail!("{e}"),
+    }
     let state = State::open(&cfg.state_dir())?;
     let settings = Settings {
         registration: registration(&cfg, worker_id, state.instance_id.clone()),

@@ -15,11 +15,7 @@ use task_executor_shared::worker::Shutdown;
 
 /// `worker-daemon check`: prints what is fine, or fails with what is not.
 pub async fn check(cfg: &Config) -> anyhow::Result<()> {
-    let client = client::Client::new(
-        &cfg.server(),
-        &cfg.worker_id(),
-        Duration::from_secs(cfg.request_timeout_seconds),
-    )?;
+    let client = client::Client::from_config(cfg)?;
     for line in check::local(cfg).map_err(anyhow::Error::msg)? {
         println!("ok: {line}");
     }
@@ -28,6 +24,10 @@ pub async fn check(cfg: &Config) -> anyhow::Result<()> {
         check::server(cfg, &client)
             .await
             .map_err(anyhow::Error::msg)?
+    );
+    println!(
+        "ok: {}",
+        client.check_token().await.map_err(anyhow::Error::msg)?
     );
     Ok(())
 }

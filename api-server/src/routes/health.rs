@@ -7,10 +7,12 @@ use poem_openapi::{
     ApiResponse, Object, OpenApi,
     payload::{Json, PlainText},
 };
-use task_executor_shared::{TaskStatus, WorkerStatus};
+use task_executor_shared::{Role, TaskStatus, WorkerStatus, api::Identity};
 
 use super::ApiTags;
 use crate::{
+    auth::{AnyToken, Anyone, Auth, Read},
+    error::ApiError,
     state::AppState,
     store::{self, stats, workers},
 };
@@ -48,15 +50,20 @@ struct QueueCounts {
     cancelled: i64,
 }
 
+/// The server's health. With authentication on, the details (`database`, `workers`, `queue`) are only given
+/// to a token that may read.
 #[derive(Object)]
 struct Health {
     /// `healthy`, or `unhealthy` when the database does not answer.
     status: String,
     version: String,
     timestamp: DateTime<Utc>,
-    database: DatabaseHealth,
-    workers: WorkerCounts,
-    queue: QueueCounts,
+    #[oai(skip_serializing_if_is_none)]
+    database: Option<DatabaseHealth>,
+    #[oai(skip_serializing_if_is_none)]
+    workers: Option<WorkerCounts>,
+    #[oai(skip_serializing_if_is_none)]
+    queue: Option<QueueCounts>,
 }
 
 #[derive(ApiResponse)]
@@ -145,21 +152,42 @@ impl HealthApi {
     /// pending task; claim wait and run duration; workers by status; HTTP requests by route template; the
     /// database pool. Prometheus text format.
     #[oai(path = "/metrics", method = "get", operation_id = "metrics")]
-    async fn metrics(&self) -> PlainText<String> {
-        PlainText(
+    async fn metrics(&self, _auth: Auth<Read>) -> Result<PlainText<String>, ApiError> {
+        Ok(PlainText(
             self.state
                 .metrics
                 .render(&self.state.db, self.heartbeat_timeout())
                 .await,
-        )
+        ))
     }
 
     /// Health check
     ///
-    /// Database connectivity and latency, workers by status, tasks by status.
+    /// Database connectivity and latency, workers by status, tasks by status. Open to all; with
+    /// authentication on, only a token that may read gets more than `status`, `version` and `timestamp`.
     #[oai(path = "/health", method = "get", operation_id = "health")]
-    async fn health(&self) -> HealthResponse {
+    async fn health(&self, auth: Auth<Anyone>) -> HealthResponse {
         let latency = self.ping().await;
+        if auth.require(Role::Read).is_err() {
+            let body = Health {
+                status: if latency.is_some() {
+                    "healthy"
+                } else {
+                    "unhealthy"
+                }
+                .to_owned(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                timestamp: store::now(),
+                database: None,
+                workers: None,
+                queue: None,
+            };
+            return if latency.is_some() {
+                HealthResponse::Healthy(Json(body))
+            } else {
+                HealthResponse::Unhealthy(Json(body))
+            };
+        }
         let counts = match latency {
             Some(_) => self
                 .counts()
@@ -174,18 +202,27 @@ impl HealthApi {
             status: if healthy { "healthy" } else { "unhealthy" }.to_owned(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             timestamp: store::now(),
-            database: DatabaseHealth {
+            database: Some(DatabaseHealth {
                 connected: latency.is_some(),
                 latency_ms: latency,
-            },
-            workers,
-            queue,
+            }),
+            workers: Some(workers),
+            queue: Some(queue),
         };
         if healthy {
             HealthResponse::Healthy(Json(body))
         } else {
             HealthResponse::Unhealthy(Json(body))
         }
+    }
+
+    /// Who am I
+    ///
+    /// The caller's token as the server sees it: name, role and (for a worker token) the worker ids it may
+    /// act as; `auth_enabled: false` when the server asks for no token. A quick way to check a token.
+    #[oai(path = "/api/v1/auth/whoami", method = "get", operation_id = "whoami")]
+    async fn whoami(&self, auth: Auth<AnyToken>) -> Result<Json<Identity>, ApiError> {
+        Ok(Json(auth.identity()))
     }
 
     /// Readiness check

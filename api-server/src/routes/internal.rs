@@ -5,6 +5,7 @@ use task_executor_shared::WorkerStatus;
 use uuid::Uuid;
 
 use super::ApiTags;
+use crate::auth::{Admin, Auth, Read};
 use crate::{error::ApiError, state::AppState, supervisor::SupervisorError};
 
 pub struct InternalWorkersApi {
@@ -63,7 +64,7 @@ impl InternalWorkersApi {
         method = "get",
         operation_id = "internal_workers_status"
     )]
-    async fn status(&self) -> Result<Json<InternalStatus>, ApiError> {
+    async fn status(&self, _auth: Auth<Read>) -> Result<Json<InternalStatus>, ApiError> {
         let (running, workers) = self.state.supervisor.status();
         let num_workers = workers
             .iter()
@@ -92,7 +93,11 @@ impl InternalWorkersApi {
         method = "post",
         operation_id = "scale_internal_workers"
     )]
-    async fn scale(&self, body: Json<ScaleRequest>) -> Result<Json<ScaleResponse>, ApiError> {
+    async fn scale(
+        &self,
+        _auth: Auth<Admin>,
+        body: Json<ScaleRequest>,
+    ) -> Result<Json<ScaleResponse>, ApiError> {
         let n = body.0.num_workers as usize;
         let previous = self.state.supervisor.scale(n).await;
         Ok(Json(ScaleResponse {
@@ -113,6 +118,7 @@ impl InternalWorkersApi {
     )]
     async fn stop(
         &self,
+        _auth: Auth<Admin>,
         /// Let running tasks finish instead of stopping them.
         #[oai(default)]
         drain: Query<bool>,
@@ -138,7 +144,7 @@ impl InternalWorkersApi {
         method = "post",
         operation_id = "start_internal_workers"
     )]
-    async fn start(&self) -> Result<Json<StartResponse>, ApiError> {
+    async fn start(&self, _auth: Auth<Admin>) -> Result<Json<StartResponse>, ApiError> {
         match self.state.supervisor.start().await {
             Ok(n) => Ok(Json(StartResponse {
                 message: "Workers started".to_owned(),

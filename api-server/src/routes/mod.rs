@@ -64,6 +64,8 @@ pub fn app(state: &AppState) -> impl Endpoint + 'static {
         metrics: state.metrics.clone(),
         allow: AllowTable::from_spec(&api.spec()),
         body_timeout: std::time::Duration::from_secs(state.config.request_body_timeout_seconds),
+        auth: state.auth.clone(),
+        limiter: state.limiter.clone(),
     });
     let ui = api.swagger_ui();
     let spec = api.spec_endpoint();

@@ -13,6 +13,7 @@ use task_executor_shared::{
 use uuid::Uuid;
 
 use super::ApiTags;
+use crate::auth::{Auth, Read, Submit};
 use crate::{
     error::ApiError,
     idempotency,
@@ -56,6 +57,7 @@ impl TasksApi {
     #[oai(path = "/tasks", method = "post", operation_id = "create_task")]
     async fn create_task(
         &self,
+        auth: Auth<Submit>,
         /// A client-chosen key (1-255 visible characters) that makes the creation safe to retry.
         #[oai(
             name = "Idempotency-Key",
@@ -85,6 +87,8 @@ impl TasksApi {
                 parameters,
                 priority: req.priority,
                 idempotency,
+                created_by: auth.token_name().map(str::to_owned),
+                admission: self.state.config.admission(),
             },
         )
         .await?;
@@ -105,6 +109,7 @@ impl TasksApi {
     #[oai(path = "/tasks", method = "get", operation_id = "list_tasks")]
     async fn list_tasks(
         &self,
+        _auth: Auth<Read>,
         /// Only tasks in this state.
         status: Query<Option<TaskStatus>>,
         /// Only tasks of this problem.
@@ -139,7 +144,11 @@ impl TasksApi {
 
     /// Get a task
     #[oai(path = "/tasks/:task_id", method = "get", operation_id = "get_task")]
-    async fn get_task(&self, task_id: Path<Uuid>) -> Result<Json<Task>, ApiError> {
+    async fn get_task(
+        &self,
+        _auth: Auth<Read>,
+        task_id: Path<Uuid>,
+    ) -> Result<Json<Task>, ApiError> {
         Ok(Json(tasks::get(&self.state.db, task_id.0).await?.into()))
     }
 
@@ -152,7 +161,11 @@ impl TasksApi {
         method = "post",
         operation_id = "cancel_task"
     )]
-    async fn cancel_task(&self, task_id: Path<Uuid>) -> Result<Json<CancelResponse>, ApiError> {
+    async fn cancel_task(
+        &self,
+        _auth: Auth<Submit>,
+        task_id: Path<Uuid>,
+    ) -> Result<Json<CancelResponse>, ApiError> {
         let task = tasks::cancel(&self.state.db, task_id.0).await?;
         tracing::info!(task_id = %task.id, "task cancelled");
         self.state.metrics.task_finished(&task);
@@ -172,6 +185,7 @@ impl TasksApi {
     )]
     async fn get_task_logs(
         &self,
+        _auth: Auth<Read>,
         task_id: Path<Uuid>,
         /// Only entries of this level and more severe.
         level: Query<Option<LogLevel>>,

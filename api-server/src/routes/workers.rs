@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::ApiTags;
+use crate::auth::{Auth, Read, Work};
 use crate::{
     error::ApiError,
     state::AppState,
@@ -67,8 +68,10 @@ impl WorkersApi {
     )]
     async fn register_worker(
         &self,
+        auth: Auth<Work>,
         body: Json<RegisterWorkerRequest>,
     ) -> Result<RegisterResponse, ApiError> {
+        auth.may_act_as(body.0.worker_id.as_str())?;
         let r = self.state.dispatcher.register(&body.0).await?;
         let resp = RegisterWorkerResponse {
             id: r.worker.id,
@@ -91,6 +94,7 @@ impl WorkersApi {
     #[oai(path = "/workers", method = "get", operation_id = "list_workers")]
     async fn list_workers(
         &self,
+        _auth: Auth<Read>,
         /// Only workers in this state.
         status: Query<Option<WorkerStatus>>,
         /// Only workers of this backend type.
@@ -122,7 +126,11 @@ impl WorkersApi {
         method = "get",
         operation_id = "get_worker"
     )]
-    async fn get_worker(&self, worker_id: Path<WorkerId>) -> Result<Json<Worker>, ApiError> {
+    async fn get_worker(
+        &self,
+        _auth: Auth<Read>,
+        worker_id: Path<WorkerId>,
+    ) -> Result<Json<Worker>, ApiError> {
         let (w, s, held) = workers::one_with_status(
             &self.state.db,
             worker_id.0.as_str(),
@@ -145,9 +153,11 @@ impl WorkersApi {
     )]
     async fn heartbeat(
         &self,
+        auth: Auth<Work>,
         worker_id: Path<WorkerId>,
         body: Json<HeartbeatRequest>,
     ) -> Result<Json<HeartbeatResponse>, ApiError> {
+        auth.may_act_as(worker_id.0.as_str())?;
         let out = self
             .state
             .dispatcher
@@ -172,11 +182,13 @@ impl WorkersApi {
     )]
     async fn claim(
         &self,
+        auth: Auth<Work>,
         worker_id: Path<WorkerId>,
         /// Seconds to wait for a task when none is available (0-60).
         #[oai(default, validator(minimum(value = "0"), maximum(value = "60")))]
         wait_seconds: Query<u64>,
     ) -> Result<ClaimResponse, ApiError> {
+        auth.may_act_as(worker_id.0.as_str())?;
         let claimed = self
             .state
             .dispatcher
@@ -205,10 +217,12 @@ impl WorkersApi {
     )]
     async fn report_logs(
         &self,
+        auth: Auth<Work>,
         worker_id: Path<WorkerId>,
         task_id: Path<Uuid>,
         body: Json<ReportLogsRequest>,
     ) -> Result<Json<ReportLogsResponse>, ApiError> {
+        auth.may_act_as(worker_id.0.as_str())?;
         let accepted = self
             .state
             .dispatcher
@@ -229,10 +243,12 @@ impl WorkersApi {
     )]
     async fn complete(
         &self,
+        auth: Auth<Work>,
         worker_id: Path<WorkerId>,
         task_id: Path<Uuid>,
         body: Json<CompleteTaskRequest>,
     ) -> Result<Json<Task>, ApiError> {
+        auth.may_act_as(worker_id.0.as_str())?;
         let req = body.0;
         let run = RunRef::reported(worker_id.0.as_str(), req.attempt, req.lease_id);
         let t = self
@@ -254,10 +270,12 @@ impl WorkersApi {
     )]
     async fn fail(
         &self,
+        auth: Auth<Work>,
         worker_id: Path<WorkerId>,
         task_id: Path<Uuid>,
         body: Json<FailTaskRequest>,
     ) -> Result<Json<Task>, ApiError> {
+        auth.may_act_as(worker_id.0.as_str())?;
         let req = body.0;
         let status = req
             .status
@@ -288,10 +306,12 @@ impl WorkersApi {
     )]
     async fn release(
         &self,
+        auth: Auth<Work>,
         worker_id: Path<WorkerId>,
         task_id: Path<Uuid>,
         body: Json<ReleaseTaskRequest>,
     ) -> Result<Json<Task>, ApiError> {
+        auth.may_act_as(worker_id.0.as_str())?;
         let run = RunRef::reported(worker_id.0.as_str(), body.0.attempt, body.0.lease_id);
         let why = body.0.reason.as_ref().map(|r| r.as_str());
         let t = self.state.dispatcher.release(task_id.0, run, why).await?;

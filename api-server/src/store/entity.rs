@@ -31,6 +31,8 @@ pub mod task {
         /// Log entries its workers wrote, and those dropped past the cap.
         pub log_entries: i64,
         pub log_dropped: i64,
+        /// The name of the API token that created the task.
+        pub created_by: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -85,6 +87,29 @@ pub mod worker {
         pub instance_id: Option<String>,
         /// Why it is `degraded`, as its heartbeat said.
         pub status_reason: Option<String>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod api_token {
+    use sea_orm::entity::prelude::*;
+    pub use task_executor_shared::Role;
+
+    /// An API token: its name, role and (for `worker`) pattern, and the SHA-256 of the token (hex), never the
+    /// token itself.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "api_tokens")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub name: String,
+        pub role: Role,
+        pub worker_pattern: Option<String>,
+        pub token_hash: String,
+        pub created_at: DateTimeUtc,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -6,6 +6,7 @@ pub mod logs;
 pub mod queue;
 pub mod stats;
 pub mod tasks;
+pub mod tokens;
 pub mod workers;
 
 use std::time::Duration;
@@ -35,6 +36,9 @@ pub enum StoreError {
         detail: String,
         retry_after: u64,
     },
+    /// The queue is full: try again after `retry_after` seconds (503 `queue_full`).
+    #[error("{detail}")]
+    QueueFull { detail: String, retry_after: u64 },
     /// A value that passed the HTTP layer's checks but not the store's.
     #[error("{0}")]
     Invalid(String),

@@ -1,8 +1,8 @@
 //! Tasks as researchers see them: creation (idempotent), lookup, listing, cancellation.
 
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, Set, SqlErr, TransactionTrait,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set, SqlErr, TransactionTrait,
 };
 use serde_json::{Value, json};
 use task_executor_shared::{LogLevel, TaskStatus, api};
@@ -23,6 +23,59 @@ pub struct NewTask {
     pub priority: i32,
     /// The client's `Idempotency-Key` and a hash of the request it came with.
     pub idempotency: Option<(String, String)>,
+    /// The name of the API token that asks (none when authentication is off).
+    pub created_by: Option<String>,
+    /// The caps a new task must fit under.
+    pub admission: Admission,
+}
+
+/// The caps on the queue a new task must fit under (none: no cap).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Admission {
+    /// Pending tasks in the whole queue at most (`MAX_PENDING_TASKS`).
+    pub max_pending: Option<u64>,
+    /// Pending and running tasks of one token at most (`MAX_ACTIVE_TASKS_PER_TOKEN`).
+    pub max_active_per_token: Option<u64>,
+}
+
+/// Seconds a client refused for a full queue or too many active tasks is told to wait.
+const ADMISSION_RETRY_AFTER: u64 = 30;
+
+/// Refuses a new task that does not fit under the caps. The counts are read just before the insert, so
+/// requests racing each other may overshoot a cap by their number: the caps bound runaway submissions, not
+/// exact quotas.
+async fn admit(db: &DatabaseConnection, new: &NewTask) -> StoreResult<()> {
+    if let Some(max) = new.admission.max_pending {
+        let pending = task::Entity::find()
+            .filter(task::Column::Status.eq(TaskStatus::Pending))
+            .count(db)
+            .await?;
+        if pending >= max {
+            return Err(StoreError::QueueFull {
+                detail: format!(
+                    "the queue is full: {pending} tasks are pending (MAX_PENDING_TASKS is {max})"
+                ),
+                retry_after: ADMISSION_RETRY_AFTER,
+            });
+        }
+    }
+    if let (Some(max), Some(owner)) = (new.admission.max_active_per_token, &new.created_by) {
+        let active = task::Entity::find()
+            .filter(task::Column::CreatedBy.eq(owner.as_str()))
+            .filter(task::Column::Status.is_in([TaskStatus::Pending, TaskStatus::Running]))
+            .count(db)
+            .await?;
+        if active >= max {
+            return Err(StoreError::TooMany {
+                kind: "too_many_tasks",
+                detail: format!(
+                    "token `{owner}` has {active} pending or running tasks (MAX_ACTIVE_TASKS_PER_TOKEN is {max})"
+                ),
+                retry_after: ADMISSION_RETRY_AFTER,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Whether [`create`] made a new task or found the one an earlier request with the same key made.
@@ -41,6 +94,7 @@ pub async fn create(db: &DatabaseConnection, new: NewTask) -> StoreResult<(task:
     {
         return Ok((found, Created::Existing));
     }
+    admit(db, &new).await?;
     let at = now();
     let model = task::ActiveModel {
         id: Set(Uuid::new_v4()),
@@ -62,6 +116,7 @@ pub async fn create(db: &DatabaseConnection, new: NewTask) -> StoreResult<(task:
         uncounted_requeues: Set(0),
         log_entries: Set(0),
         log_dropped: Set(0),
+        created_by: Set(new.created_by.clone()),
     };
     let txn = db.begin().await?;
     let inserted = match model.insert(&txn).await {
@@ -203,6 +258,7 @@ impl From<task::Model> for api::Task {
             updated_at: m.updated_at,
             started_at: m.started_at,
             completed_at: m.completed_at,
+            created_by: m.created_by,
         }
     }
 }

@@ -54,12 +54,15 @@ impl TestApp {
         tweak: impl FnOnce(&mut Config),
     ) -> TestApp {
         let mut config = Config::for_database(&db_url);
-        config.bind_addr = "127.0.0.1:0".to_owned();
+        config.bind_addr = Some("127.0.0.1:0".to_owned());
         // Tests that want internal workers turn them on; the others see the queue as they left it.
         config.auto_start_workers = false;
         config.runner.runner = RunnerKind::Simulate;
         config.runner.runner_command = Some(fixture("runner.sh"));
         config.runner.runner_kill_grace_seconds = Some(1);
+        // The contention tests send far more than one user would from one address; the limit's own tests
+        // turn it on.
+        config.rate_limit_per_second = 0;
         tweak(&mut config);
         let app = Application::build(config)
             .await

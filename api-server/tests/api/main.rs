@@ -7,5 +7,6 @@ mod health;
 mod internal;
 mod metrics;
 mod reliability;
+mod security;
 mod tasks;
 mod workers;

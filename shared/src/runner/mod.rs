@@ -116,8 +116,22 @@ const BASE_ENV: &[&str] = &[
 /// secrets).
 const AIOPSLAB_ENV: &[&str] = &["KUBECONFIG", "DOCKER_HOST", "DOCKER_CONFIG"];
 
+/// Variables no runner ever gets, even when listed in `RUNNER_ENV_PASSTHROUGH`: the database and the
+/// service's own tokens.
+const NEVER_PASSED: &[&str] = &[
+    "DATABASE_URL",
+    "TASK_EXECUTOR_TOKEN",
+    "TASK_EXECUTOR_TOKEN_FILE",
+    "TOKENS_FILE",
+];
+
 /// One name of `RUNNER_ENV_PASSTHROUGH`.
 fn parse_env_name(s: &str) -> Result<String, String> {
+    if NEVER_PASSED.contains(&s) {
+        return Err(format!(
+            "`{s}` is never passed to runners: it holds the service's own secrets"
+        ));
+    }
     let ok = s
         .chars()
         .next()
@@ -433,6 +447,24 @@ mod tests {
             cluster: "kind".to_owned(),
             params: TaskParams::of(&serde_json::json!({"timeout": timeout, "max_steps": 5})),
         }
+    }
+
+    #[test]
+    fn the_services_own_secrets_cannot_be_passed_through() {
+        assert_eq!(
+            super::parse_env_name("OPENAI_API_KEY").unwrap(),
+            "OPENAI_API_KEY"
+        );
+        for name in [
+            "DATABASE_URL",
+            "TASK_EXECUTOR_TOKEN",
+            "TASK_EXECUTOR_TOKEN_FILE",
+            "TOKENS_FILE",
+        ] {
+            let err = super::parse_env_name(name).unwrap_err();
+            assert!(err.contains("never passed"), "{err}");
+        }
+        assert!(super::parse_env_name("1BAD").is_err());
     }
 
     #[test]

@@ -422,16 +422,30 @@ async fn two_replicas_with_workers_on_both_complete_each_task_once() {
 
 /// A runner starts with an explicit environment — the task's variables, the basics (PATH, HOME, …) and what
 /// the operator passes through (RUNNER_ENV_PASSTHROUGH) — and none of the worker's secrets: not the API
-/// server's DATABASE_URL, not a key the worker holds, for internal workers and daemons alike.
+/// server's DATABASE_URL, not a key the worker holds, not the daemon's token, for internal workers and
+/// daemons alike. (The server has authentication on; the daemon works with its worker token.)
 async fn runners_see_none_of_the_workers_secrets(backend: Backend) {
     let (db, _dir) = fresh_database(backend).await;
     let runner = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../shared/tests/fixtures/runner.sh"
     );
-    let server = Server::start(
+    let tokens = tempfile::tempdir().unwrap();
+    let (admin, worker) = ("tex_admin-secret-1", "tex_worker-secret-2");
+    let tokens_file = tokens.path().join("tokens");
+    std::fs::write(
+        &tokens_file,
+        format!(
+            "root admin {admin}
+env-host worker {worker} env-*
+"
+        ),
+    )
+    .unwrap();
+    let server = Server::start_as(
         &db,
         &[
+            ("TOKENS_FILE", tokens_file.to_str().unwrap()),
             ("NUM_INTERNAL_WORKERS", "1"),
             ("TASK_RUNNER", "exec"),
             ("RUNNER_COMMAND", runner),
@@ -439,6 +453,7 @@ async fn runners_see_none_of_the_workers_secrets(backend: Backend) {
             ("ALLOWED_VAR", "from-server"),
             ("RUNNER_ENV_PASSTHROUGH", "ALLOWED_VAR"),
         ],
+        Some(admin),
     )
     .await;
     let check = |result: &Value, allowed: &str| {
@@ -463,9 +478,15 @@ async fn runners_see_none_of_the_workers_secrets(backend: Backend) {
             "TASK_EXECUTOR_URL",
             "RUNNER_COMMAND",
             "RUNNER_ENV_PASSTHROUGH",
+            "TASK_EXECUTOR_TOKEN",
+            "TOKENS_FILE",
         ] {
             assert!(!names.contains(&secret), "{secret} leaked: {names:?}");
         }
+        assert_eq!(
+            result["secretish"], 0,
+            "no variable of the runner holds a token or a key"
+        );
         assert_eq!(result["allowed"], allowed, "passed through as listed");
     };
     let t = server
@@ -494,6 +515,7 @@ async fn runners_see_none_of_the_workers_secrets(backend: Backend) {
             ("TASK_RUNNER", "exec"),
             ("RUNNER_COMMAND", runner),
             ("OPENAI_API_KEY", "sk-daemon-secret"),
+            ("TASK_EXECUTOR_TOKEN", worker),
             ("ALLOWED_VAR", "from-daemon"),
             ("RUNNER_ENV_PASSTHROUGH", "ALLOWED_VAR"),
         ],

@@ -53,6 +53,18 @@ pub struct Server {
 
 impl Server {
     pub async fn start(db_url: &str, env: &[(&str, &str)]) -> Server {
+        Self::start_as(db_url, env, None).await
+    }
+
+    /// A server whose helpers (`get`, `create`, …) send `token`: for servers with authentication on.
+    pub async fn start_as(db_url: &str, env: &[(&str, &str)], token: Option<&str>) -> Server {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(t) = token {
+            headers.insert(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {t}").parse().unwrap(),
+            );
+        }
         let mut s = Server {
             child: Command::new("true").spawn().unwrap(),
             port: free_port(),
@@ -63,6 +75,7 @@ impl Server {
                 .collect(),
             client: reqwest::Client::builder()
                 .no_proxy()
+                .default_headers(headers)
                 .timeout(Duration::from_secs(60))
                 .build()
                 .unwrap(),

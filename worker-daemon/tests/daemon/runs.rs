@@ -286,6 +286,96 @@ async fn check_reports_problems_clearly(backend: Backend) {
     assert!(text.contains("RUNNER_COMMAND"), "{text}");
 }
 
+/// With authentication on, a daemon works with a `worker` token that covers its id (here from a token file,
+/// as systemd's `LoadCredential=` provides it), and stops at once, saying why, with a token that is unknown,
+/// of another role, or for other workers.
+async fn a_daemon_works_with_its_worker_token_and_only_with_it(backend: Backend) {
+    let (db, _dir) = fresh_database(backend).await;
+    let dir = tempfile::tempdir().unwrap();
+    let tokens_file = dir.path().join("tokens");
+    let (admin, host_a, reader) = ("tex_root-1", "tex_host-a-2", "tex_reader-3");
+    std::fs::write(
+        &tokens_file,
+        format!(
+            "root admin {admin}
+host-a worker {host_a}
+viewer read {reader}
+"
+        ),
+    )
+    .unwrap();
+    let server = Server::start_as(
+        &db,
+        &[("TOKENS_FILE", tokens_file.to_str().unwrap())],
+        Some(admin),
+    )
+    .await;
+    let refused = |id: &'static str, token: &'static str| {
+        let url = server.url("");
+        async move {
+            let out = tokio::time::timeout(
+                Duration::from_secs(30),
+                Command::new(daemon_bin())
+                    .env("TASK_EXECUTOR_URL", url)
+                    .env("WORKER_ID", id)
+                    .env("TASK_RUNNER", "simulate")
+                    .env("TASK_EXECUTOR_TOKEN", token)
+                    .env("STATE_DIR", tempfile::tempdir().unwrap().keep())
+                    .output(),
+            )
+            .await
+            .expect("the daemon stops by itself")
+            .unwrap();
+            assert!(!out.status.success());
+            String::from_utf8_lossy(&out.stderr).to_string()
+        }
+    };
+    let text = refused("host-a-kind", "tex_nobody").await;
+    assert!(text.contains("refused this daemon's token"), "{text}");
+    let text = refused("host-a-kind", reader).await;
+    assert!(text.contains("needs a `worker` token"), "{text}");
+    let text = refused("host-b-kind", host_a).await;
+    assert!(
+        text.contains("may act only as workers matching `host-a-*`"),
+        "{text}"
+    );
+    assert!(!text.contains(host_a), "the token is never printed: {text}");
+
+    let token_file = dir.path().join("daemon-token");
+    std::fs::write(&token_file, format!("{host_a}\n")).unwrap();
+    let check = Command::new(daemon_bin())
+        .arg("check")
+        .env("TASK_EXECUTOR_URL", server.url(""))
+        .env("WORKER_ID", "host-a-kind")
+        .env("TASK_RUNNER", "simulate")
+        .env("TASK_EXECUTOR_TOKEN_FILE", &token_file)
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{said}");
+    assert!(
+        said.contains("token `host-a` (worker, `host-a-*`) may act as host-a-kind"),
+        "{said}"
+    );
+    let _d = daemon(
+        &server,
+        "host-a-kind",
+        &[("TASK_EXECUTOR_TOKEN_FILE", token_file.to_str().unwrap())],
+    );
+    let t = server
+        .create(json!({"problem_id": "p", "parameters": sim(2, 20)}))
+        .await;
+    assert_eq!(t["created_by"], "root");
+    let done = server
+        .until("the daemon ran it", || async {
+            let cur = server.task(&t).await;
+            (cur["status"] == "completed").then_some(cur)
+        })
+        .await;
+    assert_eq!(done["worker_id"], "host-a-kind");
+}
+
 /// The daemon's heartbeats list the tasks it runs, so a run longer than the claim grace period keeps its
 /// task: no "claim lost" requeue, one run, attempt 1.
 async fn a_long_run_stays_held(backend: Backend) {
@@ -328,6 +418,7 @@ async fn a_long_run_stays_held(backend: Backend) {
 }
 
 task_executor_shared::both_backends!(
+    a_daemon_works_with_its_worker_token_and_only_with_it,
     a_long_run_stays_held,
     daemons_share_a_batch_and_complete_each_task_once,
     a_killed_daemons_task_is_finished_by_another,
