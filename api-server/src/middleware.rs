@@ -59,8 +59,11 @@ fn cross_site(req: &Request) -> Option<String> {
         let authority = origin
             .strip_prefix("http://")
             .or_else(|| origin.strip_prefix("https://"));
+        // Behind a reverse proxy that rewrites `Host`, the public name arrives as `X-Forwarded-Host` (which a
+        // page cannot set on a request it sends elsewhere without the server's consent).
         let host = header("host");
-        if authority.is_none() || host.is_none() || authority != host {
+        let forwarded = header("x-forwarded-host");
+        if authority.is_none() || !(authority == host || authority == forwarded) {
             return Some(format!(
                 "a request from origin `{origin}` may not change anything on this server (its pages are at {})",
                 host.unwrap_or("its own address")

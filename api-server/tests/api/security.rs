@@ -714,6 +714,15 @@ async fn cross_site_requests_are_refused(backend: Backend) {
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     let r = app
+        .send(
+            app.client
+                .post(app.url("/api/v1/workers/internal/start"))
+                .header("origin", "https://executor.example.org")
+                .header("x-forwarded-host", "executor.example.org"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "behind a proxy: {}", r.body);
+    let r = app
         .send(app.client.post(app.url("/api/v1/workers/internal/stop")))
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
