@@ -6,6 +6,7 @@ pub mod auth;
 pub mod config;
 pub mod dispatch;
 pub mod error;
+pub mod events;
 pub mod idempotency;
 pub mod metrics;
 pub mod middleware;

@@ -44,10 +44,12 @@ pub struct Edge {
 /// form or a `no-cors` fetch to this server (which may be on loopback, without authentication) is stopped
 /// here. Clients that are not browsers send neither header and pass.
 fn cross_site(req: &Request) -> Option<String> {
-    if matches!(req.method().as_str(), "GET" | "HEAD" | "OPTIONS") {
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    // A WebSocket handshake is a GET that a page elsewhere could open to read a task's events.
+    let websocket = header("upgrade").is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
+    if matches!(req.method().as_str(), "GET" | "HEAD" | "OPTIONS") && !websocket {
         return None;
     }
-    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
     if let Some(site) = header("sec-fetch-site")
         && matches!(site, "cross-site" | "same-site")
     {
@@ -89,6 +91,23 @@ fn holds_nul(v: &serde_json::Value) -> bool {
 
 /// The largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// The request's `Authorization` header; for the live streams, whose browser clients (`EventSource`,
+/// `WebSocket`) cannot set headers, also an `access_token` query parameter.
+fn bearer(req: &Request) -> Option<String> {
+    if let Some(v) = req.headers().get(header::AUTHORIZATION) {
+        return v.to_str().ok().map(str::to_owned);
+    }
+    let path = req.uri().path();
+    if !(path.starts_with("/ws/") || path.ends_with("/events")) {
+        return None;
+    }
+    let query = req.uri().query()?;
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == "access_token").then(|| format!("Bearer {v}"))
+    })
+}
 
 /// Status and `type` of an error that poem or poem-openapi raised before a handler ran.
 fn classify(err: &poem::Error) -> (StatusCode, &'static str, String) {
@@ -185,11 +204,7 @@ pub async fn edge<E: Endpoint>(
             if let Some(why) = cross_site(&req) {
                 return json_error(StatusCode::FORBIDDEN, "cross_site_request", why);
             }
-            let caller = edge_in.auth.caller(
-                req.headers()
-                    .get(header::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok()),
-            );
+            let caller = edge_in.auth.caller(bearer(&req).as_deref());
             if let Some(limiter) = &edge_in.limiter
                 && !matches!(req.uri().path(), "/health" | "/ready")
                 && let Err(wait) = limiter.check(

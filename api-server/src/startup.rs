@@ -98,7 +98,11 @@ impl Application {
             },
             config.num_internal_workers as usize,
         ));
+        // Cancelled when the server stops, which ends every live stream (they would hold the shutdown).
+        let streams_stop = CancellationToken::new();
+        let tail = crate::events::Tail::new(db.clone(), streams_stop).await?;
         let state = AppState {
+            tail,
             db,
             dispatcher,
             supervisor,
@@ -143,6 +147,7 @@ impl Application {
         if let Some(limiter) = &self.state.limiter {
             tokio::spawn(limiter.clone().run(stop.clone()));
         }
+        tokio::spawn(self.state.tail.clone().run());
         if self.state.config.auto_start_workers && self.state.config.num_internal_workers > 0 {
             if let Err(e) = self.state.config.runner.check() {
                 tracing::warn!(error = %e, "the runner is not usable: internal workers will show degraded and claim nothing until it is");
@@ -151,6 +156,7 @@ impl Application {
         }
         let stop_signal = stop.clone();
         let supervisor = self.state.supervisor.clone();
+        let streams = self.state.tail.stop.clone();
         // Under systemd (Type=notify): ready once listening with migrations applied. A no-op elsewhere.
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
         let result = Server::new_with_acceptor(self.acceptor)
@@ -163,6 +169,7 @@ impl Application {
                     // Like POST /workers/internal/stop: running tasks go back to the queue, none is left
                     // `running` behind this process.
                     supervisor.stop(false).await;
+                    streams.cancel();
                     stop_signal.cancel();
                 },
                 Some(GRACEFUL_TIMEOUT),

@@ -19,6 +19,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The tokens this server accepts.
     pub auth: Arc<auth::Registry>,
+    /// The log's progress, which live streams follow.
+    pub tail: Arc<crate::events::Tail>,
     /// The request rate limit (none: unlimited).
     pub limiter: Option<Arc<RateLimiter>>,
 }

@@ -10,6 +10,7 @@ mod m20261126_000003_worker_instances;
 mod m20261126_000004_log_caps;
 mod m20261126_000005_worker_status_reason;
 mod m20261126_000006_api_tokens;
+mod m20261126_000007_batches_and_events;
 
 pub struct Migrator;
 
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000004_log_caps::Migration),
             Box::new(m20261126_000005_worker_status_reason::Migration),
             Box::new(m20261126_000006_api_tokens::Migration),
+            Box::new(m20261126_000007_batches_and_events::Migration),
         ]
     }
 }

@@ -77,6 +77,10 @@ pub struct Task {
     #[oai(nullable)]
     #[serde(default)]
     pub created_by: Option<String>,
+    /// The batch (campaign) the task was submitted in, if any.
+    #[oai(nullable)]
+    #[serde(default)]
+    pub batch_id: Option<Uuid>,
 }
 
 /// A task just claimed by a worker: the task, and the lease id of this run, which every report about the run
@@ -102,6 +106,10 @@ pub struct TaskSummary {
     pub attempt: i32,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The batch the task was submitted in, if any.
+    #[oai(nullable)]
+    #[serde(default)]
+    pub batch_id: Option<Uuid>,
 }
 
 /// Answer to a cancel.
@@ -336,4 +344,49 @@ pub struct Identity {
     /// For a `worker` token: the worker ids it may act as (`*` any run of characters, `?` any one).
     #[oai(nullable)]
     pub worker_pattern: Option<String>,
+}
+
+/// What an event says: a state change, a log entry, or the end of a task's stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, poem_openapi::Enum, Serialize, Deserialize)]
+#[oai(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    Status,
+    Log,
+    End,
+}
+
+/// One event of a live stream (`/api/v1/tasks/{id}/events`, `/ws/tasks/{id}`, `/api/v1/events`). `seq` is the
+/// position in the service's log: it only grows, and a client that resumes after the last `seq` it saw misses
+/// nothing and gets nothing twice. The first event of a task's stream is its current state (`type: status`,
+/// with the whole `task`); `end` (after the final state change, repeating its `seq`) closes it.
+#[derive(Debug, Clone, Object, Serialize, Deserialize)]
+pub struct TaskEvent {
+    pub seq: i64,
+    #[oai(rename = "type")]
+    #[serde(rename = "type")]
+    pub kind: EventKind,
+    pub task_id: Uuid,
+    pub timestamp: DateTime<Utc>,
+    /// The state the task entered (`status`), or is in (`end`).
+    #[oai(nullable)]
+    #[serde(default)]
+    pub status: Option<TaskStatus>,
+    #[oai(nullable)]
+    #[serde(default)]
+    pub level: Option<LogLevel>,
+    #[oai(nullable)]
+    #[serde(default)]
+    pub message: Option<String>,
+    #[oai(nullable)]
+    #[serde(default)]
+    pub context: Option<Value>,
+    /// The run the entry concerns.
+    #[oai(nullable)]
+    #[serde(default)]
+    pub attempt: Option<i32>,
+    /// The whole task: in the first event of a task's stream only.
+    #[oai(nullable)]
+    #[serde(default)]
+    pub task: Option<Box<Task>>,
 }

@@ -1,6 +1,7 @@
 //! The HTTP layer: one `#[OpenApi]` struct per resource, assembled here with the OpenAPI document, Swagger UI
 //! and the edge middleware. Handlers parse, call the store or the dispatcher, and map the result.
 
+pub mod events;
 pub mod health;
 pub mod internal;
 pub mod tasks;
@@ -26,6 +27,7 @@ pub enum ApiTags {
 type Apis = (
     health::HealthApi,
     tasks::TasksApi,
+    events::EventsApi,
     internal::InternalWorkersApi,
     workers::WorkersApi,
 );
@@ -38,6 +40,9 @@ pub fn api_service(state: &AppState) -> OpenApiService<Apis, ()> {
                 state: state.clone(),
             },
             tasks::TasksApi {
+                state: state.clone(),
+            },
+            events::EventsApi {
                 state: state.clone(),
             },
             internal::InternalWorkersApi {
@@ -71,6 +76,10 @@ pub fn app(state: &AppState) -> impl Endpoint + 'static {
     let spec = api.spec_endpoint();
     Route::new()
         .nest("/docs", ui)
+        .at(
+            "/ws/tasks/:task_id",
+            poem::get(events::ws_task).data(state.clone()),
+        )
         .at("/openapi.json", spec)
         .nest("/", api)
         .around(move |ep, req| middleware::edge(ep, req, edge.clone()))

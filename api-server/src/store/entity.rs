@@ -33,6 +33,8 @@ pub mod task {
         pub log_dropped: i64,
         /// The name of the API token that created the task.
         pub created_by: Option<String>,
+        /// The batch (campaign) the task belongs to.
+        pub batch_id: Option<Uuid>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -57,6 +59,8 @@ pub mod task_log {
         pub message: String,
         pub context: Option<Json>,
         pub attempt: Option<i32>,
+        /// The state the task entered, when the entry records a state change.
+        pub status: Option<task_executor_shared::TaskStatus>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -110,6 +114,29 @@ pub mod api_token {
         pub worker_pattern: Option<String>,
         pub token_hash: String,
         pub created_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod batch {
+    use sea_orm::entity::prelude::*;
+
+    /// A campaign: tasks submitted together (`POST /api/v1/batches`).
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "batches")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub name: Option<String>,
+        pub created_by: Option<String>,
+        pub created_at: DateTimeUtc,
+        pub idempotency_key: Option<String>,
+        pub request_hash: Option<String>,
+        pub task_count: i32,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

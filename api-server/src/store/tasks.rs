@@ -117,6 +117,7 @@ pub async fn create(db: &DatabaseConnection, new: NewTask) -> StoreResult<(task:
         log_entries: Set(0),
         log_dropped: Set(0),
         created_by: Set(new.created_by.clone()),
+        batch_id: Set(None),
     };
     let txn = db.begin().await?;
     let inserted = match model.insert(&txn).await {
@@ -140,6 +141,7 @@ pub async fn create(db: &DatabaseConnection, new: NewTask) -> StoreResult<(task:
         LogLevel::Info,
         "Task created",
         Some(json!({"event": "created", "priority": new.priority})),
+        Some(TaskStatus::Pending),
     )
     .await?;
     txn.commit().await?;
@@ -259,6 +261,7 @@ impl From<task::Model> for api::Task {
             started_at: m.started_at,
             completed_at: m.completed_at,
             created_by: m.created_by,
+            batch_id: m.batch_id,
         }
     }
 }
@@ -274,6 +277,7 @@ impl From<task::Model> for api::TaskSummary {
             attempt: m.attempt,
             created_at: m.created_at,
             updated_at: m.updated_at,
+            batch_id: m.batch_id,
         }
     }
 }

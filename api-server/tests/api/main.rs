@@ -3,6 +3,7 @@
 mod helpers;
 
 mod errors;
+mod events;
 mod health;
 mod internal;
 mod metrics;

@@ -132,6 +132,7 @@ pub async fn claim(
         LogLevel::Info,
         &format!("Task claimed by worker {worker_id} (attempt {})", t.attempt),
         Some(json!({"event": "claimed", "worker_id": worker_id, "attempt": t.attempt})),
+        Some(TaskStatus::Running),
     )
     .await?;
     txn.commit().await?;

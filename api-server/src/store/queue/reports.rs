@@ -255,6 +255,7 @@ pub async fn report_logs(
                     policy.max_log_entries
                 ),
                 Some(json!({"event": "log_capped", "max_log_entries": policy.max_log_entries})),
+                None,
             )
             .await?;
         }
@@ -352,6 +353,7 @@ pub async fn finish(
                 t.log_dropped
             ),
             Some(json!({"event": "log_dropped", "dropped": t.log_dropped})),
+            None,
         )
         .await?;
     }

@@ -184,6 +184,7 @@ pub async fn apply(
         entry.level,
         &entry.message,
         Some(context),
+        Some(target),
     )
     .await?;
     Ok(Some(changed))

@@ -1,0 +1,206 @@
+//! Live updates: a task's events over Server-Sent Events (`/api/v1/tasks/{id}/events`) and WebSocket
+//! (`/ws/tasks/{id}`, the specification's path), and every task's state changes (`/api/v1/events`). See
+//! [`crate::events`] for where they come from.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt, stream::BoxStream};
+use poem::{
+    IntoResponse, Request,
+    web::{
+        Data,
+        websocket::{Message, WebSocket},
+    },
+};
+use poem_openapi::{
+    ApiResponse, OpenApi,
+    param::{Header, Path, Query},
+    payload::EventStream,
+};
+use task_executor_shared::{Role, api::TaskEvent};
+use uuid::Uuid;
+
+use super::ApiTags;
+use crate::{
+    auth::{Auth, Caller, Read},
+    error::ApiError,
+    events::{self, From, StartError},
+    state::AppState,
+};
+
+pub struct EventsApi {
+    pub state: AppState,
+}
+
+/// SSE comments sent while nothing happens, so that proxies and idle timeouts keep the stream open.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+#[derive(ApiResponse)]
+enum StreamResponse {
+    /// `text/event-stream`: one event per message, its `data` the JSON event, its `id` the `seq`.
+    #[oai(status = 200)]
+    Events(EventStream<BoxStream<'static, TaskEvent>>),
+}
+
+fn sse(stream: BoxStream<'static, TaskEvent>) -> StreamResponse {
+    StreamResponse::Events(
+        EventStream::new(stream)
+            .keep_alive(KEEP_ALIVE)
+            .to_event(|e| {
+                let kind = match e.kind {
+                    task_executor_shared::api::EventKind::Status => "status",
+                    task_executor_shared::api::EventKind::Log => "log",
+                    task_executor_shared::api::EventKind::End => "end",
+                };
+                poem::web::sse::Event::message(
+                    serde_json::to_string(&e).unwrap_or_else(|_| "{}".to_owned()),
+                )
+                .id(e.seq.to_string())
+                .event_type(kind)
+            }),
+    )
+}
+
+/// Where to resume: `Last-Event-ID` (what browsers send again on reconnect) or `after_seq`.
+fn resume_point(last_event_id: Option<i64>, after_seq: Option<i64>) -> Option<i64> {
+    last_event_id.or(after_seq)
+}
+
+fn start_error(task_id: Uuid, e: StartError) -> ApiError {
+    match e {
+        StartError::NotFound => {
+            ApiError::not_found("task_not_found", format!("task {task_id} not found"))
+        }
+        StartError::Store(e) => e.into(),
+    }
+}
+
+#[OpenApi(prefix_path = "/api/v1", tag = "ApiTags::Tasks")]
+impl EventsApi {
+    /// Follow a task (Server-Sent Events)
+    ///
+    /// First the task's current state (`type: status`, with the whole `task`), then each state change
+    /// (`status`) and log entry (`log`) as it is written, then `end` when the task is finished, and the stream
+    /// closes. Each event's `id` is its `seq`: reconnecting with `Last-Event-ID` (or `after_seq`) resumes right
+    /// after it, missing nothing and repeating nothing (and without the first state event).
+    #[oai(
+        path = "/tasks/:task_id/events",
+        method = "get",
+        operation_id = "follow_task"
+    )]
+    async fn follow_task(
+        &self,
+        _auth: Auth<Read>,
+        task_id: Path<Uuid>,
+        /// The last `seq` received (sent by browsers on reconnect).
+        #[oai(name = "Last-Event-ID", validator(minimum(value = "0")))]
+        last_event_id: Header<Option<i64>>,
+        /// Resume after this `seq`.
+        #[oai(validator(minimum(value = "0")))]
+        after_seq: Query<Option<i64>>,
+    ) -> Result<StreamResponse, ApiError> {
+        let from = match resume_point(last_event_id.0, after_seq.0) {
+            Some(seq) => From::After(seq),
+            None => From::Now,
+        };
+        let stream = events::task_stream(self.state.tail.clone(), task_id.0, from)
+            .await
+            .map_err(|e| start_error(task_id.0, e))?;
+        Ok(sse(stream.boxed()))
+    }
+
+    /// Follow every task's state changes (Server-Sent Events)
+    ///
+    /// Each state change of every task (`type: status`), or of one batch's tasks with `batch_id`, from now
+    /// (or after `Last-Event-ID` / `after_seq`). For dashboards; it does not end by itself.
+    #[oai(path = "/events", method = "get", operation_id = "follow_all")]
+    async fn follow_all(
+        &self,
+        _auth: Auth<Read>,
+        /// Only the tasks of this batch.
+        batch_id: Query<Option<Uuid>>,
+        /// The last `seq` received (sent by browsers on reconnect).
+        #[oai(name = "Last-Event-ID", validator(minimum(value = "0")))]
+        last_event_id: Header<Option<i64>>,
+        /// Resume after this `seq`.
+        #[oai(validator(minimum(value = "0")))]
+        after_seq: Query<Option<i64>>,
+    ) -> Result<StreamResponse, ApiError> {
+        let after = resume_point(last_event_id.0, after_seq.0);
+        Ok(sse(events::all_stream(
+            self.state.tail.clone(),
+            batch_id.0,
+            after,
+        )
+        .boxed()))
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct WsQuery {
+    after_seq: Option<i64>,
+}
+
+/// `GET /ws/tasks/{task_id}` (WebSocket): the same events as the SSE stream, one JSON text message each, then
+/// the server closes. `?after_seq=N` resumes after `seq` N.
+#[poem::handler]
+pub async fn ws_task(
+    req: &Request,
+    poem::web::Path(task_id): poem::web::Path<String>,
+    poem::web::Query(q): poem::web::Query<WsQuery>,
+    ws: WebSocket,
+    Data(state): Data<&AppState>,
+) -> poem::Result<poem::Response> {
+    let refuse = |e: ApiError| poem::Error::from_response(e.into_response());
+    let caller = req
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .unwrap_or(Caller::Anonymous);
+    caller.require(Role::Read).map_err(refuse)?;
+    let task_id = Uuid::parse_str(&task_id)
+        .map_err(|_| refuse(ApiError::validation("task_id must be a UUID")))?;
+    let from = match q.after_seq {
+        Some(seq) if seq < 0 => return Err(refuse(ApiError::validation("after_seq must be >= 0"))),
+        Some(seq) => From::After(seq),
+        None => From::Now,
+    };
+    let stream = events::task_stream(state.tail.clone(), task_id, from)
+        .await
+        .map_err(|e| refuse(start_error(task_id, e)))?;
+    // The stream runs in a task of its own and hands events over a bounded channel: a slow client holds
+    // back only its own stream, and the stream stops when the client goes.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<TaskEvent>(64);
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(e) = stream.next().await {
+            if tx.send(e).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(ws
+        .on_upgrade(move |socket| async move {
+            let (mut sink, mut incoming) = socket.split();
+            loop {
+                tokio::select! {
+                    next = rx.recv() => match next {
+                        Some(e) => {
+                            let text = serde_json::to_string(&e).unwrap_or_else(|_| "{}".to_owned());
+                            if sink.send(Message::Text(text)).await.is_err() {
+                                return;
+                            }
+                        }
+                        None => break,
+                    },
+                    msg = incoming.next() => match msg {
+                        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                        Some(Ok(_)) => {}
+                    },
+                }
+            }
+            let _ = sink.send(Message::Close(None)).await;
+            let _ = sink.close().await;
+        })
+        .into_response())
+}

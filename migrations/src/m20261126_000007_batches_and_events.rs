@@ -1,0 +1,117 @@
+//! Campaigns and live updates: batches of tasks (a task may belong to one), and the status a log entry
+//! records when it records a state change, so that the log is also the stream of a task's events.
+
+use sea_orm_migration::prelude::*;
+
+#[derive(DeriveMigrationName)]
+pub struct Migration;
+
+#[derive(DeriveIden)]
+enum Batches {
+    Table,
+    Id,
+    Name,
+    CreatedBy,
+    CreatedAt,
+    IdempotencyKey,
+    RequestHash,
+    TaskCount,
+}
+
+#[derive(DeriveIden)]
+enum Tasks {
+    Table,
+    BatchId,
+}
+
+#[derive(DeriveIden)]
+enum TaskLogs {
+    Table,
+    Status,
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for Migration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table(Batches::Table)
+                    .col(ColumnDef::new(Batches::Id).uuid().not_null().primary_key())
+                    .col(ColumnDef::new(Batches::Name).string_len(255).null())
+                    .col(ColumnDef::new(Batches::CreatedBy).string_len(64).null())
+                    .col(
+                        ColumnDef::new(Batches::CreatedAt)
+                            .timestamp_with_time_zone()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(Batches::IdempotencyKey)
+                            .string_len(255)
+                            .null()
+                            .unique_key(),
+                    )
+                    .col(ColumnDef::new(Batches::RequestHash).string_len(64).null())
+                    .col(ColumnDef::new(Batches::TaskCount).integer().not_null())
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(Tasks::Table)
+                    .add_column(ColumnDef::new(Tasks::BatchId).uuid().null())
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(TaskLogs::Table)
+                    .add_column(ColumnDef::new(TaskLogs::Status).string_len(16).null())
+                    .to_owned(),
+            )
+            .await?;
+        let db = manager.get_connection();
+        for sql in [
+            // A batch's tasks (progress counts by status, results, the filter of GET /tasks).
+            "CREATE INDEX idx_tasks_batch_status ON tasks (batch_id, status) WHERE batch_id IS NOT NULL",
+            // A task's stream of events: its entries after a position, in order.
+            "CREATE INDEX idx_task_logs_task_id ON task_logs (task_id, id)",
+            // The stream of every task's state changes (GET /api/v1/events), in order.
+            "CREATE INDEX idx_task_logs_status_events ON task_logs (id) WHERE status IS NOT NULL",
+        ] {
+            db.execute_unprepared(sql).await?;
+        }
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        db.execute_unprepared("DROP INDEX idx_task_logs_status_events")
+            .await?;
+        db.execute_unprepared("DROP INDEX idx_task_logs_task_id")
+            .await?;
+        db.execute_unprepared("DROP INDEX idx_tasks_batch_status")
+            .await?;
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(TaskLogs::Table)
+                    .drop_column(TaskLogs::Status)
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(Tasks::Table)
+                    .drop_column(Tasks::BatchId)
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .drop_table(Table::drop().table(Batches::Table).to_owned())
+            .await
+    }
+}
