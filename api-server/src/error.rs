@@ -114,6 +114,9 @@ impl From<StoreError> for ApiError {
             StoreError::TaskNotFound(id) => {
                 ApiError::not_found("task_not_found", format!("task {id} not found"))
             }
+            StoreError::BatchNotFound(id) => {
+                ApiError::not_found("batch_not_found", format!("batch {id} not found"))
+            }
             StoreError::WorkerNotFound(id) => {
                 ApiError::not_found("worker_not_found", format!("worker {id} not found"))
             }

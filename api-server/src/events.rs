@@ -380,14 +380,18 @@ struct AllStream {
     pending: VecDeque<TaskEvent>,
 }
 
-/// Every state change of every task (or of one batch's), from now or after a `seq`. Never ends by itself.
-pub fn all_stream(
+/// Every state change of every task (or of one batch's), from now (the newest entry written) or after a
+/// `seq`. Never ends by itself.
+pub async fn all_stream(
     tail: Arc<Tail>,
     batch: Option<Uuid>,
     after: Option<i64>,
-) -> impl Stream<Item = TaskEvent> + Send + 'static {
+) -> Result<impl Stream<Item = TaskEvent> + Send + 'static, StoreError> {
     let rx = tail.subscribe();
-    let cursor = after.unwrap_or_else(|| tail.settled());
+    let cursor = match after {
+        Some(seq) => seq,
+        None => logs::max_id(&tail.db).await?.max(tail.settled()),
+    };
     let s = AllStream {
         tail,
         rx,
@@ -395,10 +399,10 @@ pub fn all_stream(
         cursor,
         pending: VecDeque::new(),
     };
-    futures_util::stream::unfold(s, |mut s| async move {
+    Ok(futures_util::stream::unfold(s, |mut s| async move {
         let e = s.next().await?;
         Some((e, s))
-    })
+    }))
 }
 
 impl AllStream {

@@ -15,6 +15,13 @@ pub fn fingerprint(req: &CreateTaskRequest) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A hash of any request body as the client sent it, independent of key order.
+pub fn fingerprint_of(body: &impl serde::Serialize) -> String {
+    let v = serde_json::to_value(body).unwrap_or(Value::Null);
+    let digest = Sha256::digest(canonical(&v).to_string().as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The same JSON with every object's keys sorted.
 fn canonical(v: &Value) -> Value {
     match v {

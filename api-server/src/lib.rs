@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod middleware;
 pub mod ratelimit;
 pub mod reaper;
+pub mod results;
 pub mod routes;
 pub mod startup;
 pub mod state;

@@ -56,6 +56,7 @@ fn queue_error(e: StoreError) -> QueueError {
             QueueError::Unavailable(e.to_string())
         }
         StoreError::WorkerNotFound(_) | StoreError::WorkerOffline(_) => QueueError::UnknownWorker,
+        StoreError::BatchNotFound(id) => QueueError::Fatal(format!("batch {id} not found")),
         StoreError::TaskNotFound(id) => QueueError::Refused {
             kind: "task_not_found".to_owned(),
             detail: format!("task {id} not found"),

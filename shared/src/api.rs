@@ -390,3 +390,126 @@ pub struct TaskEvent {
     #[serde(default)]
     pub task: Option<Box<Task>>,
 }
+
+/// One task of a batch.
+#[derive(Debug, Clone, Object, Serialize, Deserialize)]
+pub struct BatchTask {
+    pub problem_id: ProblemId,
+    /// As for one task: `max_steps` and `timeout` filled in with the server's defaults when absent.
+    #[oai(default, nullable)]
+    #[serde(default)]
+    pub parameters: JsonObject,
+    #[oai(default, nullable)]
+    #[serde(default)]
+    pub priority: i32,
+}
+
+/// A campaign given task by task. 1-10,000 tasks, created together or not at all.
+#[derive(Debug, Clone, Object, Serialize, Deserialize)]
+pub struct BatchOfTasks {
+    /// A name to find the batch by.
+    #[oai(validator(min_length = 1, max_length = 255), nullable)]
+    #[serde(default)]
+    pub name: Option<Text>,
+    /// The tasks.
+    #[oai(validator(min_items = 1, max_items = 10000))]
+    pub tasks: Vec<BatchTask>,
+}
+
+/// A campaign as a matrix the server expands: `problems` × `agent_configs` × `repetitions` tasks (at most
+/// 10,000), each task's parameters being `parameters` with its `agent_config` and `repetition` set.
+#[derive(Debug, Clone, Object, Serialize, Deserialize)]
+pub struct BatchMatrix {
+    /// A name to find the batch by.
+    #[oai(validator(min_length = 1, max_length = 255), nullable)]
+    #[serde(default)]
+    pub name: Option<Text>,
+    /// The problems.
+    #[oai(validator(min_items = 1, max_items = 10000))]
+    pub problems: Vec<ProblemId>,
+    /// The agent configurations (each becomes a task's `parameters.agent_config`); none: the parameters'
+    /// own.
+    #[oai(validator(max_items = 1000), nullable)]
+    #[serde(default)]
+    pub agent_configs: Option<Vec<JsonObject>>,
+    /// Runs of each problem × agent configuration (1-1000, default 1), numbered in `parameters.repetition`.
+    #[oai(validator(minimum(value = "1"), maximum(value = "1000")), nullable)]
+    #[serde(default)]
+    pub repetitions: Option<u32>,
+    /// The parameters every task starts from.
+    #[oai(nullable)]
+    #[serde(default)]
+    pub parameters: Option<JsonObject>,
+    /// Every task's priority (default 0).
+    #[oai(nullable)]
+    #[serde(default)]
+    pub priority: Option<i32>,
+}
+
+/// A new batch: task by task (`tasks`), or a matrix (`problems`); a body that is both is refused.
+#[derive(Debug, Clone, poem_openapi::Union, Serialize, Deserialize)]
+#[oai(one_of)]
+#[serde(untagged)]
+pub enum CreateBatchRequest {
+    Tasks(BatchOfTasks),
+    Matrix(BatchMatrix),
+}
+
+/// Tasks of a batch by status.
+#[derive(Debug, Clone, Default, Object, Serialize, Deserialize)]
+pub struct StatusCounts {
+    pub pending: i64,
+    pub running: i64,
+    pub completed: i64,
+    pub failed: i64,
+    pub timeout: i64,
+    pub cancelled: i64,
+}
+
+/// A batch and how far it is.
+#[derive(Debug, Clone, Object, Serialize, Deserialize)]
+pub struct Batch {
+    pub id: Uuid,
+    #[oai(nullable)]
+    pub name: Option<String>,
+    /// The token that created it (null when authentication was off).
+    #[oai(nullable)]
+    pub created_by: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub task_count: i64,
+    pub counts: StatusCounts,
+    /// Tasks in a final state.
+    pub finished: i64,
+    /// `finished / task_count`, 0 to 1.
+    pub progress: f64,
+    /// Completed tasks whose result says `success: true`.
+    pub succeeded: i64,
+    /// `succeeded / finished`; null while none has finished.
+    #[oai(nullable)]
+    pub success_rate: Option<f64>,
+    /// When its first run started (null while none has).
+    #[oai(nullable)]
+    pub started_at: Option<DateTime<Utc>>,
+    /// When its last task finished, once all have (else null).
+    #[oai(nullable)]
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// A batch just created: its id and its tasks' ids, in the order given (or expanded).
+#[derive(Debug, Clone, Object, Serialize, Deserialize)]
+pub struct CreatedBatch {
+    pub id: Uuid,
+    #[oai(nullable)]
+    pub name: Option<String>,
+    pub task_count: i64,
+    pub task_ids: Vec<Uuid>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Answer to a batch cancel.
+#[derive(Debug, Clone, Object, Serialize, Deserialize)]
+pub struct CancelBatchResponse {
+    pub id: Uuid,
+    /// Tasks that were pending or running and are now cancelled.
+    pub cancelled: i64,
+}

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt, stream::BoxStream};
+use poem::web::sse::{Event as SseEvent, SSE};
 use poem::{
     IntoResponse, Request,
     web::{
@@ -15,9 +16,13 @@ use poem::{
 use poem_openapi::{
     ApiResponse, OpenApi,
     param::{Header, Path, Query},
-    payload::EventStream,
+    registry::{MetaMediaType, MetaResponse, MetaResponses, Registry},
+    types::Type,
 };
-use task_executor_shared::{Role, api::TaskEvent};
+use task_executor_shared::{
+    Role,
+    api::{EventKind, TaskEvent},
+};
 use uuid::Uuid;
 
 use super::ApiTags;
@@ -35,30 +40,62 @@ pub struct EventsApi {
 /// SSE comments sent while nothing happens, so that proxies and idle timeouts keep the stream open.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-#[derive(ApiResponse)]
-enum StreamResponse {
-    /// `text/event-stream`: one event per message, its `data` the JSON event, its `id` the `seq`.
-    #[oai(status = 200)]
-    Events(EventStream<BoxStream<'static, TaskEvent>>),
+/// One Server-Sent Events message, as the stream's schema (SSE-aware tools such as schemathesis check each
+/// message against it; poem-openapi's own `EventStream` would declare an array).
+#[derive(poem_openapi::Object)]
+struct SseMessage {
+    /// The event's `seq`: what `Last-Event-ID` resumes after.
+    id: String,
+    /// The event's `type`: `status`, `log` or `end`.
+    event: String,
+    /// The event: a `TaskEvent` as JSON.
+    data: String,
+}
+
+/// A live stream of [`TaskEvent`]s over Server-Sent Events.
+struct StreamResponse(BoxStream<'static, TaskEvent>);
+
+impl poem::IntoResponse for StreamResponse {
+    fn into_response(self) -> poem::Response {
+        let events = self.0.map(|e| {
+            let kind = match e.kind {
+                EventKind::Status => "status",
+                EventKind::Log => "log",
+                EventKind::End => "end",
+            };
+            SseEvent::message(serde_json::to_string(&e).unwrap_or_else(|_| "{}".to_owned()))
+                .id(e.seq.to_string())
+                .event_type(kind)
+        });
+        SSE::new(events).keep_alive(KEEP_ALIVE).into_response()
+    }
+}
+
+impl ApiResponse for StreamResponse {
+    fn meta() -> MetaResponses {
+        MetaResponses {
+            responses: vec![MetaResponse {
+                description: "`text/event-stream`: one event per message, its `event` the `type`, its `id` the \
+                              `seq`, its `data` the JSON event.",
+                status: Some(200),
+                status_range: None,
+                content: vec![MetaMediaType {
+                    content_type: "text/event-stream",
+                    schema: <SseMessage as Type>::schema_ref(),
+                }],
+                headers: vec![],
+            }],
+        }
+    }
+
+    fn register(registry: &mut Registry) {
+        <SseMessage as Type>::register(registry);
+        <TaskEvent as Type>::register(registry);
+    }
 }
 
 fn sse(stream: BoxStream<'static, TaskEvent>) -> StreamResponse {
-    StreamResponse::Events(
-        EventStream::new(stream)
-            .keep_alive(KEEP_ALIVE)
-            .to_event(|e| {
-                let kind = match e.kind {
-                    task_executor_shared::api::EventKind::Status => "status",
-                    task_executor_shared::api::EventKind::Log => "log",
-                    task_executor_shared::api::EventKind::End => "end",
-                };
-                poem::web::sse::Event::message(
-                    serde_json::to_string(&e).unwrap_or_else(|_| "{}".to_owned()),
-                )
-                .id(e.seq.to_string())
-                .event_type(kind)
-            }),
-    )
+    StreamResponse(stream)
 }
 
 /// Where to resume: `Last-Event-ID` (what browsers send again on reconnect) or `after_seq`.
@@ -127,12 +164,8 @@ impl EventsApi {
         after_seq: Query<Option<i64>>,
     ) -> Result<StreamResponse, ApiError> {
         let after = resume_point(last_event_id.0, after_seq.0);
-        Ok(sse(events::all_stream(
-            self.state.tail.clone(),
-            batch_id.0,
-            after,
-        )
-        .boxed()))
+        let stream = events::all_stream(self.state.tail.clone(), batch_id.0, after).await?;
+        Ok(sse(stream.boxed()))
     }
 }
 

@@ -1,6 +1,7 @@
 //! The HTTP layer: one `#[OpenApi]` struct per resource, assembled here with the OpenAPI document, Swagger UI
 //! and the edge middleware. Handlers parse, call the store or the dispatcher, and map the result.
 
+pub mod batches;
 pub mod events;
 pub mod health;
 pub mod internal;
@@ -27,6 +28,7 @@ pub enum ApiTags {
 type Apis = (
     health::HealthApi,
     tasks::TasksApi,
+    batches::BatchesApi,
     events::EventsApi,
     internal::InternalWorkersApi,
     workers::WorkersApi,
@@ -40,6 +42,9 @@ pub fn api_service(state: &AppState) -> OpenApiService<Apis, ()> {
                 state: state.clone(),
             },
             tasks::TasksApi {
+                state: state.clone(),
+            },
+            batches::BatchesApi {
                 state: state.clone(),
             },
             events::EventsApi {

@@ -107,6 +107,7 @@ impl TasksApi {
     ///
     /// Newest first, optionally filtered.
     #[oai(path = "/tasks", method = "get", operation_id = "list_tasks")]
+    #[allow(clippy::too_many_arguments)]
     async fn list_tasks(
         &self,
         _auth: Auth<Read>,
@@ -118,6 +119,8 @@ impl TasksApi {
         /// Only tasks held (or last held) by this worker.
         #[oai(validator(min_length = 1, max_length = 128))]
         worker_id: Query<Option<String>>,
+        /// Only tasks of this batch.
+        batch_id: Query<Option<Uuid>>,
         /// Most tasks returned (1-1000).
         #[oai(
             default = "default_limit",
@@ -135,6 +138,7 @@ impl TasksApi {
             status: status.0,
             problem_id: problem_id.0,
             worker_id: worker_id.0,
+            batch_id: batch_id.0,
             limit: limit.0,
             offset: offset.0,
         };

@@ -1,6 +1,7 @@
 //! Persistence: every SQL statement and sea-orm query of the service lives below this module, in functions
 //! that take a connection or a transaction. Handlers and background loops call these and never build queries.
 
+pub mod batches;
 pub mod entity;
 pub mod logs;
 pub mod queue;
@@ -23,6 +24,8 @@ pub enum StoreError {
     TaskNotFound(uuid::Uuid),
     #[error("worker {0} not found")]
     WorkerNotFound(String),
+    #[error("batch {0} not found")]
+    BatchNotFound(uuid::Uuid),
     /// The worker said goodbye or went silent: it must register again before it heartbeats or claims.
     #[error("worker {0} is offline: register it again")]
     WorkerOffline(String),

@@ -41,35 +41,40 @@ pub struct Admission {
 /// Seconds a client refused for a full queue or too many active tasks is told to wait.
 const ADMISSION_RETRY_AFTER: u64 = 30;
 
-/// Refuses a new task that does not fit under the caps. The counts are read just before the insert, so
-/// requests racing each other may overshoot a cap by their number: the caps bound runaway submissions, not
-/// exact quotas.
-async fn admit(db: &DatabaseConnection, new: &NewTask) -> StoreResult<()> {
-    if let Some(max) = new.admission.max_pending {
+/// Refuses `n` new tasks of `owner` that do not fit under the caps. The counts are read just before the
+/// insert, so requests racing each other may overshoot a cap by their number: the caps bound runaway
+/// submissions, not exact quotas.
+pub(super) async fn admit(
+    db: &impl ConnectionTrait,
+    n: u64,
+    owner: Option<&str>,
+    admission: Admission,
+) -> StoreResult<()> {
+    if let Some(max) = admission.max_pending {
         let pending = task::Entity::find()
             .filter(task::Column::Status.eq(TaskStatus::Pending))
             .count(db)
             .await?;
-        if pending >= max {
+        if pending + n > max {
             return Err(StoreError::QueueFull {
                 detail: format!(
-                    "the queue is full: {pending} tasks are pending (MAX_PENDING_TASKS is {max})"
+                    "the queue is full: {pending} tasks are pending and {n} more would exceed MAX_PENDING_TASKS ({max})"
                 ),
                 retry_after: ADMISSION_RETRY_AFTER,
             });
         }
     }
-    if let (Some(max), Some(owner)) = (new.admission.max_active_per_token, &new.created_by) {
+    if let (Some(max), Some(owner)) = (admission.max_active_per_token, owner) {
         let active = task::Entity::find()
-            .filter(task::Column::CreatedBy.eq(owner.as_str()))
+            .filter(task::Column::CreatedBy.eq(owner))
             .filter(task::Column::Status.is_in([TaskStatus::Pending, TaskStatus::Running]))
             .count(db)
             .await?;
-        if active >= max {
+        if active + n > max {
             return Err(StoreError::TooMany {
                 kind: "too_many_tasks",
                 detail: format!(
-                    "token `{owner}` has {active} pending or running tasks (MAX_ACTIVE_TASKS_PER_TOKEN is {max})"
+                    "token `{owner}` has {active} pending or running tasks and {n} more would exceed MAX_ACTIVE_TASKS_PER_TOKEN ({max})"
                 ),
                 retry_after: ADMISSION_RETRY_AFTER,
             });
@@ -94,7 +99,7 @@ pub async fn create(db: &DatabaseConnection, new: NewTask) -> StoreResult<(task:
     {
         return Ok((found, Created::Existing));
     }
-    admit(db, &new).await?;
+    admit(db, 1, new.created_by.as_deref(), new.admission).await?;
     let at = now();
     let model = task::ActiveModel {
         id: Set(Uuid::new_v4()),
@@ -183,22 +188,59 @@ pub struct ListFilter {
     pub status: Option<TaskStatus>,
     pub problem_id: Option<String>,
     pub worker_id: Option<String>,
+    pub batch_id: Option<Uuid>,
     pub limit: u64,
     pub offset: u64,
 }
 
+impl ListFilter {
+    fn apply(&self, mut q: sea_orm::Select<task::Entity>) -> sea_orm::Select<task::Entity> {
+        if let Some(s) = self.status {
+            q = q.filter(task::Column::Status.eq(s));
+        }
+        if let Some(p) = &self.problem_id {
+            q = q.filter(task::Column::ProblemId.eq(p.as_str()));
+        }
+        if let Some(w) = &self.worker_id {
+            q = q.filter(task::Column::WorkerId.eq(w.as_str()));
+        }
+        if let Some(b) = self.batch_id {
+            q = q.filter(task::Column::BatchId.eq(b));
+        }
+        q
+    }
+}
+
+/// Tasks matching the filter (its limit and offset aside), oldest first, after `after` (creation time and
+/// id of the last one of the previous page): for reading any number of tasks a page at a time.
+pub async fn page_after(
+    db: &DatabaseConnection,
+    f: &ListFilter,
+    after: Option<(chrono::DateTime<chrono::Utc>, Uuid)>,
+    limit: u64,
+) -> StoreResult<Vec<task::Model>> {
+    let mut q = f.apply(task::Entity::find());
+    if let Some((at, id)) = after {
+        q = q.filter(
+            sea_orm::Condition::any()
+                .add(task::Column::CreatedAt.gt(at))
+                .add(
+                    sea_orm::Condition::all()
+                        .add(task::Column::CreatedAt.eq(at))
+                        .add(task::Column::Id.gt(id)),
+                ),
+        );
+    }
+    Ok(q.order_by_asc(task::Column::CreatedAt)
+        .order_by_asc(task::Column::Id)
+        .limit(limit)
+        .all(db)
+        .await?)
+}
+
 /// Tasks matching the filter, newest first.
 pub async fn list(db: &DatabaseConnection, f: &ListFilter) -> StoreResult<Vec<task::Model>> {
-    let mut q = task::Entity::find();
-    if let Some(s) = f.status {
-        q = q.filter(task::Column::Status.eq(s));
-    }
-    if let Some(p) = &f.problem_id {
-        q = q.filter(task::Column::ProblemId.eq(p.as_str()));
-    }
-    if let Some(w) = &f.worker_id {
-        q = q.filter(task::Column::WorkerId.eq(w.as_str()));
-    }
+    let q = f.apply(task::Entity::find());
     Ok(q.order_by_desc(task::Column::CreatedAt)
         .order_by_desc(task::Column::Id)
         .limit(f.limit)

@@ -2,6 +2,7 @@
 
 mod helpers;
 
+mod batches;
 mod errors;
 mod events;
 mod health;

@@ -1,0 +1,427 @@
+//! Campaigns: `/api/v1/batches` (create many tasks at once, follow their progress, cancel, export results),
+//! the export of any task filter (`/api/v1/tasks/export`) and statistics (`/api/v1/stats`).
+
+use poem::Body;
+use poem_openapi::{
+    ApiResponse, OpenApi,
+    param::{Header, Path, Query},
+    payload::Json,
+    registry::{MetaMediaType, MetaResponse, MetaResponses, MetaSchema, MetaSchemaRef, Registry},
+};
+use serde_json::Value;
+use task_executor_shared::{
+    TaskStatus,
+    api::{Batch, BatchTask, CancelBatchResponse, CreateBatchRequest, CreatedBatch, JsonObject},
+    params,
+};
+use uuid::Uuid;
+
+use super::ApiTags;
+use crate::{
+    auth::{Auth, Read, Submit},
+    error::ApiError,
+    idempotency,
+    results::{self, Format, GroupBy, Stats},
+    state::AppState,
+    store::{
+        batches::{self, NewBatch, NewBatchTask},
+        tasks::{Created, ListFilter},
+    },
+};
+
+pub struct BatchesApi {
+    pub state: AppState,
+}
+
+/// Tasks in one batch at most.
+pub const MAX_BATCH_TASKS: usize = 10_000;
+
+#[derive(ApiResponse)]
+enum CreateBatchResponse {
+    /// The batch and all its tasks were created.
+    #[oai(status = 201)]
+    Created(Json<CreatedBatch>),
+    /// The same request with the same `Idempotency-Key` made this batch before.
+    #[oai(status = 200)]
+    Existing(Json<CreatedBatch>),
+}
+
+/// Rows of tasks in the format asked for: one 200 answer with three media types (poem-openapi's derive would
+/// declare only one of them).
+struct ExportResponse {
+    format: Format,
+    body: Body,
+}
+
+impl ExportResponse {
+    fn content_type(format: Format) -> &'static str {
+        match format {
+            Format::Csv => "text/csv; charset=utf-8",
+            Format::Jsonl => "application/x-ndjson",
+            Format::Json => "application/json",
+        }
+    }
+}
+
+impl poem::IntoResponse for ExportResponse {
+    fn into_response(self) -> poem::Response {
+        poem::Response::builder()
+            .content_type(Self::content_type(self.format))
+            .body(self.body)
+    }
+}
+
+impl ApiResponse for ExportResponse {
+    fn meta() -> MetaResponses {
+        let binary =
+            || MetaSchemaRef::Inline(Box::new(MetaSchema::new_with_format("string", "binary")));
+        MetaResponses {
+            responses: vec![MetaResponse {
+                description: "One row per task, oldest first, as `format` says: `text/csv` (a header line, then \
+                              the rows, RFC 4180; AIOpsLab's metrics follow the fixed columns as \
+                              `metrics.<name>`), `application/x-ndjson` (a JSON object per line) or \
+                              `application/json` (an array of them).",
+                status: Some(200),
+                status_range: None,
+                content: vec![
+                    MetaMediaType {
+                        content_type: "text/csv",
+                        schema: binary(),
+                    },
+                    MetaMediaType {
+                        content_type: "application/x-ndjson",
+                        schema: binary(),
+                    },
+                    MetaMediaType {
+                        content_type: "application/json",
+                        schema: MetaSchemaRef::Inline(Box::new(MetaSchema {
+                            items: Some(Box::new(MetaSchemaRef::Inline(Box::new(
+                                MetaSchema::new("object"),
+                            )))),
+                            ..MetaSchema::new("array")
+                        })),
+                    },
+                ],
+                headers: vec![],
+            }],
+        }
+    }
+
+    fn register(_registry: &mut Registry) {}
+}
+
+/// A batch id from a path: one that is not a UUID names no batch (404, like an unknown one).
+fn batch_uuid(s: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(s)
+        .map_err(|_| ApiError::not_found("batch_not_found", format!("batch {s} not found")))
+}
+
+fn default_limit() -> u64 {
+    100
+}
+
+fn default_format() -> Format {
+    Format::Csv
+}
+
+fn default_group_by() -> GroupBy {
+    GroupBy::ProblemId
+}
+
+/// The tasks a batch request describes, in order, or why it is refused.
+fn expand(req: &CreateBatchRequest) -> Result<Vec<BatchTask>, String> {
+    let m = match req {
+        CreateBatchRequest::Tasks(b) => return Ok(b.tasks.clone()),
+        CreateBatchRequest::Matrix(m) => m,
+    };
+    let configs: Vec<Option<&JsonObject>> = match &m.agent_configs {
+        Some(c) if !c.is_empty() => c.iter().map(Some).collect(),
+        _ => vec![None],
+    };
+    let reps = m.repetitions.unwrap_or(1) as usize;
+    let total = m.problems.len() * configs.len() * reps;
+    if total > MAX_BATCH_TASKS {
+        return Err(format!(
+            "the matrix expands to {total} tasks; a batch holds at most {MAX_BATCH_TASKS}"
+        ));
+    }
+    let base = m.parameters.clone().unwrap_or_default();
+    let mut out = Vec::with_capacity(total);
+    for p in &m.problems {
+        for c in &configs {
+            for r in 1..=reps {
+                let mut parameters = base.clone();
+                if let Some(c) = c {
+                    parameters.insert(
+                        "agent_config".to_owned(),
+                        Value::Object(c.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
+                    );
+                }
+                parameters.insert("repetition".to_owned(), Value::from(r as u64));
+                out.push(BatchTask {
+                    problem_id: p.clone(),
+                    parameters,
+                    priority: m.priority.unwrap_or(0),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl BatchesApi {
+    async fn export(&self, filter: ListFilter, format: Format) -> Result<ExportResponse, ApiError> {
+        let stream = results::export(self.state.db.clone(), filter, format).await?;
+        Ok(ExportResponse {
+            format,
+            body: Body::from_bytes_stream(stream),
+        })
+    }
+
+    async fn batch(&self, id: Uuid) -> Result<Batch, ApiError> {
+        let b = batches::get(&self.state.db, id).await?;
+        let mut p = batches::progress(&self.state.db, &[id]).await?;
+        Ok(batches::to_api(b, p.remove(&id).unwrap_or_default()))
+    }
+}
+
+#[OpenApi(prefix_path = "/api/v1", tag = "ApiTags::Tasks")]
+impl BatchesApi {
+    /// Create a batch
+    ///
+    /// A campaign of 1-10,000 tasks, created together in one transaction or not at all: `tasks` one by one,
+    /// or a matrix `problems` × `agent_configs` × `repetitions` that the server expands (each task's
+    /// parameters: `parameters`, with its `agent_config` and its `repetition` number). Each task's parameters
+    /// are checked as for one task; an invalid one refuses the whole batch, naming it (`tasks[3]`). With an
+    /// `Idempotency-Key`, repeating the request returns the batch made the first time (200).
+    #[oai(path = "/batches", method = "post", operation_id = "create_batch")]
+    async fn create_batch(
+        &self,
+        auth: Auth<Submit>,
+        /// A client-chosen key (1-255 visible characters) that makes the creation safe to retry.
+        #[oai(
+            name = "Idempotency-Key",
+            validator(min_length = 1, max_length = 255, pattern = r"^[\x21-\x7e]+$")
+        )]
+        idempotency_key: Header<Option<String>>,
+        body: Json<CreateBatchRequest>,
+        raw: &poem::Request,
+    ) -> Result<CreateBatchResponse, ApiError> {
+        if idempotency_key.0.is_none() && raw.headers().contains_key("idempotency-key") {
+            return Err(ApiError::validation(
+                "Idempotency-Key must be 1-255 visible ASCII characters",
+            ));
+        }
+        let req = body.0;
+        let specs = expand(&req).map_err(ApiError::validation)?;
+        let defaults = self.state.config.param_defaults();
+        let mut tasks = Vec::with_capacity(specs.len());
+        for (i, t) in specs.into_iter().enumerate() {
+            let parameters = params::effective(&t.parameters, defaults).map_err(|e| {
+                ApiError::validation(format!("tasks[{i}] ({}): {e}", t.problem_id.as_str()))
+            })?;
+            tasks.push(NewBatchTask {
+                problem_id: t.problem_id.into_inner(),
+                parameters,
+                priority: t.priority,
+            });
+        }
+        let idempotency = idempotency_key
+            .0
+            .map(|k| (k, idempotency::fingerprint_of(&req)));
+        let (b, ids, created) = batches::create(
+            &self.state.db,
+            NewBatch {
+                name: match &req {
+                    CreateBatchRequest::Tasks(b) => b.name.clone(),
+                    CreateBatchRequest::Matrix(m) => m.name.clone(),
+                }
+                .map(|n| n.into_inner()),
+                created_by: auth.token_name().map(str::to_owned),
+                idempotency,
+                tasks,
+                admission: self.state.config.admission(),
+            },
+        )
+        .await?;
+        let out = CreatedBatch {
+            id: b.id,
+            name: b.name,
+            task_count: ids.len() as i64,
+            task_ids: ids,
+            created_at: b.created_at,
+        };
+        Ok(match created {
+            Created::New => {
+                tracing::info!(batch_id = %out.id, tasks = out.task_count, "batch created");
+                for _ in 0..out.task_count {
+                    self.state.metrics.task_created();
+                }
+                self.state.dispatcher.wake();
+                CreateBatchResponse::Created(Json(out))
+            }
+            Created::Existing => CreateBatchResponse::Existing(Json(out)),
+        })
+    }
+
+    /// List batches
+    ///
+    /// Newest first, each with its progress.
+    #[oai(path = "/batches", method = "get", operation_id = "list_batches")]
+    async fn list_batches(
+        &self,
+        _auth: Auth<Read>,
+        /// Most batches returned (1-1000).
+        #[oai(
+            default = "default_limit",
+            validator(minimum(value = "1"), maximum(value = "1000"))
+        )]
+        limit: Query<u64>,
+        /// Batches skipped first, for paging.
+        #[oai(
+            default,
+            validator(minimum(value = "0"), maximum(value = "1000000000"))
+        )]
+        offset: Query<u64>,
+    ) -> Result<Json<Vec<Batch>>, ApiError> {
+        let list = batches::list(&self.state.db, limit.0, offset.0).await?;
+        let ids: Vec<Uuid> = list.iter().map(|b| b.id).collect();
+        let mut progress = batches::progress(&self.state.db, &ids).await?;
+        Ok(Json(
+            list.into_iter()
+                .map(|b| {
+                    let p = progress.remove(&b.id).unwrap_or_default();
+                    batches::to_api(b, p)
+                })
+                .collect(),
+        ))
+    }
+
+    /// Get a batch
+    ///
+    /// Its tasks by status, progress, success rate so far, when it started and finished.
+    #[oai(
+        path = "/batches/:batch_id",
+        method = "get",
+        operation_id = "get_batch"
+    )]
+    async fn get_batch(
+        &self,
+        _auth: Auth<Read>,
+        /// The batch's id (an unknown or malformed one is a 404).
+        #[oai(validator(max_length = 64))]
+        batch_id: Path<String>,
+    ) -> Result<Json<Batch>, ApiError> {
+        Ok(Json(self.batch(batch_uuid(&batch_id.0)?).await?))
+    }
+
+    /// Cancel a batch
+    ///
+    /// Cancels every task of the batch that is pending or running (finished ones keep their outcome).
+    #[oai(
+        path = "/batches/:batch_id/cancel",
+        method = "post",
+        operation_id = "cancel_batch"
+    )]
+    async fn cancel_batch(
+        &self,
+        _auth: Auth<Submit>,
+        /// The batch's id (an unknown or malformed one is a 404).
+        #[oai(validator(max_length = 64))]
+        batch_id: Path<String>,
+    ) -> Result<Json<CancelBatchResponse>, ApiError> {
+        let id = batch_uuid(&batch_id.0)?;
+        let cancelled = batches::cancel(&self.state.db, id).await?;
+        tracing::info!(batch_id = %id, cancelled, "batch cancelled");
+        Ok(Json(CancelBatchResponse { id, cancelled }))
+    }
+
+    /// Export a batch's results
+    ///
+    /// One row per task (in the order given): problem, family and task type, agent and model, repetition,
+    /// status, attempt, success, duration, steps, tokens, error, times, and AIOpsLab's metrics (`TTD`, `TTL`,
+    /// `TTA`, `TTM`, accuracies, …) flattened into columns. Streamed: any size.
+    #[oai(
+        path = "/batches/:batch_id/results",
+        method = "get",
+        operation_id = "batch_results"
+    )]
+    async fn batch_results(
+        &self,
+        _auth: Auth<Read>,
+        /// The batch's id (an unknown or malformed one is a 404).
+        #[oai(validator(max_length = 64))]
+        batch_id: Path<String>,
+        /// `csv` (default), `jsonl` or `json`.
+        #[oai(default = "default_format")]
+        format: Query<Format>,
+    ) -> Result<ExportResponse, ApiError> {
+        let id = batch_uuid(&batch_id.0)?;
+        batches::get(&self.state.db, id).await?;
+        let filter = ListFilter {
+            batch_id: Some(id),
+            ..Default::default()
+        };
+        self.export(filter, format.0).await
+    }
+
+    /// Export tasks' results
+    ///
+    /// The rows of `GET /api/v1/batches/{id}/results` for any filter of tasks, oldest first. Streamed.
+    #[oai(path = "/tasks/export", method = "get", operation_id = "export_tasks")]
+    #[allow(clippy::too_many_arguments)]
+    async fn export_tasks(
+        &self,
+        _auth: Auth<Read>,
+        /// `csv` (default), `jsonl` or `json`.
+        #[oai(default = "default_format")]
+        format: Query<Format>,
+        /// Only tasks in this state.
+        status: Query<Option<TaskStatus>>,
+        /// Only tasks of this problem.
+        #[oai(validator(min_length = 1, max_length = 255))]
+        problem_id: Query<Option<String>>,
+        /// Only tasks held (or last held) by this worker.
+        #[oai(validator(min_length = 1, max_length = 128))]
+        worker_id: Query<Option<String>>,
+        /// Only tasks of this batch.
+        batch_id: Query<Option<Uuid>>,
+    ) -> Result<ExportResponse, ApiError> {
+        let filter = ListFilter {
+            status: status.0,
+            problem_id: problem_id.0,
+            worker_id: worker_id.0,
+            batch_id: batch_id.0,
+            ..Default::default()
+        };
+        self.export(filter, format.0).await
+    }
+
+    /// Statistics
+    ///
+    /// Per group (`problem_id`, `problem_family`, `task_type`, `agent` or `model`): runs, finished,
+    /// succeeded, success rate, and the mean, median and 90th percentile of duration and steps of finished
+    /// runs. Optionally only one batch's tasks, or one problem's.
+    #[oai(path = "/stats", method = "get", operation_id = "stats")]
+    async fn stats(
+        &self,
+        _auth: Auth<Read>,
+        /// Only tasks of this batch.
+        batch_id: Query<Option<Uuid>>,
+        /// Only tasks of this problem.
+        #[oai(validator(min_length = 1, max_length = 255))]
+        problem_id: Query<Option<String>>,
+        /// What to group by (default `problem_id`).
+        #[oai(default = "default_group_by")]
+        group_by: Query<GroupBy>,
+    ) -> Result<Json<Stats>, ApiError> {
+        let filter = ListFilter {
+            batch_id: batch_id.0,
+            problem_id: problem_id.0,
+            ..Default::default()
+        };
+        Ok(Json(
+            results::stats(&self.state.db, &filter, group_by.0).await?,
+        ))
+    }
+}
