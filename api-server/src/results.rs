@@ -115,6 +115,15 @@ pub fn steps_of(t: &task::Model) -> Option<f64> {
     metric_f64(t, &["steps_taken", "steps"])
 }
 
+/// A count as an integer when it is one (`3`, not `3.0`).
+fn number(v: Option<f64>) -> Value {
+    match v {
+        Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => json!(f as i64),
+        Some(f) => json!(f),
+        None => Value::Null,
+    }
+}
+
 /// One task's row: the fixed columns, then `metrics` (scalars only, flattened).
 pub fn row(t: &task::Model) -> Map<String, Value> {
     let (family, task_type) = family_and_type(&t.problem_id);
@@ -143,12 +152,12 @@ pub fn row(t: &task::Model) -> Map<String, Value> {
     );
     put("success", json!(success_of(t)));
     put("duration_seconds", json!(duration_of(t)));
-    put("steps", json!(steps_of(t)));
-    put("in_tokens", json!(in_tokens));
-    put("out_tokens", json!(out_tokens));
+    put("steps", number(steps_of(t)));
+    put("in_tokens", number(in_tokens));
+    put("out_tokens", number(out_tokens));
     put(
         "tokens",
-        json!(in_tokens.zip(out_tokens).map(|(i, o)| i + o)),
+        number(in_tokens.zip(out_tokens).map(|(i, o)| i + o)),
     );
     put(
         "error",

@@ -2,6 +2,7 @@
 //! API server, heartbeats, claims tasks over HTTP and runs them with the shared execution engine.
 
 pub mod check;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
