@@ -15,6 +15,21 @@ pub fn fingerprint(req: &CreateTaskRequest) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The `Idempotency-Key` of a create request, checked: a key that is not visible ASCII never reaches the
+/// typed header (it is not text), so its presence in the raw request is refused rather than ignored — the
+/// client asked for a protection it would silently not get.
+pub fn key(
+    typed: Option<String>,
+    raw: &poem::Request,
+) -> Result<Option<String>, crate::error::ApiError> {
+    if typed.is_none() && raw.headers().contains_key("idempotency-key") {
+        return Err(crate::error::ApiError::validation(
+            "Idempotency-Key must be 1-255 visible ASCII characters",
+        ));
+    }
+    Ok(typed)
+}
+
 /// A hash of any request body as the client sent it, independent of key order.
 pub fn fingerprint_of(body: &impl serde::Serialize) -> String {
     let v = serde_json::to_value(body).unwrap_or(Value::Null);

@@ -391,18 +391,8 @@ pub struct TaskEvent {
     pub task: Option<Box<Task>>,
 }
 
-/// One task of a batch.
-#[derive(Debug, Clone, Object, Serialize, Deserialize)]
-pub struct BatchTask {
-    pub problem_id: ProblemId,
-    /// As for one task: `max_steps` and `timeout` filled in with the server's defaults when absent.
-    #[oai(default, nullable)]
-    #[serde(default)]
-    pub parameters: JsonObject,
-    #[oai(default, nullable)]
-    #[serde(default)]
-    pub priority: i32,
-}
+/// One task of a batch: what creating it alone would take.
+pub type BatchTask = CreateTaskRequest;
 
 /// A campaign given task by task. 1-10,000 tasks, created together or not at all.
 #[derive(Debug, Clone, Object, Serialize, Deserialize)]

@@ -11,7 +11,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Map, Value, json};
 use task_executor_shared::api::ErrorBody;
 
-use crate::config::Secret;
+use crate::config::ServerArgs;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -20,27 +20,8 @@ use crate::config::Secret;
     about = "Submit AIOpsLab runs and campaigns to the task executor, follow them live, and get their results."
 )]
 pub struct Cli {
-    /// Base URL of the API server.
-    #[arg(
-        global = true,
-        long,
-        env = "TASK_EXECUTOR_URL",
-        default_value = "http://127.0.0.1:8000"
-    )]
-    pub server_url: String,
-
-    /// An API token (role `submit` to create and cancel, `read` for the rest), when the server asks for one.
-    #[arg(
-        global = true,
-        long,
-        env = "TASK_EXECUTOR_TOKEN",
-        hide_env_values = true
-    )]
-    pub token: Option<Secret>,
-
-    /// A file holding the API token.
-    #[arg(global = true, long, env = "TASK_EXECUTOR_TOKEN_FILE")]
-    pub token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub api: ServerArgs,
 
     #[command(subcommand)]
     pub command: Command,
@@ -133,23 +114,14 @@ struct Api {
 
 impl Api {
     fn new(cli: &Cli) -> anyhow::Result<Api> {
-        let token = match (&cli.token, &cli.token_file) {
-            (Some(_), Some(_)) => bail!("give the token once: --token or --token-file"),
-            (Some(t), None) => Some(t.expose().to_owned()),
-            (None, Some(f)) => {
-                let t = std::fs::read_to_string(f)
-                    .with_context(|| format!("cannot read the token file {}", f.display()))?;
-                Some(t.trim().to_owned()).filter(|t| !t.is_empty())
-            }
-            (None, None) => None,
-        };
+        let token = cli.api.token()?.map(|t| t.expose().to_owned());
         let http = reqwest::Client::builder()
             .user_agent(concat!("task-executor/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(10))
             .build()?;
         Ok(Api {
             http,
-            base: cli.server_url.trim_end_matches('/').to_owned(),
+            base: cli.api.server(),
             token,
         })
     }
@@ -648,7 +620,10 @@ async fn cancel(api: &Api, id: &str) -> anyhow::Result<()> {
             let t = api
                 .post(&format!("/api/v1/tasks/{id}/cancel"), None, None)
                 .await?;
-            println!("task {id}: {}", t["message"].as_str().unwrap_or("cancelled"));
+            println!(
+                "task {id}: {}",
+                t["message"].as_str().unwrap_or("cancelled")
+            );
         }
         Kind::Batch(_) => {
             let r = api

@@ -17,14 +17,8 @@ pub struct Config {
     #[command(subcommand)]
     pub command: Option<Command>,
 
-    /// Base URL of the API server.
-    #[arg(
-        global = true,
-        long,
-        env = "TASK_EXECUTOR_URL",
-        default_value = "http://127.0.0.1:8000"
-    )]
-    pub server_url: String,
+    #[command(flatten)]
+    pub api: ServerArgs,
 
     /// This worker's id (1-128 of letters, digits, '.', '_', '-'). Default: derived from the host name, so
     /// it is stable across restarts.
@@ -68,22 +62,6 @@ pub struct Config {
     )]
     pub shutdown_grace_seconds: u64,
 
-    /// The API token of this daemon (role `worker`, its pattern covering WORKER_ID), when the server asks for
-    /// tokens. Prefer TASK_EXECUTOR_TOKEN_FILE: an environment variable is visible to whatever reads this
-    /// process's environment. The token never reaches a runner.
-    #[arg(
-        global = true,
-        long = "token",
-        env = "TASK_EXECUTOR_TOKEN",
-        hide_env_values = true
-    )]
-    pub token: Option<Secret>,
-
-    /// A file holding the API token (e.g. `$CREDENTIALS_DIRECTORY/token` with systemd `LoadCredential=`);
-    /// surrounding whitespace is ignored, and an empty file means no token.
-    #[arg(global = true, long, env = "TASK_EXECUTOR_TOKEN_FILE")]
-    pub token_file: Option<std::path::PathBuf>,
-
     /// Timeout of each HTTP request to the server, in seconds (a long poll gets its wait on top).
     #[arg(global = true, long, env = "REQUEST_TIMEOUT_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=600))]
     pub request_timeout_seconds: u64,
@@ -106,6 +84,65 @@ pub struct Config {
     /// Log format: text or json.
     #[arg(global = true, long, env = "LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+}
+
+/// Where the API server is and how to authenticate to it: the settings the daemon and the `task-executor`
+/// command line share.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArgs {
+    /// Base URL of the API server.
+    #[arg(
+        global = true,
+        long,
+        env = "TASK_EXECUTOR_URL",
+        default_value = "http://127.0.0.1:8000"
+    )]
+    pub server_url: String,
+
+    /// The API token, when the server asks for tokens (a daemon needs a `worker` token whose pattern covers
+    /// WORKER_ID; the command line `submit` or `read`). Prefer TASK_EXECUTOR_TOKEN_FILE: an environment
+    /// variable is visible to whatever reads this process's environment. The token never reaches a runner.
+    #[arg(
+        global = true,
+        long = "token",
+        env = "TASK_EXECUTOR_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<Secret>,
+
+    /// A file holding the API token (e.g. `$CREDENTIALS_DIRECTORY/token` with systemd `LoadCredential=`);
+    /// surrounding whitespace is ignored, and an empty file means no token.
+    #[arg(global = true, long, env = "TASK_EXECUTOR_TOKEN_FILE")]
+    pub token_file: Option<std::path::PathBuf>,
+}
+
+impl ServerArgs {
+    /// The API token: TASK_EXECUTOR_TOKEN, or the content of TASK_EXECUTOR_TOKEN_FILE (not both).
+    pub fn token(&self) -> anyhow::Result<Option<Secret>> {
+        match (&self.token, &self.token_file) {
+            (Some(_), Some(_)) => anyhow::bail!(
+                "give the token once: TASK_EXECUTOR_TOKEN or TASK_EXECUTOR_TOKEN_FILE, not both"
+            ),
+            (Some(t), None) => Ok(Some(t.clone())),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    anyhow::anyhow!("cannot read the token file {}: {e}", path.display())
+                })?;
+                if text.trim().is_empty() {
+                    return Ok(None);
+                }
+                text.parse()
+                    .map(Some)
+                    .map_err(|e| anyhow::anyhow!("token file {}: {e}", path.display()))
+            }
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// The base URL, without a trailing slash.
+    pub fn server(&self) -> String {
+        self.server_url.trim_end_matches('/').to_owned()
+    }
 }
 
 /// A secret setting: shown as `***` by `Debug`, so that it cannot reach a log by accident.
@@ -197,30 +234,13 @@ impl Config {
         Duration::from_secs(self.heartbeat_interval_seconds)
     }
 
-    /// The API token: TASK_EXECUTOR_TOKEN, or the content of TASK_EXECUTOR_TOKEN_FILE (not both).
+    /// The API token (see [`ServerArgs::token`]).
     pub fn token(&self) -> anyhow::Result<Option<Secret>> {
-        match (&self.token, &self.token_file) {
-            (Some(_), Some(_)) => anyhow::bail!(
-                "give the token once: TASK_EXECUTOR_TOKEN or TASK_EXECUTOR_TOKEN_FILE, not both"
-            ),
-            (Some(t), None) => Ok(Some(t.clone())),
-            (None, Some(path)) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    anyhow::anyhow!("cannot read the token file {}: {e}", path.display())
-                })?;
-                if text.trim().is_empty() {
-                    return Ok(None);
-                }
-                text.parse()
-                    .map(Some)
-                    .map_err(|e| anyhow::anyhow!("token file {}: {e}", path.display()))
-            }
-            (None, None) => Ok(None),
-        }
+        self.api.token()
     }
 
     pub fn server(&self) -> String {
-        self.server_url.trim_end_matches('/').to_owned()
+        self.api.server()
     }
 }
 

@@ -207,11 +207,7 @@ impl BatchesApi {
         body: Json<CreateBatchRequest>,
         raw: &poem::Request,
     ) -> Result<CreateBatchResponse, ApiError> {
-        if idempotency_key.0.is_none() && raw.headers().contains_key("idempotency-key") {
-            return Err(ApiError::validation(
-                "Idempotency-Key must be 1-255 visible ASCII characters",
-            ));
-        }
+        let idempotency_key = idempotency::key(idempotency_key.0, raw)?;
         let req = body.0;
         let specs = expand(&req).map_err(ApiError::validation)?;
         let defaults = self.state.config.param_defaults();
@@ -226,9 +222,7 @@ impl BatchesApi {
                 priority: t.priority,
             });
         }
-        let idempotency = idempotency_key
-            .0
-            .map(|k| (k, idempotency::fingerprint_of(&req)));
+        let idempotency = idempotency_key.map(|k| (k, idempotency::fingerprint_of(&req)));
         let (b, ids, created) = batches::create(
             &self.state.db,
             NewBatch {

@@ -67,19 +67,11 @@ impl TasksApi {
         body: Json<CreateTaskRequest>,
         raw: &poem::Request,
     ) -> Result<CreateResponse, ApiError> {
-        // A key that is not visible ASCII never reaches `idempotency_key` (it is not text): refuse it rather
-        // than create a task without the protection the client asked for.
-        if idempotency_key.0.is_none() && raw.headers().contains_key("idempotency-key") {
-            return Err(ApiError::validation(
-                "Idempotency-Key must be 1-255 visible ASCII characters",
-            ));
-        }
+        let idempotency_key = idempotency::key(idempotency_key.0, raw)?;
         let req = body.0;
         let parameters = params::effective(&req.parameters, self.state.config.param_defaults())
             .map_err(ApiError::validation)?;
-        let idempotency = idempotency_key
-            .0
-            .map(|k| (k, idempotency::fingerprint(&req)));
+        let idempotency = idempotency_key.map(|k| (k, idempotency::fingerprint(&req)));
         let (task, created) = tasks::create(
             &self.state.db,
             NewTask {

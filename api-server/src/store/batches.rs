@@ -16,7 +16,7 @@ use super::{
     entity::{batch, task, task_log},
     now,
     queue::transition::{self, Change, Entry, Guard},
-    tasks::{Admission, Created, admit},
+    tasks::{Admission, Created, admit, pending_task},
 };
 
 /// One task of a new batch, its parameters already made effective.
@@ -85,29 +85,16 @@ pub async fn create(
         let base = chunk_no * CHUNK;
         let rows = chunk.iter().enumerate().map(|(i, t)| {
             let created = at + chrono::Duration::microseconds((base + i) as i64);
-            task::ActiveModel {
-                id: Set(ids[base + i]),
-                problem_id: Set(t.problem_id.clone()),
-                status: Set(TaskStatus::Pending),
-                priority: Set(t.priority),
-                parameters: Set(t.parameters.clone()),
-                result: Set(None),
-                worker_id: Set(None),
-                attempt: Set(0),
-                lease_expires_at: Set(None),
-                idempotency_key: Set(None),
-                request_hash: Set(None),
-                created_at: Set(created),
-                updated_at: Set(created),
-                started_at: Set(None),
-                completed_at: Set(None),
-                lease_id: Set(None),
-                uncounted_requeues: Set(0),
-                log_entries: Set(0),
-                log_dropped: Set(0),
-                created_by: Set(new.created_by.clone()),
-                batch_id: Set(Some(id)),
-            }
+            let mut m = pending_task(
+                ids[base + i],
+                &t.problem_id,
+                t.parameters.clone(),
+                t.priority,
+                created,
+            );
+            m.created_by = Set(new.created_by.clone());
+            m.batch_id = Set(Some(id));
+            m
         });
         task::Entity::insert_many(rows)
             .exec_without_returning(&txn)

@@ -101,29 +101,16 @@ pub async fn create(db: &DatabaseConnection, new: NewTask) -> StoreResult<(task:
     }
     admit(db, 1, new.created_by.as_deref(), new.admission).await?;
     let at = now();
-    let model = task::ActiveModel {
-        id: Set(Uuid::new_v4()),
-        problem_id: Set(new.problem_id.clone()),
-        status: Set(TaskStatus::Pending),
-        priority: Set(new.priority),
-        parameters: Set(new.parameters.clone()),
-        result: Set(None),
-        worker_id: Set(None),
-        attempt: Set(0),
-        lease_expires_at: Set(None),
-        idempotency_key: Set(new.idempotency.as_ref().map(|(k, _)| k.clone())),
-        request_hash: Set(new.idempotency.as_ref().map(|(_, h)| h.clone())),
-        created_at: Set(at),
-        updated_at: Set(at),
-        started_at: Set(None),
-        completed_at: Set(None),
-        lease_id: Set(None),
-        uncounted_requeues: Set(0),
-        log_entries: Set(0),
-        log_dropped: Set(0),
-        created_by: Set(new.created_by.clone()),
-        batch_id: Set(None),
-    };
+    let mut model = pending_task(
+        Uuid::new_v4(),
+        &new.problem_id,
+        new.parameters.clone(),
+        new.priority,
+        at,
+    );
+    model.idempotency_key = Set(new.idempotency.as_ref().map(|(k, _)| k.clone()));
+    model.request_hash = Set(new.idempotency.as_ref().map(|(_, h)| h.clone()));
+    model.created_by = Set(new.created_by.clone());
     let txn = db.begin().await?;
     let inserted = match model.insert(&txn).await {
         Ok(m) => m,
@@ -151,6 +138,40 @@ pub async fn create(db: &DatabaseConnection, new: NewTask) -> StoreResult<(task:
     .await?;
     txn.commit().await?;
     Ok((inserted, Created::New))
+}
+
+/// A new task row: pending, never claimed, created at `at` (without an idempotency key, creator or batch;
+/// the caller sets those).
+pub(super) fn pending_task(
+    id: Uuid,
+    problem_id: &str,
+    parameters: Value,
+    priority: i32,
+    at: chrono::DateTime<chrono::Utc>,
+) -> task::ActiveModel {
+    task::ActiveModel {
+        id: Set(id),
+        problem_id: Set(problem_id.to_owned()),
+        status: Set(TaskStatus::Pending),
+        priority: Set(priority),
+        parameters: Set(parameters),
+        result: Set(None),
+        worker_id: Set(None),
+        attempt: Set(0),
+        lease_expires_at: Set(None),
+        idempotency_key: Set(None),
+        request_hash: Set(None),
+        created_at: Set(at),
+        updated_at: Set(at),
+        started_at: Set(None),
+        completed_at: Set(None),
+        lease_id: Set(None),
+        uncounted_requeues: Set(0),
+        log_entries: Set(0),
+        log_dropped: Set(0),
+        created_by: Set(None),
+        batch_id: Set(None),
+    }
 }
 
 async fn by_idempotency_key(

@@ -196,7 +196,12 @@ async fn a_campaign_from_submit_to_csv(backend: Backend) {
     .await;
     let stuck = stuck.stdout.trim().to_owned();
     let cancel = cli(&server, me, &["cancel", &stuck]).await;
-    assert!(cancel.stdout.contains("cancelled"), "{}{}", cancel.stdout, cancel.stderr);
+    assert!(
+        cancel.stdout.contains("cancelled"),
+        "{}{}",
+        cancel.stdout,
+        cancel.stderr
+    );
     let t: Value = server.task(&serde_json::json!({"id": stuck})).await;
     assert_eq!(t["status"], "cancelled");
     assert_eq!(t["created_by"], "alice");
