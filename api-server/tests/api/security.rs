@@ -728,6 +728,70 @@ async fn cross_site_requests_are_refused(backend: Backend) {
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
 }
 
+/// Browsers cannot set headers on `EventSource` or `WebSocket`: the live streams (and only they) take the
+/// token as `access_token`; a WebSocket handshake from another site is refused like a cross-site POST.
+async fn streams_take_a_token_from_the_query_and_refuse_other_sites(backend: Backend) {
+    let (app, t) = spawn_with_tokens(
+        backend,
+        &[("viewer", Role::Read, None), ("root", Role::Admin, None)],
+        |_| {},
+    )
+    .await;
+    let task = app
+        .call(
+            Method::POST,
+            "/api/v1/tasks",
+            Some(&t["root"]),
+            Some(json!({"problem_id": "p"})),
+        )
+        .await
+        .body;
+    let id = task["id"].as_str().unwrap();
+    let viewer = &t["viewer"];
+    let sse = app
+        .client
+        .get(app.url(&format!("/api/v1/tasks/{id}/events?access_token={viewer}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sse.status(), StatusCode::OK);
+    drop(sse);
+    let elsewhere = app
+        .get(&format!("/api/v1/tasks/{id}?access_token={viewer}"))
+        .await;
+    assert_error(&elsewhere, StatusCode::UNAUTHORIZED, "unauthorized");
+    let ws = app.base.replace("http://", "ws://");
+    let (mut socket, _) =
+        tokio_tungstenite::connect_async(format!("{ws}/ws/tasks/{id}?access_token={viewer}"))
+            .await
+            .expect("a WebSocket with the token in the query");
+    let first = futures_util::StreamExt::next(&mut socket)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        first.to_text().unwrap().contains("\"type\":\"status\""),
+        "{first}"
+    );
+    let refused = tokio_tungstenite::connect_async(format!("{ws}/ws/tasks/{id}")).await;
+    assert!(refused.is_err(), "no token, no WebSocket");
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        format!("{ws}/ws/tasks/{id}?access_token={viewer}"),
+    )
+    .unwrap();
+    req.headers_mut()
+        .insert("origin", "http://evil.example".parse().unwrap());
+    match tokio_tungstenite::connect_async(req).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), StatusCode::FORBIDDEN)
+        }
+        other => panic!(
+            "a cross-site WebSocket handshake must be refused: {:?}",
+            other.map(|_| ())
+        ),
+    }
+}
+
 /// The request rate limit: per token (each its own bucket), per address without one; 429 with `Retry-After`;
 /// probes are not limited.
 async fn the_rate_limit_answers_429_with_retry_after(backend: Backend) {
@@ -916,4 +980,5 @@ task_executor_shared::both_backends!(
     active_tasks_per_token_are_capped,
     a_full_queue_answers_503,
     the_document_declares_the_bearer_scheme,
+    streams_take_a_token_from_the_query_and_refuse_other_sites,
 );
