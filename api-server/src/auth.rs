@@ -199,6 +199,12 @@ impl Registry {
         }
     }
 
+    /// Whether the server runs without tokens because none exists (not by `--insecure-no-auth`): then it
+    /// listens on loopback and must answer only requests addressed to a loopback name.
+    pub fn open_on_loopback(&self) -> bool {
+        !self.insecure && !self.enabled()
+    }
+
     /// Whether requests need a token.
     pub fn enabled(&self) -> bool {
         self.enabled.load(Ordering::Acquire)

@@ -12,7 +12,10 @@
 
 use std::{
     collections::{BTreeSet, HashSet, VecDeque},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicI64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -27,8 +30,11 @@ use crate::store::{StoreError, entity::task_log, logs, tasks};
 
 /// How often the tail looks for new entries: the latency of a live update.
 pub const TICK: Duration = Duration::from_millis(200);
-/// How long an id missing below newer ones is waited for before the tail moves past it.
-pub const GAP_GRACE: Duration = Duration::from_secs(2);
+/// How long an id missing below newer ones is waited for before the tail moves past it (and the streams of
+/// state changes with it). Long enough for the longest transaction (a 10,000-task batch); ids are only ever
+/// missing for good when a transaction that wrote a log entry rolled back, which is rare, so the wait is
+/// rarely paid.
+pub const GAP_GRACE: Duration = Duration::from_secs(30);
 /// Entries read at once (by the tail, and by a subscriber).
 const PAGE: u64 = 500;
 
@@ -44,6 +50,7 @@ pub struct Advance {
 pub struct Tail {
     db: DatabaseConnection,
     settled: watch::Sender<i64>,
+    latest_status: AtomicI64,
     wakes: broadcast::Sender<Arc<Advance>>,
     /// Ends every stream (server shutdown).
     pub stop: CancellationToken,
@@ -58,6 +65,7 @@ impl Tail {
         Ok(Arc::new(Tail {
             db,
             settled: watch::Sender::new(start),
+            latest_status: AtomicI64::new(start),
             wakes: broadcast::Sender::new(256),
             stop,
         }))
@@ -68,12 +76,19 @@ impl Tail {
         *self.settled.borrow()
     }
 
+    /// The newest state-change entry seen (0 before any): a stream of state changes whose cursor is at or
+    /// above it has nothing to read up to `settled`.
+    pub fn latest_status(&self) -> i64 {
+        self.latest_status.load(Ordering::Acquire)
+    }
+
     /// Follows the log until `stop`.
     pub async fn run(self: Arc<Self>) {
         let mut settled = self.settled();
-        // Ids above `settled` already seen (there is a gap below them), and since when the gap is open.
+        // Ids above `settled` already seen (there is a gap below them), and the gap waited for: its first
+        // missing id and since when.
         let mut seen: BTreeSet<i64> = BTreeSet::new();
-        let mut gap_since: Option<Instant> = None;
+        let mut gap: Option<(i64, Instant)> = None;
         let mut failing = false;
         loop {
             tokio::select! {
@@ -101,7 +116,10 @@ impl Tail {
             for (id, task, status) in rows {
                 if seen.insert(id) {
                     advance.tasks.insert(task);
-                    advance.status_changed |= status;
+                    if status {
+                        advance.status_changed = true;
+                        self.latest_status.fetch_max(id, Ordering::AcqRel);
+                    }
                 }
             }
             loop {
@@ -110,33 +128,35 @@ impl Tail {
                     settled += 1;
                 }
                 let Some(&next) = seen.first() else {
-                    gap_since = None;
+                    gap = None;
                     break;
                 };
-                match gap_since {
-                    None => {
-                        gap_since = Some(Instant::now());
+                match gap {
+                    Some((missing, since)) if missing == settled + 1 => {
+                        if since.elapsed() < GAP_GRACE {
+                            break;
+                        }
+                        // Ids a rolled-back transaction took (or one that held them too long): move on.
+                        tracing::debug!(from = missing, to = next - 1, "log ids skipped");
+                        settled = next - 1;
+                        gap = None;
+                    }
+                    // A new gap (or the one waited for closed and another is open): its own clock.
+                    _ => {
+                        gap = Some((settled + 1, Instant::now()));
                         break;
                     }
-                    Some(t) if t.elapsed() >= GAP_GRACE => {
-                        // Ids a rolled-back transaction took: never coming.
-                        settled = next - 1;
-                        gap_since = None;
-                    }
-                    Some(_) => break,
                 }
             }
-            if settled > advance.upto {
-                advance.upto = settled;
+            let moved = settled > advance.upto;
+            advance.upto = settled;
+            if moved {
                 self.settled.send_replace(settled);
+            }
+            // Task streams read their task's entries as soon as they are seen (a task's entries commit in id
+            // order); state-change streams read up to `settled`.
+            if moved || !advance.tasks.is_empty() {
                 let _ = self.wakes.send(Arc::new(advance));
-            } else if !advance.tasks.is_empty() {
-                // Seen above a gap: told once the gap closes (the subscribers read up to `settled` only).
-                let _ = self.wakes.send(Arc::new(Advance {
-                    upto: settled,
-                    tasks: HashSet::new(),
-                    status_changed: false,
-                }));
             }
         }
     }
@@ -172,6 +192,8 @@ fn event_of(e: task_log::Model, kind: EventKind) -> TaskEvent {
 /// Why a stream cannot start.
 pub enum StartError {
     NotFound,
+    /// A resume at or after the last event of a finished task: there is nothing more, ever.
+    Finished,
     Store(StoreError),
 }
 
@@ -185,6 +207,8 @@ struct TaskStream {
     /// The last state change emitted was final: drain, then `end`.
     ended: Option<TaskEvent>,
     done: bool,
+    /// New entries may be there: read before waiting.
+    dirty: bool,
 }
 
 /// A task's events from `from`: its state (when starting now), then each entry as it is written, then `end`.
@@ -195,7 +219,6 @@ pub async fn task_stream(
 ) -> Result<impl Stream<Item = TaskEvent> + Send + 'static, StartError> {
     let rx = tail.subscribe();
     let db = tail.db.clone();
-    let settled = tail.settled();
     let task = match tasks::get(&db, task_id).await {
         Ok(t) => t,
         Err(StoreError::TaskNotFound(_)) => return Err(StartError::NotFound),
@@ -205,10 +228,11 @@ pub async fn task_stream(
         tail,
         rx,
         task_id,
-        cursor: settled,
+        cursor: 0,
         pending: VecDeque::new(),
         ended: None,
         done: false,
+        dirty: true,
     };
     match from {
         From::Now => {
@@ -242,6 +266,14 @@ pub async fn task_stream(
         }
         From::After(seq) => {
             s.cursor = seq;
+            if task.status.is_terminal()
+                && logs::last_entry_at(&db, task_id, i64::MAX)
+                    .await
+                    .map_err(StartError::Store)?
+                    <= seq
+            {
+                return Err(StartError::Finished);
+            }
             if task.status.is_terminal() {
                 // Its last entries are committed with its final state: read them all, then end.
                 s.ended = Some(TaskEvent {
@@ -266,6 +298,13 @@ pub async fn task_stream(
 }
 
 impl TaskStream {
+    fn event(r: task_log::Model) -> TaskEvent {
+        match r.status {
+            Some(_) => event_of(r, EventKind::Status),
+            None => event_of(r, EventKind::Log),
+        }
+    }
+
     async fn next(&mut self) -> Option<TaskEvent> {
         loop {
             if let Some(e) = self.pending.pop_front() {
@@ -276,51 +315,60 @@ impl TaskStream {
             }
             if let Some(mut last) = self.ended.take() {
                 // Whatever was written with the final state (a note on dropped entries) — or, on a resume of
-                // a finished task, everything after the resume point — then `end`.
-                if let Ok(rest) = logs::task_entries_between(
-                    &self.tail.db,
-                    self.task_id,
-                    self.cursor,
-                    i64::MAX,
-                    PAGE,
-                )
-                .await
-                {
+                // a finished task, everything after the resume point, page by page — then `end`. A failed
+                // read ends the stream without `end`, so that the client resumes.
+                loop {
+                    let rest = logs::task_entries_between(
+                        &self.tail.db,
+                        self.task_id,
+                        self.cursor,
+                        i64::MAX,
+                        PAGE,
+                    )
+                    .await;
+                    let Ok(rest) = rest else {
+                        self.done = true;
+                        break;
+                    };
+                    let full = rest.len() as u64 == PAGE;
                     for r in rest {
-                        let e = match r.status {
-                            Some(_) => event_of(r, EventKind::Status),
-                            None => event_of(r, EventKind::Log),
-                        };
+                        self.cursor = r.id;
+                        let e = Self::event(r);
                         if e.status.is_some_and(|s| s.is_terminal()) {
                             last = e.clone();
                         }
                         self.pending.push_back(e);
                     }
+                    if !full {
+                        let seq = self.cursor.max(last.seq);
+                        self.pending.push_back(TaskEvent {
+                            seq,
+                            kind: EventKind::End,
+                            task: None,
+                            level: None,
+                            message: None,
+                            context: None,
+                            ..last
+                        });
+                        self.done = true;
+                        break;
+                    }
+                    if self.pending.len() >= PAGE as usize {
+                        // Hand these out first; come back for the next page.
+                        self.ended = Some(last);
+                        break;
+                    }
                 }
-                let seq = self
-                    .pending
-                    .back()
-                    .map_or(last.seq, |e| e.seq)
-                    .max(last.seq);
-                self.pending.push_back(TaskEvent {
-                    seq,
-                    kind: EventKind::End,
-                    task: None,
-                    level: None,
-                    message: None,
-                    context: None,
-                    ..last
-                });
-                self.done = true;
                 continue;
             }
-            let settled = self.tail.settled();
-            if settled > self.cursor {
+            if self.dirty {
+                // A task's entries commit in id order (every writer locks the task row first), so reading
+                // past the tail's `settled` mark never skips one of them.
                 let rows = match logs::task_entries_between(
                     &self.tail.db,
                     self.task_id,
                     self.cursor,
-                    settled,
+                    i64::MAX,
                     PAGE,
                 )
                 .await
@@ -332,39 +380,25 @@ impl TaskStream {
                         continue;
                     }
                 };
-                let full = rows.len() as u64 == PAGE;
-                self.cursor = if full {
-                    rows.last().map_or(settled, |r| r.id)
-                } else {
-                    settled
-                };
+                self.dirty = rows.len() as u64 == PAGE;
                 for r in rows {
-                    let terminal = r.status.is_some_and(|s| s.is_terminal());
-                    let kind = if r.status.is_some() {
-                        EventKind::Status
-                    } else {
-                        EventKind::Log
-                    };
-                    let e = event_of(r, kind);
-                    if terminal {
-                        self.cursor = e.seq;
+                    self.cursor = r.id;
+                    let e = Self::event(r);
+                    if e.status.is_some_and(|s| s.is_terminal()) {
                         self.ended = Some(e.clone());
                         self.pending.push_back(e);
                         break;
                     }
                     self.pending.push_back(e);
                 }
-                if !self.pending.is_empty() || self.ended.is_some() {
-                    continue;
-                }
+                continue;
             }
             // Wait for new entries of this task (or for a lag: then read again).
             tokio::select! {
                 _ = self.tail.stop.cancelled() => return None,
                 wake = self.rx.recv() => match wake {
-                    Ok(a) if a.tasks.contains(&self.task_id) || a.tasks.is_empty() => {}
-                    Ok(_) => {}
-                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Ok(a) => self.dirty = a.tasks.contains(&self.task_id),
+                    Err(broadcast::error::RecvError::Lagged(_)) => self.dirty = true,
                     Err(broadcast::error::RecvError::Closed) => return None,
                 },
             }
@@ -415,6 +449,10 @@ impl AllStream {
                 return None;
             }
             let settled = self.tail.settled();
+            if settled > self.cursor && self.tail.latest_status() <= self.cursor {
+                // No state change written since the cursor: nothing to read.
+                self.cursor = settled;
+            }
             if settled > self.cursor {
                 match logs::status_entries_between(
                     &self.tail.db,

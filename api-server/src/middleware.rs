@@ -92,6 +92,26 @@ fn holds_nul(v: &serde_json::Value) -> bool {
 /// The largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
+/// Whether the `Host` a request was addressed to is a loopback name or address (`localhost`, `127.x.x.x`,
+/// `[::1]`, any port).
+fn addressed_to_loopback(req: &Request) -> bool {
+    let Some(host) = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// The request's `Authorization` header; for the live streams, whose browser clients (`EventSource`,
 /// `WebSocket`) cannot set headers, also an `access_token` query parameter.
 fn bearer(req: &Request) -> Option<String> {
@@ -203,6 +223,17 @@ pub async fn edge<E: Endpoint>(
         .scope(rid, async move {
             if let Some(why) = cross_site(&req) {
                 return json_error(StatusCode::FORBIDDEN, "cross_site_request", why);
+            }
+            // Without tokens the server is on loopback and trusts whoever reaches it; a page elsewhere could
+            // still reach it through DNS rebinding (its own name resolving to 127.0.0.1, same-origin to the
+            // browser), so only requests addressed to a loopback name are answered.
+            if edge_in.auth.open_on_loopback() && !addressed_to_loopback(&req) {
+                return json_error(
+                    StatusCode::FORBIDDEN,
+                    "host_not_allowed",
+                    "without authentication this server answers only requests addressed to localhost, \
+                     127.0.0.1 or [::1]; create an API token to serve other names",
+                );
             }
             let caller = edge_in.auth.caller(bearer(&req).as_deref());
             if let Some(limiter) = &edge_in.limiter

@@ -53,11 +53,24 @@ struct SseMessage {
 }
 
 /// A live stream of [`TaskEvent`]s over Server-Sent Events.
-struct StreamResponse(BoxStream<'static, TaskEvent>);
+enum StreamResponse {
+    Events(BoxStream<'static, TaskEvent>),
+    /// A resume after the end of a finished task: nothing more will come (`EventSource` stops reconnecting
+    /// on a 204).
+    Finished,
+}
 
 impl poem::IntoResponse for StreamResponse {
     fn into_response(self) -> poem::Response {
-        let events = self.0.map(|e| {
+        let stream = match self {
+            StreamResponse::Events(s) => s,
+            StreamResponse::Finished => {
+                return poem::Response::builder()
+                    .status(poem::http::StatusCode::NO_CONTENT)
+                    .finish();
+            }
+        };
+        let events = stream.map(|e| {
             let kind = match e.kind {
                 EventKind::Status => "status",
                 EventKind::Log => "log",
@@ -74,17 +87,27 @@ impl poem::IntoResponse for StreamResponse {
 impl ApiResponse for StreamResponse {
     fn meta() -> MetaResponses {
         MetaResponses {
-            responses: vec![MetaResponse {
-                description: "`text/event-stream`: one event per message, its `event` the `type`, its `id` the \
+            responses: vec![
+                MetaResponse {
+                    description: "`text/event-stream`: one event per message, its `event` the `type`, its `id` the \
                               `seq`, its `data` the JSON event.",
-                status: Some(200),
-                status_range: None,
-                content: vec![MetaMediaType {
-                    content_type: "text/event-stream",
-                    schema: <SseMessage as Type>::schema_ref(),
-                }],
-                headers: vec![],
-            }],
+                    status: Some(200),
+                    status_range: None,
+                    content: vec![MetaMediaType {
+                        content_type: "text/event-stream",
+                        schema: <SseMessage as Type>::schema_ref(),
+                    }],
+                    headers: vec![],
+                },
+                MetaResponse {
+                    description: "A resume (`Last-Event-ID`, `after_seq`) at or after the last event of a finished \
+                              task: there is nothing more.",
+                    status: Some(204),
+                    status_range: None,
+                    content: vec![],
+                    headers: vec![],
+                },
+            ],
         }
     }
 
@@ -95,7 +118,7 @@ impl ApiResponse for StreamResponse {
 }
 
 fn sse(stream: BoxStream<'static, TaskEvent>) -> StreamResponse {
-    StreamResponse(stream)
+    StreamResponse::Events(stream)
 }
 
 /// Where to resume: `Last-Event-ID` (what browsers send again on reconnect) or `after_seq`.
@@ -109,6 +132,10 @@ fn start_error(task_id: Uuid, e: StartError) -> ApiError {
             ApiError::not_found("task_not_found", format!("task {task_id} not found"))
         }
         StartError::Store(e) => e.into(),
+        // Answered as 204 where it can happen (a resume); never reaches here otherwise.
+        StartError::Finished => {
+            ApiError::conflict("task_finished", format!("task {task_id} is finished"))
+        }
     }
 }
 
@@ -140,10 +167,11 @@ impl EventsApi {
             Some(seq) => From::After(seq),
             None => From::Now,
         };
-        let stream = events::task_stream(self.state.tail.clone(), task_id.0, from)
-            .await
-            .map_err(|e| start_error(task_id.0, e))?;
-        Ok(sse(stream.boxed()))
+        match events::task_stream(self.state.tail.clone(), task_id.0, from).await {
+            Ok(stream) => Ok(sse(stream.boxed())),
+            Err(StartError::Finished) => Ok(StreamResponse::Finished),
+            Err(e) => Err(start_error(task_id.0, e)),
+        }
     }
 
     /// Follow every task's state changes (Server-Sent Events)
@@ -198,25 +226,49 @@ pub async fn ws_task(
         Some(seq) => From::After(seq),
         None => From::Now,
     };
-    let stream = events::task_stream(state.tail.clone(), task_id, from)
-        .await
-        .map_err(|e| refuse(start_error(task_id, e)))?;
+    let stream = match events::task_stream(state.tail.clone(), task_id, from).await {
+        Ok(s) => s,
+        Err(StartError::Finished) => return Ok(StreamResponse::Finished.into_response()),
+        Err(e) => return Err(refuse(start_error(task_id, e))),
+    };
     // The stream runs in a task of its own and hands events over a bounded channel: a slow client holds
     // back only its own stream, and the stream stops when the client goes.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<TaskEvent>(64);
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
-        while let Some(e) = stream.next().await {
-            if tx.send(e).await.is_err() {
-                return;
+        loop {
+            tokio::select! {
+                // The client went: stop reading the log for it.
+                _ = tx.closed() => return,
+                next = stream.next() => match next {
+                    Some(e) => {
+                        if tx.send(e).await.is_err() {
+                            return;
+                        }
+                    }
+                    None => return,
+                },
             }
         }
     });
     Ok(ws
         .on_upgrade(move |socket| async move {
             let (mut sink, mut incoming) = socket.split();
+            // Pings find a client that vanished without closing (upgraded connections have no idle timeout).
+            let mut heard = std::time::Instant::now();
+            let mut ping = tokio::time::interval_at(
+                tokio::time::Instant::now() + KEEP_ALIVE,
+                KEEP_ALIVE,
+            );
             loop {
                 tokio::select! {
+                    _ = ping.tick() => {
+                        if heard.elapsed() > KEEP_ALIVE * 3
+                            || sink.send(Message::Ping(Vec::new())).await.is_err()
+                        {
+                            return;
+                        }
+                    }
                     next = rx.recv() => match next {
                         Some(e) => {
                             let text = serde_json::to_string(&e).unwrap_or_else(|_| "{}".to_owned());
@@ -228,7 +280,8 @@ pub async fn ws_task(
                     },
                     msg = incoming.next() => match msg {
                         Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
-                        Some(Ok(_)) => {}
+                        // Pongs (answered to the pings by every client) and anything else: it is there.
+                        Some(Ok(_)) => heard = std::time::Instant::now(),
                     },
                 }
             }

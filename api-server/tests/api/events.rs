@@ -170,9 +170,23 @@ async fn an_sse_stream_sees_the_whole_run_across_a_reconnect(backend: Backend) {
     assert_eq!(again.next().await.unwrap()["type"], "end");
     assert!(again.next().await.is_none());
     let end_seq = rest.last().unwrap()["seq"].as_i64().unwrap();
-    let mut past = Sse::open(&app, &format!("{path}?after_seq={end_seq}"), None).await;
-    assert_eq!(past.next().await.unwrap()["type"], "end");
-    assert!(past.next().await.is_none());
+    // EventSource reconnects after the server closes, with the last id: 204 tells it there is no more.
+    let past = app
+        .client
+        .get(app.url(&path))
+        .header("last-event-id", end_seq.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(past.status(), StatusCode::NO_CONTENT);
+    // Resuming before the end of a finished task gives the rest, then `end`.
+    let before_end = rest[rest.len() - 3]["seq"].as_i64().unwrap();
+    let mut tail = Sse::open(&app, &format!("{path}?after_seq={before_end}"), None).await;
+    let mut got = Vec::new();
+    while let Some(e) = tail.next().await {
+        got.push(e);
+    }
+    assert_eq!(got[..], rest[rest.len() - 2..]);
 
     let missing = app
         .get(&format!("/api/v1/tasks/{}/events", uuid::Uuid::new_v4()))
@@ -309,7 +323,57 @@ async fn replicas_deliver_events_across() {
     );
 }
 
+/// A finished task with more entries than one page: a resume from its start gets all of them, then `end`.
+async fn a_resume_of_a_long_finished_task_gets_everything(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let task = app.create_task(json!({"problem_id": "p"})).await;
+    let id = task["id"].as_str().unwrap();
+    app.register("w-long", json!({})).await;
+    let claimed = app.claim_one("w-long").await;
+    for batch in 0..2 {
+        let entries: Vec<Value> = (0..700)
+            .map(|i| json!({"level": "info", "message": format!("line {}", batch * 700 + i)}))
+            .collect();
+        let r = app
+            .post(
+                &format!("/api/v1/workers/w-long/tasks/{id}/logs"),
+                json!({"attempt": 1, "lease_id": claimed["lease_id"], "entries": entries}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    }
+    assert_eq!(
+        app.complete("w-long", &claimed, 1, json!({"success": true}))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let mut s = Sse::open(
+        &app,
+        &format!("/api/v1/tasks/{id}/events?after_seq=0"),
+        None,
+    )
+    .await;
+    let mut all = Vec::new();
+    while let Some(e) = s.next().await {
+        all.push(e);
+    }
+    let logs = log_messages(&app, id).await;
+    assert_eq!(logs.len(), 1403, "created, claimed, 1400 lines, completed");
+    let (end, events) = all.split_last().unwrap();
+    assert_eq!(end["type"], "end");
+    let streamed: Vec<&str> = events
+        .iter()
+        .map(|e| e["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        streamed,
+        logs.iter().map(String::as_str).collect::<Vec<_>>()
+    );
+}
+
 task_executor_shared::both_backends!(
+    a_resume_of_a_long_finished_task_gets_everything,
     an_sse_stream_sees_the_whole_run_across_a_reconnect,
     a_websocket_sees_the_whole_run_and_resumes,
     the_stream_of_every_task_sees_each_state_change,

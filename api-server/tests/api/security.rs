@@ -726,6 +726,30 @@ async fn cross_site_requests_are_refused(backend: Backend) {
         .send(app.client.post(app.url("/api/v1/workers/internal/stop")))
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+
+    // DNS rebinding: a page of evil.example whose name now resolves to 127.0.0.1 is same-origin to the
+    // browser; without tokens the server answers only requests addressed to a loopback name.
+    for host in ["evil.example:8000", "evil.example", "10.0.0.1:8000"] {
+        let r = app
+            .send(
+                app.client
+                    .get(app.url("/api/v1/tasks"))
+                    .header("host", host)
+                    .header("sec-fetch-site", "same-origin"),
+            )
+            .await;
+        assert_error(&r, StatusCode::FORBIDDEN, "host_not_allowed");
+    }
+    for host in ["localhost:1234", "127.0.0.2", "[::1]:80"] {
+        let r = app
+            .send(
+                app.client
+                    .get(app.url("/api/v1/tasks"))
+                    .header("host", host),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{host}: {}", r.body);
+    }
 }
 
 /// Browsers cannot set headers on `EventSource` or `WebSocket`: the live streams (and only they) take the
