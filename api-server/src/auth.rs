@@ -187,6 +187,8 @@ pub struct Registry {
     enabled: AtomicBool,
     tokens: RwLock<Arc<Table>>,
     file: Option<PathBuf>,
+    /// The token file's tokens as last read well.
+    from_file: RwLock<Table>,
 }
 
 impl Registry {
@@ -196,6 +198,7 @@ impl Registry {
             enabled: AtomicBool::new(false),
             tokens: RwLock::new(Arc::new(Table::new())),
             file,
+            from_file: RwLock::new(Table::new()),
         }
     }
 
@@ -210,20 +213,34 @@ impl Registry {
         self.enabled.load(Ordering::Acquire)
     }
 
-    /// Reloads the tokens from the database and the token file; returns how many are known. Authentication
-    /// turns on with the first token and stays on.
+    /// Reloads the tokens from the database and the token file; returns how many are known, or the token
+    /// file's error (after applying the rest). Authentication turns on with the first token and stays on.
     pub async fn refresh(&self, db: &DatabaseConnection) -> anyhow::Result<usize> {
-        let mut table = Table::new();
+        // Each source on its own: a broken token file keeps its last good tokens without holding back the
+        // database's (a revocation there still takes effect within the interval).
+        let mut file_error = None;
         if let Some(path) = &self.file {
-            let text = tokio::fs::read_to_string(path).await.map_err(|e| {
-                anyhow::anyhow!("cannot read the token file {}: {e}", path.display())
-            })?;
-            for (hash, p) in parse_token_file(&text)
-                .map_err(|e| anyhow::anyhow!("token file {}: {e}", path.display()))?
-            {
-                table.insert(hash, Arc::new(p));
+            let read = match tokio::fs::read_to_string(path).await {
+                Ok(text) => parse_token_file(&text)
+                    .map_err(|e| anyhow::anyhow!("token file {}: {e}", path.display())),
+                Err(e) => Err(anyhow::anyhow!(
+                    "cannot read the token file {}: {e}",
+                    path.display()
+                )),
+            };
+            match read {
+                Ok(list) => {
+                    *self.from_file.write().unwrap_or_else(|e| e.into_inner()) =
+                        list.into_iter().map(|(h, p)| (h, Arc::new(p))).collect();
+                }
+                Err(e) => file_error = Some(e),
             }
         }
+        let mut table: Table = self
+            .from_file
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         for t in tokens::list(db).await? {
             table.insert(
                 t.token_hash,
@@ -242,7 +259,10 @@ impl Registry {
                 "authentication is on: every request but /health, /ready, /docs and /openapi.json needs a token"
             );
         }
-        Ok(n)
+        match file_error {
+            Some(e) => Err(e),
+            None => Ok(n),
+        }
     }
 
     /// Reloads the tokens every [`REFRESH_INTERVAL`] until `stop`; a failed reload keeps the tokens known.

@@ -186,6 +186,8 @@ pub fn row(t: &task::Model) -> Map<String, Value> {
 fn csv_field(v: &Value) -> String {
     let s = match v {
         Value::Null => String::new(),
+        // Text a spreadsheet would take for a formula (runner output, such as an error, can be anything).
+        Value::String(s) if s.starts_with(['=', '+', '-', '@']) => format!("'{s}"),
         Value::String(s) => s.clone(),
         other => other.to_string(),
     };
@@ -514,5 +516,7 @@ mod tests {
         assert_eq!(csv_field(&json!(null)), "");
         assert_eq!(csv_field(&json!(1.5)), "1.5");
         assert_eq!(csv_field(&json!(true)), "true");
+        assert_eq!(csv_field(&json!("=HYPERLINK(1)")), "'=HYPERLINK(1)");
+        assert_eq!(csv_field(&json!(-2.5)), "-2.5");
     }
 }

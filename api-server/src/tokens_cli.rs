@@ -51,6 +51,29 @@ async fn create(
         (_, Some(_)) => anyhow::bail!("--worker-pattern is only for a `worker` token"),
         (_, None) => None,
     };
+    if let Some(p) = &worker_pattern {
+        // Patterns are per host: warn when this one and another worker token's may name the same worker
+        // (`gpu-*` covers `gpu-1-…`, the workers of a token named `gpu-1`).
+        for other in tokens::list(db).await? {
+            let Some(q) = other.worker_pattern.as_deref() else {
+                continue;
+            };
+            if validate::glob_matches(p, &format!("{}-x", other.name))
+                || validate::glob_matches(q, &format!("{name}-x"))
+            {
+                eprintln!(
+                    "warning: `{p}` and token `{}`'s `{q}` may cover the same worker ids: use names that are \
+                     not prefixes of one another, or explicit patterns",
+                    other.name
+                );
+            }
+        }
+        if validate::glob_matches(p, "worker-001-kind") {
+            eprintln!(
+                "warning: `{p}` covers the API server's internal worker ids (worker-NNN-kind by default)"
+            );
+        }
+    }
     let token = auth::generate_token()?;
     let created = tokens::create(
         db,

@@ -118,6 +118,8 @@ impl Api {
         let http = reqwest::Client::builder()
             .user_agent(concat!("task-executor/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(10))
+            // Streams send a keep-alive every 15 s: a connection silent for longer is dead (and resumed).
+            .read_timeout(Duration::from_secs(45))
             .build()?;
         Ok(Api {
             http,
@@ -441,6 +443,8 @@ async fn follow_stream(
             req = req.header("Last-Event-ID", seq.to_string());
         }
         let resp = match api.send(req).await {
+            // A resume after the end of a finished task: nothing more.
+            Ok(r) if r.status() == StatusCode::NO_CONTENT => return Ok(()),
             Ok(r) => r,
             Err(e) if e.downcast_ref::<ApiFailure>().is_some() => return Err(e),
             Err(e) => {
@@ -453,14 +457,16 @@ async fn follow_stream(
             }
         };
         let mut body = resp.bytes_stream();
-        let mut buf = String::new();
+        // Bytes, decoded a whole message at a time: a chunk may end inside a multi-byte character.
+        let mut buf: Vec<u8> = Vec::new();
         let mut ended = false;
         while let Some(chunk) = body.next().await {
             let Ok(chunk) = chunk else { break };
             failures = 0;
-            buf.push_str(&String::from_utf8_lossy(&chunk));
-            while let Some(end) = buf.find("\n\n") {
-                let block: String = buf.drain(..end + 2).collect();
+            buf.extend_from_slice(&chunk);
+            while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+                let raw: Vec<u8> = buf.drain(..end + 2).collect();
+                let block = String::from_utf8_lossy(&raw);
                 let data: String = block
                     .lines()
                     .filter_map(|l| l.strip_prefix("data:"))

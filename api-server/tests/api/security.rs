@@ -484,6 +484,21 @@ async fn tokens_are_created_listed_and_revoked_through_the_cli(backend: Backend)
         &["token", "create", "--name", "gpu-7", "--role", "worker"],
     );
     assert!(w.status.success());
+    let overlapping = token_cli(
+        &app.db_url,
+        &["token", "create", "--name", "gpu", "--role", "worker"],
+    );
+    assert!(overlapping.status.success());
+    assert!(
+        String::from_utf8_lossy(&overlapping.stderr).contains("may cover the same worker ids"),
+        "gpu-* covers gpu-7's workers: {}",
+        String::from_utf8_lossy(&overlapping.stderr)
+    );
+    assert!(
+        token_cli(&app.db_url, &["token", "revoke", "gpu"])
+            .status
+            .success()
+    );
     let bad = token_cli(
         &app.db_url,
         &[
