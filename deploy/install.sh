@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "${1:-}" = "--no-build" ] || cargo build --release -p api-server -p worker-daemon -p task-executor-migration
-install -m 0755 target/release/api-server target/release/worker-daemon /usr/local/bin/
+install -m 0755 target/release/api-server target/release/worker-daemon target/release/task-executor /usr/local/bin/
 install -m 0755 target/release/migrate /usr/local/bin/task-executor-migrate
 install -d /usr/local/share/task-executor
 install -m 0755 deploy/aiopslab_bridge.py /usr/local/share/task-executor/aiopslab_bridge.py
