@@ -323,6 +323,50 @@ async fn replicas_deliver_events_across() {
     );
 }
 
+/// Subscribers that never read do not hold the queue back: with streams open and unread on every task, a
+/// campaign still runs to its end, and a new subscriber is served at once.
+async fn unread_streams_do_not_hold_the_queue(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |c| {
+        c.auto_start_workers = true;
+        c.num_internal_workers = 3;
+    })
+    .await;
+    let r = app
+        .post(
+            "/api/v1/batches",
+            json!({"problems": ["a", "b", "c", "d", "e", "f"], "repetitions": 5,
+                   "parameters": {"simulate": {"steps": 20, "step_ms": 1}}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let batch = r.body["id"].as_str().unwrap().to_owned();
+    // A stream on each task and three on everything, opened and never read.
+    let mut stalled = Vec::new();
+    for id in r.body["task_ids"].as_array().unwrap() {
+        let path = format!("/api/v1/tasks/{}/events", id.as_str().unwrap());
+        stalled.push(app.client.get(app.url(&path)).send().await.unwrap());
+    }
+    for _ in 0..3 {
+        stalled.push(
+            app.client
+                .get(app.url("/api/v1/events"))
+                .send()
+                .await
+                .unwrap(),
+        );
+    }
+    app.eventually("the campaign finished", || async {
+        let b = app.get(&format!("/api/v1/batches/{batch}")).await.body;
+        (b["finished"] == 30).then_some(())
+    })
+    .await;
+    let one = r.body["task_ids"][0].as_str().unwrap();
+    let mut fresh = Sse::open(&app, &format!("/api/v1/tasks/{one}/events"), None).await;
+    assert_eq!(fresh.next().await.unwrap()["status"], "completed");
+    assert_eq!(fresh.next().await.unwrap()["type"], "end");
+    drop(stalled);
+}
+
 /// A finished task with more entries than one page: a resume from its start gets all of them, then `end`.
 async fn a_resume_of_a_long_finished_task_gets_everything(backend: Backend) {
     let app = TestApp::spawn(backend).await;
@@ -373,6 +417,7 @@ async fn a_resume_of_a_long_finished_task_gets_everything(backend: Backend) {
 }
 
 task_executor_shared::both_backends!(
+    unread_streams_do_not_hold_the_queue,
     a_resume_of_a_long_finished_task_gets_everything,
     an_sse_stream_sees_the_whole_run_across_a_reconnect,
     a_websocket_sees_the_whole_run_and_resumes,
