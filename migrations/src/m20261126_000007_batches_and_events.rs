@@ -1,5 +1,6 @@
 //! Campaigns and live updates: batches of tasks (a task may belong to one), and the status a log entry
-//! records when it records a state change, so that the log is also the stream of a task's events.
+//! records when it records a state change, so that the log is also the stream of a task's events. Also:
+//! idempotency keys become each creator's own.
 
 use sea_orm_migration::prelude::*;
 
@@ -48,8 +49,7 @@ impl MigrationTrait for Migration {
                     .col(
                         ColumnDef::new(Batches::IdempotencyKey)
                             .string_len(255)
-                            .null()
-                            .unique_key(),
+                            .null(),
                     )
                     .col(ColumnDef::new(Batches::RequestHash).string_len(64).null())
                     .col(ColumnDef::new(Batches::TaskCount).integer().not_null())
@@ -74,6 +74,11 @@ impl MigrationTrait for Migration {
             .await?;
         let db = manager.get_connection();
         for sql in [
+            // Idempotency keys are each token's own (a key another token used is not a conflict, and does
+            // not reveal what that token made); NULL keys do not collide.
+            "DROP INDEX idx_tasks_idempotency_key",
+            "CREATE UNIQUE INDEX idx_tasks_idempotency_key ON tasks ((COALESCE(created_by, '')), idempotency_key)",
+            "CREATE UNIQUE INDEX idx_batches_idempotency_key ON batches ((COALESCE(created_by, '')), idempotency_key)",
             // A batch's tasks (progress counts by status, results, the filter of GET /tasks).
             "CREATE INDEX idx_tasks_batch_status ON tasks (batch_id, status) WHERE batch_id IS NOT NULL",
             // A task's stream of events: its entries after a position, in order.
@@ -88,6 +93,12 @@ impl MigrationTrait for Migration {
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let db = manager.get_connection();
+        db.execute_unprepared("DROP INDEX idx_tasks_idempotency_key")
+            .await?;
+        db.execute_unprepared(
+            "CREATE UNIQUE INDEX idx_tasks_idempotency_key ON tasks (idempotency_key)",
+        )
+        .await?;
         db.execute_unprepared("DROP INDEX idx_task_logs_status_events")
             .await?;
         db.execute_unprepared("DROP INDEX idx_task_logs_task_id")

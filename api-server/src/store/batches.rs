@@ -46,7 +46,7 @@ pub async fn create(
     new: NewBatch,
 ) -> StoreResult<(batch::Model, Vec<Uuid>, Created)> {
     if let Some((key, hash)) = &new.idempotency
-        && let Some(found) = by_idempotency_key(db, key, hash).await?
+        && let Some(found) = by_idempotency_key(db, key, hash, new.created_by.as_deref()).await?
     {
         return Ok(found);
     }
@@ -72,7 +72,8 @@ pub async fn create(
             // Another request with the same key won the race: answer what it made.
             drop(txn);
             if let Some((key, hash)) = &new.idempotency
-                && let Some(found) = by_idempotency_key(db, key, hash).await?
+                && let Some(found) =
+                    by_idempotency_key(db, key, hash, new.created_by.as_deref()).await?
             {
                 return Ok(found);
             }
@@ -127,9 +128,14 @@ async fn by_idempotency_key(
     db: &DatabaseConnection,
     key: &str,
     hash: &str,
+    owner: Option<&str>,
 ) -> StoreResult<Option<(batch::Model, Vec<Uuid>, Created)>> {
     let Some(b) = batch::Entity::find()
         .filter(batch::Column::IdempotencyKey.eq(key))
+        .filter(match owner {
+            Some(o) => batch::Column::CreatedBy.eq(o),
+            None => batch::Column::CreatedBy.is_null(),
+        })
         .one(db)
         .await?
     else {

@@ -95,7 +95,7 @@ pub enum Created {
 #[tracing::instrument(skip_all, fields(problem_id = %new.problem_id))]
 pub async fn create(db: &DatabaseConnection, new: NewTask) -> StoreResult<(task::Model, Created)> {
     if let Some((key, hash)) = &new.idempotency
-        && let Some(found) = by_idempotency_key(db, key, hash).await?
+        && let Some(found) = by_idempotency_key(db, key, hash, new.created_by.as_deref()).await?
     {
         return Ok((found, Created::Existing));
     }
@@ -118,7 +118,8 @@ pub async fn create(db: &DatabaseConnection, new: NewTask) -> StoreResult<(task:
             // Another request with the same key won the race: answer what it made.
             drop(txn);
             if let Some((key, hash)) = &new.idempotency
-                && let Some(found) = by_idempotency_key(db, key, hash).await?
+                && let Some(found) =
+                    by_idempotency_key(db, key, hash, new.created_by.as_deref()).await?
             {
                 return Ok((found, Created::Existing));
             }
@@ -178,9 +179,14 @@ async fn by_idempotency_key(
     db: &DatabaseConnection,
     key: &str,
     hash: &str,
+    owner: Option<&str>,
 ) -> StoreResult<Option<task::Model>> {
     let found = task::Entity::find()
         .filter(task::Column::IdempotencyKey.eq(key))
+        .filter(match owner {
+            Some(o) => task::Column::CreatedBy.eq(o),
+            None => task::Column::CreatedBy.is_null(),
+        })
         .one(db)
         .await?;
     match found {

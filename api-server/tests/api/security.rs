@@ -949,6 +949,59 @@ async fn active_tasks_per_token_are_capped(backend: Backend) {
     );
 }
 
+/// An Idempotency-Key is its token's own: another token with the same key makes its own task (or batch) and
+/// never sees, nor collides with, the first one's.
+async fn idempotency_keys_are_each_tokens_own(backend: Backend) {
+    let (app, t) = spawn_with_tokens(
+        backend,
+        &[("s1", Role::Submit, None), ("s2", Role::Submit, None)],
+        |_| {},
+    )
+    .await;
+    let post = |tok: &str, path: &str, body: Value| {
+        app.send(
+            app.client
+                .post(app.url(path))
+                .bearer_auth(tok)
+                .header("idempotency-key", "run-1")
+                .json(&body),
+        )
+    };
+    for (path, body) in [
+        ("/api/v1/tasks", json!({"problem_id": "p"})),
+        ("/api/v1/batches", json!({"tasks": [{"problem_id": "p"}]})),
+    ] {
+        let a = post(&t["s1"], path, body.clone()).await;
+        let b = post(&t["s2"], path, body.clone()).await;
+        assert_eq!(
+            (a.status, b.status),
+            (StatusCode::CREATED, StatusCode::CREATED),
+            "{path}"
+        );
+        assert_ne!(a.body["id"], b.body["id"], "{path}: each token its own");
+        let again = post(&t["s2"], path, body.clone()).await;
+        assert_eq!(
+            (again.status, &again.body["id"]),
+            (StatusCode::OK, &b.body["id"]),
+            "{path}"
+        );
+        let other = post(
+            &t["s2"],
+            path,
+            json!({"problem_id": "q", "tasks": [{"problem_id": "q"}]}),
+        )
+        .await;
+        assert!(
+            !other
+                .body
+                .to_string()
+                .contains(a.body["id"].as_str().unwrap()),
+            "{path}: never reveals the other token's: {}",
+            other.body
+        );
+    }
+}
+
 /// `MAX_PENDING_TASKS`: 503 `queue_full` with `Retry-After` once that many tasks wait; a claim frees room.
 async fn a_full_queue_answers_503(backend: Backend) {
     let app = TestApp::spawn_with(backend, |c| c.max_pending_tasks = 2).await;
@@ -1020,4 +1073,5 @@ task_executor_shared::both_backends!(
     a_full_queue_answers_503,
     the_document_declares_the_bearer_scheme,
     streams_take_a_token_from_the_query_and_refuse_other_sites,
+    idempotency_keys_are_each_tokens_own,
 );
