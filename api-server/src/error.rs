@@ -55,7 +55,8 @@ pub enum ApiError {
     /// 408: the body did not arrive in time.
     #[oai(status = 408)]
     RequestTimeout(Json<ErrorBody>),
-    /// 413: the body is larger than 1 MiB.
+    /// 413: the body is larger than 1 MiB, or a batch matrix expands to more than 10,000 tasks
+    /// (`batch_too_large`).
     #[oai(status = 413)]
     PayloadTooLarge(Json<ErrorBody>),
     /// 415: the body is not `application/json`.

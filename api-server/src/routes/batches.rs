@@ -19,7 +19,7 @@ use uuid::Uuid;
 use super::ApiTags;
 use crate::{
     auth::{Auth, Read, Submit},
-    error::ApiError,
+    error::{self, ApiError},
     idempotency,
     results::{self, Format, GroupBy, Stats},
     state::AppState,
@@ -209,7 +209,10 @@ impl BatchesApi {
     ) -> Result<CreateBatchResponse, ApiError> {
         let idempotency_key = idempotency::key(idempotency_key.0, raw)?;
         let req = body.0;
-        let specs = expand(&req).map_err(ApiError::validation)?;
+        // Larger than a batch may be: the request describes more than the server takes at once (a JSON
+        // Schema cannot bound the product of three sizes, so it is not a validation error of the body).
+        let specs = expand(&req)
+            .map_err(|e| ApiError::PayloadTooLarge(error::body("batch_too_large", e)))?;
         let defaults = self.state.config.param_defaults();
         let mut tasks = Vec::with_capacity(specs.len());
         for (i, t) in specs.into_iter().enumerate() {

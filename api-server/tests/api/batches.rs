@@ -134,11 +134,19 @@ async fn a_batch_is_created_all_or_nothing(backend: Backend) {
         json!({}),
         json!({"tasks": [{"problem_id": "a"}], "problems": ["b"]}),
         json!({"problems": ["a"], "repetitions": 0}),
-        json!({"problems": (0..101).map(|i| format!("p{i}")).collect::<Vec<_>>(), "agent_configs": (0..100).map(|i| json!({"agent": format!("a{i}")})).collect::<Vec<_>>()}),
     ] {
         let r = app.post("/api/v1/batches", body.clone()).await;
         assert_error(&r, StatusCode::UNPROCESSABLE_ENTITY, "validation_error");
     }
+    let huge = json!({"problems": (0..101).map(|i| format!("p{i}")).collect::<Vec<_>>(),
+                      "agent_configs": (0..100).map(|i| json!({"agent": format!("a{i}")})).collect::<Vec<_>>()});
+    let r = app.post("/api/v1/batches", huge).await;
+    assert_error(&r, StatusCode::PAYLOAD_TOO_LARGE, "batch_too_large");
+    assert!(
+        r.body["detail"].as_str().unwrap().contains("10100 tasks"),
+        "{}",
+        r.body
+    );
     assert_eq!(task_count(&app).await, 1000);
     let missing = app
         .get(&format!("/api/v1/batches/{}", uuid::Uuid::new_v4()))
