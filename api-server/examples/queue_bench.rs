@@ -148,7 +148,7 @@ async fn main() -> anyhow::Result<()> {
                     .post(format!(
                         "{base}/api/v1/workers/bench-{w}/tasks/{id}/complete"
                     ))
-                    .json(&json!({"attempt": task["attempt"], "result": {"success": true}}))
+                    .json(&json!({"attempt": task["attempt"], "lease_id": task["lease_id"], "result": {"success": true}}))
                     .send()
                     .await
                     .unwrap();
