@@ -4,11 +4,12 @@
 //! PostgreSQL, and makes a slow subscriber harmless (it reads again from where it is).
 //!
 //! One [`Tail`] per process polls the log's newest ids every [`TICK`] (one indexed range read, whatever the
-//! number of subscribers) and tells subscribers which tasks have new entries, up to the `settled` id: every id
-//! at or below it is committed, or was skipped for longer than [`GAP_GRACE`] (PostgreSQL hands out ids before
-//! commit, so an id may appear after a higher one; a subscriber reading only up to `settled` never jumps past
-//! an entry still to come). A subscriber that falls behind the wake-ups (the bounded channel lagged) just reads
-//! again from the database.
+//! number of subscribers) and wakes the subscribers with the tasks that have new entries. A task stream reads
+//! its task's entries at once: they commit in id order (every writer locks the task row first). The stream
+//! of every task's state changes reads only up to the `settled` id: every id at or below it is committed, or
+//! was missing for longer than [`GAP_GRACE`] (PostgreSQL hands out ids before commit, so across tasks an id
+//! may appear after a higher one). A subscriber that falls behind the wake-ups (the bounded channel lagged)
+//! just reads again from the database.
 
 use std::{
     collections::{BTreeSet, HashSet, VecDeque},
@@ -38,12 +39,10 @@ pub const GAP_GRACE: Duration = Duration::from_secs(30);
 /// Entries read at once (by the tail, and by a subscriber).
 const PAGE: u64 = 500;
 
-/// New entries up to `upto`: for which tasks, and whether any records a state change.
+/// A wake-up: the tasks with entries seen since the last one (empty when only `settled` moved).
 #[derive(Debug)]
 pub struct Advance {
-    pub upto: i64,
     pub tasks: HashSet<Uuid>,
-    pub status_changed: bool,
 }
 
 /// The process's view of the log's progress, shared by every subscriber.
@@ -108,16 +107,14 @@ impl Tail {
                     continue;
                 }
             };
+            let before = settled;
             let mut advance = Advance {
-                upto: settled,
                 tasks: HashSet::new(),
-                status_changed: false,
             };
             for (id, task, status) in rows {
                 if seen.insert(id) {
                     advance.tasks.insert(task);
                     if status {
-                        advance.status_changed = true;
                         self.latest_status.fetch_max(id, Ordering::AcqRel);
                     }
                 }
@@ -148,8 +145,7 @@ impl Tail {
                     }
                 }
             }
-            let moved = settled > advance.upto;
-            advance.upto = settled;
+            let moved = settled > before;
             if moved {
                 self.settled.send_replace(settled);
             }
