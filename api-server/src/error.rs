@@ -102,6 +102,31 @@ impl ApiError {
     pub fn validation(detail: impl Into<String>) -> Self {
         ApiError::Validation(body("validation_error", detail))
     }
+    /// The status and the `detail` of the error (what the dashboard shows).
+    pub fn status_and_detail(&self) -> (poem::http::StatusCode, String) {
+        use poem::http::StatusCode as S;
+        let (status, body) = match self {
+            ApiError::BadRequest(b) => (S::BAD_REQUEST, b),
+            ApiError::Unauthorized(b, _) => (S::UNAUTHORIZED, b),
+            ApiError::Forbidden(b) => (S::FORBIDDEN, b),
+            ApiError::NotFound(b) => (S::NOT_FOUND, b),
+            ApiError::Conflict(b) => (S::CONFLICT, b),
+            ApiError::RequestTimeout(b) => (S::REQUEST_TIMEOUT, b),
+            ApiError::PayloadTooLarge(b) => (S::PAYLOAD_TOO_LARGE, b),
+            ApiError::UnsupportedMediaType(b) => (S::UNSUPPORTED_MEDIA_TYPE, b),
+            ApiError::Validation(b) => (S::UNPROCESSABLE_ENTITY, b),
+            ApiError::TooManyRequests(b, _) => (S::TOO_MANY_REQUESTS, b),
+            ApiError::Internal(b) => (S::INTERNAL_SERVER_ERROR, b),
+            ApiError::Unavailable(b, _) => (S::SERVICE_UNAVAILABLE, b),
+        };
+        let detail = if status.is_server_error() {
+            format!("{} (request {})", body.detail, body.request_id)
+        } else {
+            body.detail.clone()
+        };
+        (status, detail)
+    }
+
     /// An internal failure: logged here in full, answered opaquely.
     pub fn internal(err: &dyn std::fmt::Display) -> Self {
         tracing::error!(request_id = %request_id(), error = %err, "internal error");

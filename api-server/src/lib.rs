@@ -19,6 +19,7 @@ pub mod state;
 pub mod store;
 pub mod supervisor;
 pub mod tokens_cli;
+pub mod ui;
 
 pub use config::Config;
 pub use startup::Application;

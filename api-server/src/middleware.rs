@@ -112,13 +112,25 @@ fn addressed_to_loopback(req: &Request) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// The request's `Authorization` header; for the live streams, whose browser clients (`EventSource`,
+/// Whether a path is the dashboard's.
+fn is_ui(path: &str) -> bool {
+    path == "/ui" || path.starts_with("/ui/")
+}
+
+/// The request's `Authorization` header; else the dashboard's session cookie, on the dashboard's own pages and
+/// forms and on reading requests (the pages' event streams and export links; the API's state-changing
+/// operations still need the header); for the live streams, whose browser clients (`EventSource`,
 /// `WebSocket`) cannot set headers, also an `access_token` query parameter.
 fn bearer(req: &Request) -> Option<String> {
     if let Some(v) = req.headers().get(header::AUTHORIZATION) {
         return v.to_str().ok().map(str::to_owned);
     }
     let path = req.uri().path();
+    if (is_ui(path) || matches!(req.method().as_str(), "GET" | "HEAD"))
+        && let Some(token) = crate::ui::session_token(req)
+    {
+        return Some(format!("Bearer {token}"));
+    }
     if !(path.starts_with("/ws/") || path.ends_with("/events")) {
         return None;
     }
@@ -208,6 +220,7 @@ pub async fn edge<E: Endpoint>(
     let path = req.uri().path().to_owned();
     let body_timeout = edge.body_timeout;
     let edge_in = edge.clone();
+    let path_in = path.clone();
     let rid = req
         .headers()
         .get("x-request-id")
@@ -296,7 +309,8 @@ pub async fn edge<E: Endpoint>(
                     let resp = resp.into_response();
                     *route_slot = resp.data::<PathPattern>().map(|p| p.0.to_string());
                     if resp.status().is_client_error() || resp.status().is_server_error() {
-                        if is_json(&resp) {
+                        // The dashboard answers its errors as pages.
+                        if is_json(&resp) || is_ui(&path_in) {
                             return resp;
                         }
                         let status = resp.status();

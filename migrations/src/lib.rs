@@ -11,6 +11,7 @@ mod m20261126_000004_log_caps;
 mod m20261126_000005_worker_status_reason;
 mod m20261126_000006_api_tokens;
 mod m20261126_000007_batches_and_events;
+mod m20261126_000008_completed_index;
 
 pub struct Migrator;
 
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000005_worker_status_reason::Migration),
             Box::new(m20261126_000006_api_tokens::Migration),
             Box::new(m20261126_000007_batches_and_events::Migration),
+            Box::new(m20261126_000008_completed_index::Migration),
         ]
     }
 }

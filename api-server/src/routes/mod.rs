@@ -10,7 +10,7 @@ pub mod workers;
 
 use std::sync::Arc;
 
-use poem::{Endpoint, EndpointExt, Route};
+use poem::{Endpoint, EndpointExt, IntoResponse, Route};
 use poem_openapi::{OpenApiService, Tags};
 
 use crate::{middleware, state::AppState};
@@ -67,7 +67,8 @@ pub fn api_service(state: &AppState) -> OpenApiService<Apis, ()> {
     )
 }
 
-/// The whole HTTP application: the API, `/openapi.json`, Swagger UI at `/docs`, behind the edge middleware.
+/// The whole HTTP application: the API, `/openapi.json`, Swagger UI at `/docs`, the dashboard at `/ui` (and
+/// `/`), behind the edge middleware.
 pub fn app(state: &AppState) -> impl Endpoint + 'static {
     let api = api_service(state);
     let edge = Arc::new(middleware::Edge {
@@ -79,7 +80,15 @@ pub fn app(state: &AppState) -> impl Endpoint + 'static {
     });
     let ui = api.swagger_ui();
     let spec = api.spec_endpoint();
+    // `/` (which the API's nest at the root would answer 404) leads to the dashboard.
+    let api = api.around(|ep, req| async move {
+        if req.uri().path() == "/" && matches!(req.method().as_str(), "GET" | "HEAD") {
+            return Ok(crate::ui::root());
+        }
+        ep.call(req).await.map(IntoResponse::into_response)
+    });
     Route::new()
+        .nest("/ui", crate::ui::routes(state))
         .nest("/docs", ui)
         .at(
             "/ws/tasks/:task_id",

@@ -226,3 +226,35 @@ pub async fn status_entries_between(
         .all(db)
         .await?)
 }
+
+/// The last `n` entries of a task's log from `min` severity up, in id order (what the dashboard shows
+/// before following the rest live), and how many match in all.
+pub async fn last_entries(
+    db: &DatabaseConnection,
+    id: Uuid,
+    min: Option<LogLevel>,
+    n: u64,
+) -> StoreResult<(Vec<task_log::Model>, u64)> {
+    let mut q = task_log::Entity::find().filter(task_log::Column::TaskId.eq(id));
+    if let Some(min) = min {
+        q = q.filter(task_log::Column::Severity.gte(min.severity()));
+    }
+    let total = q.clone().count(db).await?;
+    let mut rows = q
+        .order_by_desc(task_log::Column::Id)
+        .limit(n)
+        .all(db)
+        .await?;
+    rows.reverse();
+    Ok((rows, total))
+}
+
+/// A task's state changes (the entries that record one), in order: its timeline.
+pub async fn state_changes(db: &DatabaseConnection, id: Uuid) -> StoreResult<Vec<task_log::Model>> {
+    Ok(task_log::Entity::find()
+        .filter(task_log::Column::TaskId.eq(id))
+        .filter(task_log::Column::Status.is_not_null())
+        .order_by_asc(task_log::Column::Id)
+        .all(db)
+        .await?)
+}

@@ -1,11 +1,11 @@
-//! Counts for `/health` and `/metrics`.
+//! Counts for `/health`, `/metrics` and the dashboard's overview.
 
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ColumnTrait, DatabaseConnection, EntityTrait, FromQueryResult, PaginatorTrait, QueryFilter,
-    QuerySelect,
+    QueryOrder, QuerySelect,
     sea_query::{Expr, ExprTrait},
 };
 use task_executor_shared::TaskStatus;
@@ -64,4 +64,55 @@ pub async fn live_queue(db: &DatabaseConnection) -> StoreResult<LiveQueue> {
         running,
         oldest_pending: oldest.flatten(),
     })
+}
+
+/// Tasks that finished in one minute, by final state.
+#[derive(Debug, Clone, FromQueryResult)]
+pub struct MinuteCount {
+    /// Minutes since the Unix epoch.
+    pub minute: i64,
+    pub status: TaskStatus,
+    pub n: i64,
+}
+
+/// Tasks finished since `since`, counted per minute and final state (one grouped read over the index on
+/// `completed_at`).
+pub async fn finished_per_minute(
+    db: &DatabaseConnection,
+    since: DateTime<Utc>,
+) -> StoreResult<Vec<MinuteCount>> {
+    let minute = if super::is_postgres(db) {
+        "CAST(FLOOR(EXTRACT(EPOCH FROM completed_at) / 60) AS BIGINT)"
+    } else {
+        "CAST(strftime('%s', completed_at) AS INTEGER) / 60"
+    };
+    let param = if super::is_postgres(db) { "$1" } else { "?" };
+    let sql = format!(
+        "SELECT {minute} AS minute, status, COUNT(*) AS n FROM tasks \
+         WHERE completed_at IS NOT NULL AND completed_at >= {param} GROUP BY 1, 2"
+    );
+    Ok(
+        MinuteCount::find_by_statement(sea_orm::Statement::from_sql_and_values(
+            db.get_database_backend(),
+            sql,
+            [since.into()],
+        ))
+        .all(db)
+        .await?,
+    )
+}
+
+/// The newest tasks that ended `failed` or `timeout` since `since`, newest first.
+pub async fn recent_failures(
+    db: &DatabaseConnection,
+    since: DateTime<Utc>,
+    limit: u64,
+) -> StoreResult<Vec<task::Model>> {
+    Ok(task::Entity::find()
+        .filter(task::Column::CompletedAt.gte(since))
+        .filter(task::Column::Status.is_in([TaskStatus::Failed, TaskStatus::Timeout]))
+        .order_by_desc(task::Column::CompletedAt)
+        .limit(limit)
+        .all(db)
+        .await?)
 }

@@ -11,4 +11,5 @@ mod metrics;
 mod reliability;
 mod security;
 mod tasks;
+mod ui;
 mod workers;

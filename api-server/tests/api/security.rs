@@ -15,10 +15,10 @@ use task_executor_shared::Role;
 use crate::helpers::{Backend, Reply, TestApp, assert_error};
 
 /// Tokens to create before the server starts: name, role, worker pattern.
-type Grant<'a> = (&'a str, Role, Option<&'a str>);
+pub(crate) type Grant<'a> = (&'a str, Role, Option<&'a str>);
 
 /// A server on a fresh database that holds these tokens (so authentication is on); returns the tokens by name.
-async fn spawn_with_tokens(
+pub(crate) async fn spawn_with_tokens(
     backend: Backend,
     grants: &[Grant<'_>],
     tweak: impl FnOnce(&mut Config),
