@@ -1,15 +1,20 @@
 //! Queue benchmark: the real server in-process on 127.0.0.1, driven over HTTP by concurrent workers that
-//! claim and complete tasks as fast as they can. Prints throughput and latency percentiles.
+//! create, claim and complete tasks as fast as they can, then heartbeat as fast as they can; then the same
+//! life of a task as three bare SQL statements on the same database (insert; claim, `FOR UPDATE SKIP LOCKED`
+//! on PostgreSQL; complete), with as many connections as workers: the baseline the service is measured
+//! against (the ratio is printed); then how long a task takes to reach a claim already waiting for it, on one
+//! replica and (PostgreSQL) from one replica to another. Prints throughput and latency percentiles.
 //!
 //! ```text
 //! cargo run --release -p api-server --example queue_bench                          # SQLite (temp file)
 //! BENCH_DATABASE_URL=postgres://postgres@127.0.0.1:5432/bench cargo run --release -p api-server --example queue_bench
-//! BENCH_TASKS=5000 BENCH_WORKERS=32 …
+//! BENCH_TASKS=5000 BENCH_WORKERS=32 BENCH_SECONDS=5 …
 //! ```
 
 use std::time::{Duration, Instant};
 
-use api_server::{Application, Config};
+use api_server::{Application, Config, store};
+use sea_orm::{ConnectionTrait, DatabaseBackend, Statement};
 use serde_json::{Value, json};
 
 fn env_or(name: &str, default: usize) -> usize {
@@ -112,7 +117,8 @@ async fn main() -> anyhow::Result<()> {
     for h in handles {
         lat.extend(h.await?);
     }
-    report("create", lat, start.elapsed());
+    let create_wall = start.elapsed();
+    report("create", lat, create_wall);
 
     for w in 0..workers {
         let r = client
@@ -174,5 +180,215 @@ async fn main() -> anyhow::Result<()> {
         peak_rss_mib()
     );
     assert_eq!(done, tasks, "every task completed once");
+    let service_cycle = tasks as f64 / (create_wall + wall).as_secs_f64();
+    println!("service create→claim→complete over HTTP: {service_cycle:.0} tasks/s");
+
+    // Heartbeats from every worker, as fast as they go.
+    let seconds = env_or("BENCH_SECONDS", 3) as u64;
+    let until = Instant::now() + Duration::from_secs(seconds);
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for w in 0..workers {
+        let (client, base) = (client.clone(), base.clone());
+        handles.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            while Instant::now() < until {
+                let t = Instant::now();
+                let r = client
+                    .post(format!("{base}/api/v1/workers/bench-{w}/heartbeat"))
+                    .json(&json!({"status": "idle"}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+                lat.push(t.elapsed());
+            }
+            lat
+        }));
+    }
+    let mut lat = Vec::new();
+    for h in handles {
+        lat.extend(h.await?);
+    }
+    report("heartbeat", lat, start.elapsed());
+
+    // The baseline: the same life as bare SQL on the same database, `workers` connections.
+    let raw = raw_cycles(&url, tasks, workers).await?;
+    println!(
+        "raw SQL insert→claim→complete: {raw:.0} cycles/s; the service does {:.0} % of it",
+        100.0 * service_cycle / raw
+    );
+
+    // Dispatch: a task created while a claim waits, until the claim answers with it.
+    let rounds = 50;
+    let local = dispatch_latency(&client, &base, &base, rounds).await;
+    report_dispatch("one replica", local);
+    if url.starts_with("postgres") {
+        let mut other = Config::for_database(&url);
+        other.bind_addr = Some("127.0.0.1:0".to_owned());
+        other.auto_start_workers = false;
+        other.rate_limit_per_second = 0;
+        other.max_pending_tasks = 0;
+        let b = Application::build(other).await?;
+        let base_b = format!("http://127.0.0.1:{}", b.port());
+        tokio::spawn(b.run_until_stopped(std::future::pending()));
+        // Let its listener connect.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let across = dispatch_latency(&client, &base, &base_b, rounds).await;
+        report_dispatch("replica A → B", across);
+    }
     Ok(())
+}
+
+fn report_dispatch(name: &str, rounds: Vec<(Duration, Duration)>) {
+    let (to_claim, to_create): (Vec<_>, Vec<_>) = rounds.into_iter().unzip();
+    report_ms(&format!("create → claim, {name}"), to_claim);
+    report_ms(&format!("  (create alone, {name})"), to_create);
+}
+
+fn report_ms(name: &str, mut lat: Vec<Duration>) {
+    lat.sort();
+    println!(
+        "{name:<30} p50 {:>6.2} ms  p90 {:>6.2} ms  max {:>6.2} ms  ({} rounds)",
+        pct(&lat, 0.5),
+        pct(&lat, 0.9),
+        pct(&lat, 1.0),
+        lat.len()
+    );
+}
+
+/// Rounds of: a worker on `claim_base` waits for a task; a task is created through `create_base`; the time from
+/// the creation's request to the claim's answer, and to the creation's own answer (the creation's commit is
+/// part of the first: the claim cannot see the task before it).
+async fn dispatch_latency(
+    client: &reqwest::Client,
+    create_base: &str,
+    claim_base: &str,
+    rounds: usize,
+) -> Vec<(Duration, Duration)> {
+    let worker = format!("dispatch-{}", uuid::Uuid::new_v4().simple());
+    let r = client
+        .post(format!("{claim_base}/api/v1/workers/register"))
+        // Only these rounds' tasks (the baseline may leave some pending: SKIP LOCKED claims can miss).
+        .json(&json!({"worker_id": worker, "backend_type": "kind",
+                      "capabilities": {"supported_problems": ["dispatch-*"]}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let mut out = Vec::new();
+    for i in 0..rounds {
+        let waiting = {
+            let (client, url) = (
+                client.clone(),
+                format!("{claim_base}/api/v1/workers/{worker}/claim?wait_seconds=10"),
+            );
+            tokio::spawn(async move {
+                let r = client.post(url).send().await.unwrap();
+                let at = Instant::now();
+                (r.json::<Value>().await.unwrap(), at)
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let sent = Instant::now();
+        let r = client
+            .post(format!("{create_base}/api/v1/tasks"))
+            .json(&json!({"problem_id": format!("dispatch-{i}")}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let created = Instant::now();
+        let (task, answered) = waiting.await.unwrap();
+        out.push((answered - sent, created - sent));
+        let c = client
+            .post(format!(
+                "{claim_base}/api/v1/workers/{worker}/tasks/{}/complete",
+                task["id"].as_str().unwrap()
+            ))
+            .json(&json!({"attempt": task["attempt"], "lease_id": task["lease_id"], "result": {"success": true}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(c.status(), 200);
+    }
+    out
+}
+
+/// `tasks` lives of a task as three bare statements (three commits), from `clients` connections at once;
+/// cycles per second.
+async fn raw_cycles(url: &str, tasks: usize, clients: usize) -> anyhow::Result<f64> {
+    let db = store::connect(url, clients as u32).await?;
+    let pg = db.get_database_backend() == DatabaseBackend::Postgres;
+    let (insert, claim, complete) = if pg {
+        (
+            "INSERT INTO tasks (id, problem_id, status, priority, parameters, created_at, updated_at) \
+             VALUES ($1, $2, 'pending', 0, $3, $4, $4)",
+            "UPDATE tasks SET status = 'running', worker_id = $1, attempt = attempt + 1, started_at = $2, \
+             updated_at = $2 WHERE id = (SELECT id FROM tasks WHERE status = 'pending' \
+             ORDER BY priority DESC, created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING id",
+            "UPDATE tasks SET status = 'completed', result = $1, completed_at = $2, updated_at = $2 \
+             WHERE id = $3 AND status = 'running'",
+        )
+    } else {
+        (
+            "INSERT INTO tasks (id, problem_id, status, priority, parameters, created_at, updated_at) \
+             VALUES (?1, ?2, 'pending', 0, ?3, ?4, ?4)",
+            "UPDATE tasks SET status = 'running', worker_id = ?1, attempt = attempt + 1, started_at = ?2, \
+             updated_at = ?2 WHERE id = (SELECT id FROM tasks WHERE status = 'pending' \
+             ORDER BY priority DESC, created_at, id LIMIT 1) RETURNING id",
+            "UPDATE tasks SET status = 'completed', result = ?1, completed_at = ?2, updated_at = ?2 \
+             WHERE id = ?3 AND status = 'running'",
+        )
+    };
+    let backend = db.get_database_backend();
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for c in 0..clients {
+        let db = db.clone();
+        let n = tasks / clients + usize::from(c < tasks % clients);
+        handles.push(tokio::spawn(async move {
+            for i in 0..n {
+                let now = store::now();
+                db.execute_raw(Statement::from_sql_and_values(
+                    backend,
+                    insert,
+                    [
+                        uuid::Uuid::new_v4().into(),
+                        format!("raw-{c}-{i}").into(),
+                        json!({"max_steps": 30, "timeout": 600}).into(),
+                        now.into(),
+                    ],
+                ))
+                .await
+                .unwrap();
+                let claimed = db
+                    .query_one_raw(Statement::from_sql_and_values(
+                        backend,
+                        claim,
+                        [format!("raw-{c}").into(), store::now().into()],
+                    ))
+                    .await
+                    .unwrap();
+                if let Some(row) = claimed {
+                    let id: uuid::Uuid = row.try_get_by_index(0).unwrap();
+                    db.execute_raw(Statement::from_sql_and_values(
+                        backend,
+                        complete,
+                        [
+                            json!({"success": true}).into(),
+                            store::now().into(),
+                            id.into(),
+                        ],
+                    ))
+                    .await
+                    .unwrap();
+                }
+            }
+        }));
+    }
+    for h in handles {
+        h.await?;
+    }
+    Ok(tasks as f64 / start.elapsed().as_secs_f64())
 }

@@ -104,6 +104,23 @@ pub struct Config {
     #[arg(long, env = "MAX_WAITING_CLAIMS", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_waiting_claims: u32,
 
+    /// Milliseconds between two looks at the queue of a claim that waits (long-polls) when nothing wakes it.
+    /// Tasks made claimable through this server wake it at once, and on PostgreSQL those of other replicas
+    /// too (LISTEN/NOTIFY): the tick is the safety net (a lost notification, a database restart).
+    #[arg(long, env = "CLAIM_POLL_INTERVAL_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    pub claim_poll_interval_ms: u64,
+
+    /// Days finished tasks and their logs are kept (counted from when they finished); older ones are deleted
+    /// by the reaper, a few thousand at a time. 0: keep everything.
+    #[arg(long, env = "RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(0..=36500))]
+    pub retention_days: u32,
+
+    /// SQLite only: `normal` (the default: WAL with synchronous=NORMAL, durable across a crash of the
+    /// process; a power loss may take back the last transactions) or `full` (every commit synced to disk,
+    /// durable across a power loss too, slower writes).
+    #[arg(long, env = "SQLITE_SYNCHRONOUS", default_value = "normal")]
+    pub sqlite_synchronous: SqliteSync,
+
     /// Internal workers (inside this process) started at boot.
     #[arg(long, env = "NUM_INTERNAL_WORKERS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=64))]
     pub num_internal_workers: u32,
@@ -135,6 +152,13 @@ pub struct Config {
 
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+/// How SQLite syncs its commits to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SqliteSync {
+    Normal,
+    Full,
 }
 
 /// What to do instead of serving.
@@ -205,6 +229,11 @@ impl Config {
             max_pending: cap(self.max_pending_tasks),
             max_active_per_token: cap(self.max_active_tasks_per_token),
         }
+    }
+
+    /// How long finished tasks are kept, if not forever.
+    pub fn retention(&self) -> Option<chrono::Duration> {
+        (self.retention_days > 0).then(|| chrono::Duration::days(i64::from(self.retention_days)))
     }
 
     pub fn heartbeat_timeout(&self) -> chrono::Duration {

@@ -24,9 +24,12 @@ use crate::{
     },
 };
 
-/// How often a waiting claim looks at the queue even when nothing in this process woke it (tasks created by
-/// another replica, or released by another replica's reaper).
+/// How often a waiting claim looks at the queue when nothing wakes it, unless told otherwise
+/// (`CLAIM_POLL_INTERVAL_MS`).
 const POLL_TICK: Duration = Duration::from_millis(500);
+
+/// The channel the database notifies when a task becomes claimable (a trigger on `tasks`, PostgreSQL only).
+pub const QUEUE_CHANNEL: &str = "task_executor_queue";
 
 #[derive(Clone)]
 pub struct Dispatcher {
@@ -39,6 +42,8 @@ pub struct Dispatcher {
     /// Claims waiting in this process, per worker, and how many may wait at once in all.
     waiting: Arc<Mutex<HashMap<String, usize>>>,
     max_waiting: usize,
+    /// How often a waiting claim looks when nothing wakes it.
+    poll_tick: Duration,
 }
 
 /// One waiting claim, counted while it lives (a claim whose client went away is dropped, and uncounted).
@@ -76,7 +81,14 @@ impl Dispatcher {
             queue_changed: Arc::new(Notify::new()),
             waiting: Arc::default(),
             max_waiting,
+            poll_tick: POLL_TICK,
         }
+    }
+
+    /// Waiting claims look at the queue every `tick` when nothing wakes them.
+    pub fn poll_every(mut self, tick: Duration) -> Self {
+        self.poll_tick = tick;
+        self
     }
 
     /// Counts a claim that is about to wait: at most the worker's free slots per worker (more could not be
@@ -111,7 +123,8 @@ impl Dispatcher {
         })
     }
 
-    /// A task became claimable: wake the claims waiting in this process.
+    /// A task became claimable: wake the claims waiting in this process. (On PostgreSQL the database also
+    /// tells every replica, this one included: see [`listen`].)
     pub fn wake(&self) {
         self.queue_changed.notify_waiters();
     }
@@ -172,7 +185,7 @@ impl Dispatcher {
                 waiting = Some(self.start_waiting(worker_id, free_slots)?);
             }
             tokio::select! {
-                _ = tokio::time::timeout((deadline - now).min(POLL_TICK), notified) => {}
+                _ = tokio::time::timeout((deadline - now).min(self.poll_tick), notified) => {}
                 _ = stop.cancelled() => return Ok(None),
             }
         }
@@ -224,5 +237,63 @@ impl Dispatcher {
             self.metrics.task_finished(t);
         }
         Ok(r)
+    }
+}
+
+/// Wakes this process's waiting claims whenever a task becomes claimable anywhere — created or put back through
+/// any replica, or by any replica's reaper — by listening to the database's [`QUEUE_CHANNEL`] on a connection of
+/// its own (PostgreSQL). After a lost connection (a database restart) it connects again, backing off up to
+/// 10 s, and wakes the claims once, since a notification may have been missed meanwhile; the claims' own poll
+/// tick covers that gap.
+pub async fn listen(url: String, dispatcher: Dispatcher, stop: CancellationToken) {
+    use sea_orm::sqlx::postgres::PgListener;
+    let mut backoff = Duration::from_millis(200);
+    let mut failing = false;
+    loop {
+        let connect = async {
+            let mut l = PgListener::connect(&url).await?;
+            l.listen(QUEUE_CHANNEL).await?;
+            Ok::<_, sea_orm::sqlx::Error>(l)
+        };
+        let connected = tokio::select! {
+            _ = stop.cancelled() => return,
+            c = connect => c,
+        };
+        match connected {
+            Ok(mut listener) => {
+                if failing {
+                    tracing::info!("listening to the queue's notifications again");
+                }
+                backoff = Duration::from_millis(200);
+                dispatcher.wake();
+                loop {
+                    let next = tokio::select! {
+                        _ = stop.cancelled() => return,
+                        n = listener.try_recv() => n,
+                    };
+                    match next {
+                        Ok(Some(_)) => dispatcher.wake(),
+                        // The connection dropped; the next call connects again (and may fail).
+                        Ok(None) => dispatcher.wake(),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "lost the queue's notifications: claims poll until they are back");
+                            failing = true;
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "cannot listen to the queue's notifications: claims poll until then");
+                }
+                failing = true;
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
     }
 }

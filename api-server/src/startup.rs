@@ -37,7 +37,12 @@ const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(75);
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let db = store::connect(&config.database_url, config.database_max_connections).await?;
+        let db = store::connect_with(
+            &config.database_url,
+            config.database_max_connections,
+            config.sqlite_synchronous == crate::config::SqliteSync::Full,
+        )
+        .await?;
         let auth = Arc::new(auth::Registry::new(
             config.insecure_no_auth,
             config.tokens_file.clone(),
@@ -67,7 +72,8 @@ impl Application {
             lease,
             metrics.clone(),
             config.max_waiting_claims as usize,
-        );
+        )
+        .poll_every(Duration::from_millis(config.claim_poll_interval_ms));
         let host = nix::unistd::gethostname()
             .ok()
             .and_then(|h| h.into_string().ok())
@@ -137,7 +143,18 @@ impl Application {
         let stop = CancellationToken::new();
         let app = routes::app(&self.state);
         tracing::info!(port = self.port, database = %store::redact(&self.state.config.database_url), "listening");
-        let reaper = tokio::spawn(reaper::run(self.state.dispatcher.clone(), stop.clone()));
+        let reaper = tokio::spawn(reaper::run(
+            self.state.dispatcher.clone(),
+            self.state.config.retention(),
+            stop.clone(),
+        ));
+        if store::is_postgres(&self.state.db) {
+            tokio::spawn(crate::dispatch::listen(
+                self.state.config.database_url.clone(),
+                self.state.dispatcher.clone(),
+                stop.clone(),
+            ));
+        }
         tokio::spawn(
             self.state
                 .auth

@@ -12,6 +12,7 @@ mod m20261126_000005_worker_status_reason;
 mod m20261126_000006_api_tokens;
 mod m20261126_000007_batches_and_events;
 mod m20261126_000008_completed_index;
+mod m20261126_000009_queue_notify;
 
 pub struct Migrator;
 
@@ -27,6 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000006_api_tokens::Migration),
             Box::new(m20261126_000007_batches_and_events::Migration),
             Box::new(m20261126_000008_completed_index::Migration),
+            Box::new(m20261126_000009_queue_notify::Migration),
         ]
     }
 }

@@ -5,6 +5,7 @@ pub mod batches;
 pub mod entity;
 pub mod logs;
 pub mod queue;
+pub mod retention;
 pub mod stats;
 pub mod tasks;
 pub mod tokens;
@@ -61,6 +62,17 @@ pub fn now() -> DateTime<Utc> {
 /// SQLite (the embedded default) gets a single connection: SQLite serializes writers anyway, and one
 /// connection makes every transaction (the claim among them) free of lock upgrades and `SQLITE_BUSY`.
 pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<DatabaseConnection> {
+    connect_with(url, max_connections, false).await
+}
+
+/// [`connect`], with SQLite syncing every commit to disk when `full_sync` (`SQLITE_SYNCHRONOUS=full`): by
+/// default (WAL, synchronous=NORMAL) a commit survives a crash of the process but a power loss may take back
+/// the last ones.
+pub async fn connect_with(
+    url: &str,
+    max_connections: u32,
+    full_sync: bool,
+) -> anyhow::Result<DatabaseConnection> {
     let mut opts = ConnectOptions::new(url.to_owned());
     opts.sqlx_logging(false)
         .connect_timeout(Duration::from_secs(10))
@@ -68,9 +80,13 @@ pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Database
     if url.starts_with("sqlite:") {
         opts.max_connections(1)
             .min_connections(1)
-            .map_sqlx_sqlite_opts(|o| {
+            .map_sqlx_sqlite_opts(move |o| {
                 o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
-                    .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
+                    .synchronous(if full_sync {
+                        sea_orm::sqlx::sqlite::SqliteSynchronous::Full
+                    } else {
+                        sea_orm::sqlx::sqlite::SqliteSynchronous::Normal
+                    })
                     .foreign_keys(true)
                     .busy_timeout(Duration::from_secs(10))
             });

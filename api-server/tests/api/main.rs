@@ -9,6 +9,7 @@ mod health;
 mod internal;
 mod metrics;
 mod reliability;
+mod scale;
 mod security;
 mod tasks;
 mod ui;

@@ -1,0 +1,297 @@
+//! Scale-out and a flat cost over time: a task created through one API replica wakes a claim long-polling on
+//! another at once (PostgreSQL LISTEN/NOTIFY, not the poll tick); two replicas with workers on each never
+//! hand a task out twice; retention deletes only finished tasks past their time, never a pending or running
+//! one.
+
+use std::{collections::HashSet, sync::Arc, time::Duration};
+
+use api_server::store::{self, retention};
+use reqwest::StatusCode;
+use sea_orm::{ConnectionTrait, Database, Statement};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use crate::helpers::{Backend, TestApp};
+
+/// Completes a claimed task (the claim's answer carries its attempt and lease), asserting the 200.
+async fn finish(app: &TestApp, worker_id: &str, claimed: &Value) {
+    let r = app
+        .post(
+            &format!(
+                "/api/v1/workers/{worker_id}/tasks/{}/complete",
+                claimed["id"].as_str().unwrap()
+            ),
+            json!({"attempt": claimed["attempt"], "lease_id": claimed["lease_id"], "result": {"success": true}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+}
+
+/// A poll tick far longer than any wake-up may take: a claim answered sooner was woken, not polled.
+const LONG_TICK_MS: u64 = 30_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_created_on_one_replica_wakes_a_claim_waiting_on_another() {
+    let (db_url, dir) = TestApp::fresh_database(Backend::Postgres).await;
+    let slow = |c: &mut api_server::Config| c.claim_poll_interval_ms = LONG_TICK_MS;
+    let a = TestApp::spawn_on(db_url.clone(), dir, slow).await;
+    let b = Arc::new(TestApp::spawn_on(db_url, None, slow).await);
+    b.register("far-1", json!({"max_parallel_tasks": 1})).await;
+    // Let the second replica's listener connect (it wakes its claims once when it does).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for round in 0..3 {
+        let waiting = {
+            let b = b.clone();
+            tokio::spawn(async move {
+                let r = b
+                    .send(
+                        b.client
+                            .post(b.url("/api/v1/workers/far-1/claim?wait_seconds=25"))
+                            .json(&Value::Null),
+                    )
+                    .await;
+                (r, Instant::now())
+            })
+        };
+        // The claim is waiting on B (its first look found nothing).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let created_at = Instant::now();
+        let task = a
+            .create_task(
+                json!({"problem_id": format!("misconfig_app_hotel_res-detection-{round}")}),
+            )
+            .await;
+        let (r, answered_at) = waiting.await.unwrap();
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        assert_eq!(r.body["id"], task["id"]);
+        let took = answered_at - created_at;
+        assert!(
+            took < Duration::from_millis(LONG_TICK_MS / 3),
+            "round {round}: the claim on the other replica was answered after {took:?}: polled, not woken"
+        );
+        finish(&b, "far-1", &r.body).await;
+    }
+}
+
+/// Two replicas on one PostgreSQL, workers long-polling on each, tasks created through both: every task is
+/// claimed exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_never_hand_out_a_task_twice() {
+    let (db_url, dir) = TestApp::fresh_database(Backend::Postgres).await;
+    let replicas = [
+        Arc::new(TestApp::spawn_on(db_url.clone(), dir, |_| {}).await),
+        Arc::new(TestApp::spawn_on(db_url, None, |_| {}).await),
+    ];
+    let per_replica_workers = 4;
+    let tasks = 120;
+    let mut claimers = Vec::new();
+    for (r, app) in replicas.iter().enumerate() {
+        for w in 0..per_replica_workers {
+            let app = app.clone();
+            let id = format!("r{r}-w{w}");
+            app.register(&id, json!({"max_parallel_tasks": 1})).await;
+            claimers.push(tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut idle = 0;
+                while idle < 3 {
+                    let r = app
+                        .send(
+                            app.client
+                                .post(
+                                    app.url(&format!("/api/v1/workers/{id}/claim?wait_seconds=1")),
+                                )
+                                .json(&Value::Null),
+                        )
+                        .await;
+                    if r.status == StatusCode::OK {
+                        idle = 0;
+                        got.push(r.body["id"].as_str().unwrap().to_owned());
+                        finish(&app, &id, &r.body).await;
+                    } else {
+                        assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+                        idle += 1;
+                    }
+                }
+                got
+            }));
+        }
+    }
+    let mut created = HashSet::new();
+    for i in 0..tasks {
+        let app = &replicas[i % 2];
+        let t = app
+            .create_task(json!({"problem_id": format!("misconfig_app_hotel_res-detection-{i}")}))
+            .await;
+        created.insert(t["id"].as_str().unwrap().to_owned());
+    }
+    let mut claimed = Vec::new();
+    for c in claimers {
+        claimed.extend(c.await.unwrap());
+    }
+    let unique: HashSet<_> = claimed.iter().cloned().collect();
+    assert_eq!(unique.len(), claimed.len(), "a task was claimed twice");
+    assert_eq!(unique, created, "every task claimed once");
+}
+
+/// Sets a task's times as if it had been created and finished `days` ago.
+async fn age(db: &impl ConnectionTrait, id: &Value, days: i64) {
+    let at = store::now() - chrono::Duration::days(days);
+    let backend = db.get_database_backend();
+    let sql = if backend == sea_orm::DatabaseBackend::Postgres {
+        "UPDATE tasks SET created_at = $1, completed_at = CASE WHEN completed_at IS NULL THEN NULL ELSE $1 END WHERE id = $2"
+    } else {
+        "UPDATE tasks SET created_at = ?1, completed_at = CASE WHEN completed_at IS NULL THEN NULL ELSE ?1 END WHERE id = ?2"
+    };
+    let id = uuid::Uuid::parse_str(id.as_str().unwrap()).unwrap();
+    db.execute_raw(Statement::from_sql_and_values(
+        backend,
+        sql,
+        [at.into(), id.into()],
+    ))
+    .await
+    .unwrap();
+}
+
+async fn retention_deletes_only_what_is_due(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let db = Database::connect(&app.db_url).await.unwrap();
+    app.register("ret-1", json!({"max_parallel_tasks": 2}))
+        .await;
+    let mk = |n: &str| json!({"problem_id": format!("misconfig_app_hotel_res-detection-{n}")});
+    // Old and finished: due. Old but pending or running: never. Finished lately: not yet.
+    let old_done = app.create_task(mk("old-done")).await;
+    let old_running = app.create_task(mk("old-running")).await;
+    let claimed = app.claim_one("ret-1").await;
+    let claimed2 = app.claim_one("ret-1").await;
+    let (done, running) = if claimed["id"] == old_done["id"] {
+        (claimed, claimed2)
+    } else {
+        (claimed2, claimed)
+    };
+    assert_eq!(running["id"], old_running["id"]);
+    finish(&app, "ret-1", &done).await;
+    let recent_done = app.create_task(mk("recent")).await;
+    let recent = app.claim_one("ret-1").await;
+    assert_eq!(recent["id"], recent_done["id"]);
+    finish(&app, "ret-1", &recent).await;
+    let old_pending = app.create_task(mk("old-pending")).await;
+    let old_cancelled = app.create_task(mk("old-cancelled")).await;
+    let r = app
+        .post(
+            &format!(
+                "/api/v1/tasks/{}/cancel",
+                old_cancelled["id"].as_str().unwrap()
+            ),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    for t in [&old_done, &old_running, &old_pending, &old_cancelled] {
+        age(&db, &t["id"], 40).await;
+    }
+    let count = |sql: &'static str| {
+        let db = &db;
+        async move {
+            let row = db
+                .query_one_raw(Statement::from_string(db.get_database_backend(), sql))
+                .await
+                .unwrap()
+                .unwrap();
+            row.try_get_by_index::<i64>(0).unwrap()
+        }
+    };
+    let logs_before = count("SELECT COUNT(*) FROM task_logs").await;
+
+    let pruned = retention::prune(
+        &store::connect(&app.db_url, 1).await.unwrap(),
+        store::now() - chrono::Duration::days(30),
+        1,
+        100,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        pruned.tasks, 2,
+        "the old completed and the old cancelled task: {pruned:?}"
+    );
+    assert!(pruned.log_entries >= 4, "{pruned:?}");
+    for gone in [&old_done, &old_cancelled] {
+        let r = app
+            .get(&format!("/api/v1/tasks/{}", gone["id"].as_str().unwrap()))
+            .await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND);
+    }
+    for kept in [&old_running, &old_pending, &recent_done] {
+        let r = app
+            .get(&format!("/api/v1/tasks/{}", kept["id"].as_str().unwrap()))
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", kept["id"]);
+    }
+    let logs_after = count("SELECT COUNT(*) FROM task_logs").await;
+    assert_eq!(logs_before - logs_after, pruned.log_entries as i64);
+    // The kept tasks keep their logs, and the running one can still report and finish.
+    let r = app
+        .get(&format!(
+            "/api/v1/tasks/{}/logs",
+            old_running["id"].as_str().unwrap()
+        ))
+        .await;
+    assert!(!r.body.as_array().unwrap().is_empty());
+    finish(&app, "ret-1", &running).await;
+    // A second pass finds nothing more that is due (the running task finished just now).
+    let again = retention::prune(
+        &store::connect(&app.db_url, 1).await.unwrap(),
+        store::now() - chrono::Duration::days(30),
+        100,
+        10,
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.tasks, 0);
+}
+
+/// The reaper applies `RETENTION_DAYS` by itself.
+async fn the_reaper_applies_retention(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |c| {
+        c.retention_days = 7;
+        // The reaper runs every third of this (at least every 100 ms).
+        c.worker_heartbeat_timeout_seconds = 1;
+    })
+    .await;
+    let db = Database::connect(&app.db_url).await.unwrap();
+    let t = app
+        .create_task(json!({"problem_id": "misconfig_app_hotel_res-detection-1"}))
+        .await;
+    let keep = app
+        .create_task(json!({"problem_id": "misconfig_app_hotel_res-detection-2"}))
+        .await;
+    let r = app
+        .post(
+            &format!("/api/v1/tasks/{}/cancel", t["id"].as_str().unwrap()),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    age(&db, &t["id"], 8).await;
+    age(&db, &keep["id"], 8).await;
+    app.eventually("the old cancelled task deleted", || async {
+        (app.get(&format!("/api/v1/tasks/{}", t["id"].as_str().unwrap()))
+            .await
+            .status
+            == StatusCode::NOT_FOUND)
+            .then_some(())
+    })
+    .await;
+    let r = app
+        .get(&format!("/api/v1/tasks/{}", keep["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(
+        r.body["status"], "pending",
+        "an old pending task is never deleted"
+    );
+}
+
+task_executor_shared::both_backends!(
+    retention_deletes_only_what_is_due,
+    the_reaper_applies_retention
+);
