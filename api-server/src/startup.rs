@@ -116,6 +116,7 @@ impl Application {
             limiter: RateLimiter::new(config.rate_limit_per_second, config.rate_limit_burst),
             auth,
             config: Arc::new(config),
+            ui: Arc::default(),
         };
         Ok(Application {
             acceptor,

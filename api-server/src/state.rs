@@ -23,4 +23,6 @@ pub struct AppState {
     pub tail: Arc<crate::events::Tail>,
     /// The request rate limit (none: unlimited).
     pub limiter: Option<Arc<RateLimiter>>,
+    /// What the dashboard reuses between viewers.
+    pub ui: Arc<crate::ui::Cache>,
 }

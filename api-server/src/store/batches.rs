@@ -333,3 +333,80 @@ pub async fn cancel(db: &DatabaseConnection, id: Uuid) -> StoreResult<i64> {
     }
     Ok(cancelled)
 }
+
+/// One problem's finished and succeeded runs in a batch.
+#[derive(Debug, Clone, Default)]
+pub struct ProblemFigures {
+    pub finished: i64,
+    pub succeeded: i64,
+}
+
+/// Per problem of a batch: its finished runs and those that succeeded (completed with `success: true`), in
+/// problem order; one grouped read.
+pub async fn per_problem(
+    db: &DatabaseConnection,
+    id: Uuid,
+) -> StoreResult<std::collections::BTreeMap<String, ProblemFigures>> {
+    let backend = db.get_database_backend();
+    let mark = match backend {
+        DatabaseBackend::Postgres => "$1",
+        _ => "?1",
+    };
+    let sql = format!(
+        "SELECT problem_id, \
+           SUM(CASE WHEN status IN ('completed', 'failed', 'timeout', 'cancelled') THEN 1 ELSE 0 END) AS finished, \
+           SUM(CASE WHEN status = 'completed' AND {} THEN 1 ELSE 0 END) AS ok \
+         FROM tasks WHERE batch_id = {mark} GROUP BY problem_id",
+        success_sql(backend)
+    );
+    let rows = db
+        .query_all_raw(Statement::from_sql_and_values(backend, sql, [id.into()]))
+        .await?;
+    let mut out = std::collections::BTreeMap::new();
+    for r in rows {
+        let problem: String = r.try_get("", "problem_id")?;
+        let finished: Option<i64> = r.try_get("", "finished")?;
+        let ok: Option<i64> = r.try_get("", "ok")?;
+        out.insert(
+            problem,
+            ProblemFigures {
+                finished: finished.unwrap_or(0),
+                succeeded: ok.unwrap_or(0),
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// The run durations (seconds) of a batch's finished tasks that ran: the runner's measure
+/// (`metrics.duration_seconds`), else completion minus start. Only those columns are read.
+pub async fn durations(db: &DatabaseConnection, id: Uuid) -> StoreResult<Vec<f64>> {
+    let backend = db.get_database_backend();
+    let (measured, mark) = match backend {
+        DatabaseBackend::Postgres => (
+            "CASE WHEN jsonb_typeof(result->'metrics'->'duration_seconds') = 'number' \
+             THEN (result->'metrics'->>'duration_seconds')::float8 END",
+            "$1",
+        ),
+        _ => (
+            "CASE WHEN json_type(result, '$.metrics.duration_seconds') IN ('integer', 'real') \
+             THEN CAST(json_extract(result, '$.metrics.duration_seconds') AS REAL) END",
+            "?1",
+        ),
+    };
+    let sql = format!(
+        "SELECT {measured} AS measured, started_at, completed_at FROM tasks \
+         WHERE batch_id = {mark} AND completed_at IS NOT NULL AND started_at IS NOT NULL"
+    );
+    let rows = db
+        .query_all_raw(Statement::from_sql_and_values(backend, sql, [id.into()]))
+        .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let measured: Option<f64> = r.try_get("", "measured")?;
+        let started: DateTime<Utc> = r.try_get("", "started_at")?;
+        let completed: DateTime<Utc> = r.try_get("", "completed_at")?;
+        out.push(measured.unwrap_or((completed - started).num_milliseconds() as f64 / 1000.0));
+    }
+    Ok(out)
+}

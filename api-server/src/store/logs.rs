@@ -227,15 +227,18 @@ pub async fn status_entries_between(
         .await?)
 }
 
-/// The last `n` entries of a task's log from `min` severity up, in id order (what the dashboard shows
-/// before following the rest live), and how many match in all.
+/// The last `n` entries of a task's log up to id `upto`, from `min` severity up, in id order (what the
+/// dashboard shows before following the rest live from `upto`), and how many match in all.
 pub async fn last_entries(
     db: &DatabaseConnection,
     id: Uuid,
     min: Option<LogLevel>,
     n: u64,
+    upto: i64,
 ) -> StoreResult<(Vec<task_log::Model>, u64)> {
-    let mut q = task_log::Entity::find().filter(task_log::Column::TaskId.eq(id));
+    let mut q = task_log::Entity::find()
+        .filter(task_log::Column::TaskId.eq(id))
+        .filter(task_log::Column::Id.lte(upto));
     if let Some(min) = min {
         q = q.filter(task_log::Column::Severity.gte(min.severity()));
     }

@@ -116,3 +116,16 @@ pub async fn recent_failures(
         .all(db)
         .await?)
 }
+
+/// When the oldest pending task was created (through the partial index of pending tasks).
+pub async fn oldest_pending(db: &DatabaseConnection) -> StoreResult<Option<DateTime<Utc>>> {
+    Ok(task::Entity::find()
+        .select_only()
+        .column(task::Column::CreatedAt)
+        .filter(task::Column::Status.eq(TaskStatus::Pending))
+        .order_by_asc(task::Column::CreatedAt)
+        .limit(1)
+        .into_tuple()
+        .one(db)
+        .await?)
+}

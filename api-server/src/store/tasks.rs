@@ -238,28 +238,61 @@ impl ListFilter {
     }
 }
 
+/// Where a keyset page starts: after this task (creation time, id), in the page's order.
+pub type Cursor = Option<(chrono::DateTime<chrono::Utc>, Uuid)>;
+
 /// Tasks matching the filter (its limit and offset aside), oldest first, after `after` (creation time and
 /// id of the last one of the previous page): for reading any number of tasks a page at a time.
 pub async fn page_after(
     db: &DatabaseConnection,
     f: &ListFilter,
-    after: Option<(chrono::DateTime<chrono::Utc>, Uuid)>,
+    after: Cursor,
     limit: u64,
 ) -> StoreResult<Vec<task::Model>> {
+    keyset_page(db, f, after, limit, false).await
+}
+
+/// The same newest first, before `before`: the dashboard's task list, as cheap on the last page as on the
+/// first.
+pub async fn page_before(
+    db: &DatabaseConnection,
+    f: &ListFilter,
+    before: Cursor,
+    limit: u64,
+) -> StoreResult<Vec<task::Model>> {
+    keyset_page(db, f, before, limit, true).await
+}
+
+async fn keyset_page(
+    db: &DatabaseConnection,
+    f: &ListFilter,
+    from: Cursor,
+    limit: u64,
+    newest_first: bool,
+) -> StoreResult<Vec<task::Model>> {
+    use sea_orm::{Condition, Order};
     let mut q = f.apply(task::Entity::find());
-    if let Some((at, id)) = after {
+    if let Some((at, id)) = from {
+        let (time, tie) = if newest_first {
+            (task::Column::CreatedAt.lt(at), task::Column::Id.lt(id))
+        } else {
+            (task::Column::CreatedAt.gt(at), task::Column::Id.gt(id))
+        };
         q = q.filter(
-            sea_orm::Condition::any()
-                .add(task::Column::CreatedAt.gt(at))
-                .add(
-                    sea_orm::Condition::all()
-                        .add(task::Column::CreatedAt.eq(at))
-                        .add(task::Column::Id.gt(id)),
-                ),
+            Condition::any().add(time).add(
+                Condition::all()
+                    .add(task::Column::CreatedAt.eq(at))
+                    .add(tie),
+            ),
         );
     }
-    Ok(q.order_by_asc(task::Column::CreatedAt)
-        .order_by_asc(task::Column::Id)
+    let order = if newest_first {
+        Order::Desc
+    } else {
+        Order::Asc
+    };
+    Ok(q.order_by(task::Column::CreatedAt, order.clone())
+        .order_by(task::Column::Id, order)
         .limit(limit)
         .all(db)
         .await?)

@@ -9,8 +9,7 @@ use chrono::{DateTime, Utc};
 use maud::{Markup, html};
 use task_executor_shared::TaskStatus;
 
-use super::pages::ProblemFigures;
-use crate::store::stats::MinuteCount;
+use crate::store::{batches::ProblemFigures, stats::MinuteCount};
 
 const W: f64 = 600.0;
 

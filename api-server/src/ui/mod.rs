@@ -3,7 +3,7 @@
 //! nothing is fetched from elsewhere, so it works on an air-gapped cluster host.
 //!
 //! Sessions: with authentication on, `/ui/login` takes a token once and keeps it in an `HttpOnly`,
-//! `SameSite=Strict` cookie, which the edge accepts in place of the `Authorization` header on `/ui` and on
+//! `SameSite=Lax` cookie (sent on a link followed from elsewhere, never on another site's form or fetch), which the edge accepts in place of the `Authorization` header on `/ui` and on
 //! reading (`GET`) API requests (so the pages' event streams and export links work). The API's state-changing
 //! operations still need the header: the dashboard acts only through its own forms, each carrying a
 //! double-submit token (a random cookie the form must repeat) on top of the edge's `Origin`/`Sec-Fetch-Site`
@@ -13,7 +13,7 @@
 mod charts;
 mod pages;
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use poem::{
     Endpoint, EndpointExt, IntoResponse, Request, Response, Route,
@@ -78,7 +78,7 @@ fn over_https(req: &Request) -> bool {
 fn set_cookie(req: &Request, name: &str, value: &str, path: &str, max_age: u64) -> HeaderValue {
     let secure = if over_https(req) { "; Secure" } else { "" };
     HeaderValue::from_str(&format!(
-        "{name}={value}; Path={path}; Max-Age={max_age}; HttpOnly; SameSite=Strict{secure}"
+        "{name}={value}; Path={path}; Max-Age={max_age}; HttpOnly; SameSite=Lax{secure}"
     ))
     .expect("cookie values are visible ASCII")
 }
@@ -140,12 +140,16 @@ fn viewer(req: &Request) -> Result<Viewer, Refusal> {
             )));
         }
         Err(_) => {
-            // The path as the browser asked for it (`uri()` has lost the `/ui` this is nested under).
-            let next = req
-                .original_uri()
-                .path_and_query()
-                .map(|p| p.as_str())
-                .unwrap_or("/ui");
+            // The path as the browser asked for it (`uri()` has lost the `/ui` this is nested under); after a
+            // form post (a session that ended meanwhile), the overview: a form's address is no page.
+            let next = if req.method() == poem::http::Method::GET {
+                req.original_uri()
+                    .path_and_query()
+                    .map(|p| p.as_str())
+                    .unwrap_or("/ui")
+            } else {
+                "/ui"
+            };
             let to = format!("/ui/login?next={}", urlencode(next));
             return Err(Box::new(see_other(&to)));
         }
@@ -197,17 +201,31 @@ fn see_other(to: &str) -> Response {
 
 /// An HTML answer with the dashboard's headers (and the form cookie when the browser has none yet).
 fn page_response(status: StatusCode, body: maud::Markup, viewer: Option<&Viewer>) -> Response {
+    page_response_for(None, status, body, viewer)
+}
+
+/// [`page_response`], knowing the request (whose scheme decides whether the form cookie is `Secure`).
+fn page_response_for(
+    req: Option<&Request>,
+    status: StatusCode,
+    body: maud::Markup,
+    viewer: Option<&Viewer>,
+) -> Response {
     let mut resp = Response::builder()
         .status(status)
         .content_type("text/html; charset=utf-8")
         .body(body.into_string());
     if let Some(v) = viewer
         && v.new_csrf
-        && let Ok(c) = HeaderValue::from_str(&format!(
-            "{CSRF_COOKIE}={}; Path=/ui; HttpOnly; SameSite=Strict",
-            v.csrf
-        ))
     {
+        let c = match req {
+            Some(req) => set_cookie(req, CSRF_COOKIE, &v.csrf, "/ui", SESSION_SECONDS),
+            None => HeaderValue::from_str(&format!(
+                "{CSRF_COOKIE}={}; Path=/ui; Max-Age={SESSION_SECONDS}; HttpOnly; SameSite=Lax",
+                v.csrf
+            ))
+            .expect("form tokens are hex"),
+        };
         resp.headers_mut().append(header::SET_COOKIE, c);
     }
     resp
@@ -224,7 +242,7 @@ fn render(req: &Request, viewer: &Viewer, page: pages::Page) -> Response {
     } else {
         pages::layout(viewer, &page)
     };
-    page_response(StatusCode::OK, body, Some(viewer))
+    page_response_for(Some(req), StatusCode::OK, body, Some(viewer))
 }
 
 /// The page of an error met while reading or acting: its status and what it says (never internals: a 500
@@ -333,13 +351,41 @@ fn app_css() -> Response {
 // ---------------------------------------------------------------------------------------------------------
 // Pages
 
+/// What the dashboard reuses between viewers: the overview's figures (counts over the whole table), read at
+/// most every 750 ms however many browsers watch it.
+#[derive(Default)]
+pub struct Cache {
+    overview: tokio::sync::Mutex<Option<(std::time::Instant, Arc<pages::OverviewData>)>>,
+}
+
+/// How long the overview's figures are reused.
+const OVERVIEW_FRESH: std::time::Duration = std::time::Duration::from_millis(750);
+
+impl Cache {
+    async fn overview(
+        &self,
+        state: &AppState,
+    ) -> crate::store::StoreResult<Arc<pages::OverviewData>> {
+        // Held while reading: viewers arriving meanwhile wait for this read instead of making their own.
+        let mut slot = self.overview.lock().await;
+        if let Some((at, data)) = slot.as_ref()
+            && at.elapsed() < OVERVIEW_FRESH
+        {
+            return Ok(data.clone());
+        }
+        let data = Arc::new(pages::OverviewData::load(state).await?);
+        *slot = Some((std::time::Instant::now(), data.clone()));
+        Ok(data)
+    }
+}
+
 #[poem::handler]
 async fn overview(req: &Request, state: Data<&AppState>) -> Response {
     let v = match viewer(req) {
         Ok(v) => v,
         Err(r) => return *r,
     };
-    let data = try_page!(pages::OverviewData::load(&state).await, v);
+    let data = try_page!(state.ui.overview(&state).await, v);
     render(req, &v, pages::overview(&data))
 }
 
@@ -349,8 +395,8 @@ struct TasksQuery {
     problem_id: Option<String>,
     worker_id: Option<String>,
     batch_id: Option<String>,
-    #[serde(default)]
-    page: u64,
+    /// Where the page starts: after the task of this cursor (`pages::cursor`), newest first.
+    before: Option<String>,
 }
 
 /// Tasks a page of the task list shows.
@@ -369,9 +415,16 @@ async fn tasks_page(req: &Request, state: Data<&AppState>, q: Query<TasksQuery>)
         problem_id: blank(q.problem_id),
         worker_id: blank(q.worker_id),
         batch_id: blank(q.batch_id),
-        page: q.page.min(1_000_000),
+        before: None,
         problems: Vec::new(),
     };
+    match blank(q.before).map(|c| pages::parse_cursor(&c)) {
+        Some(Some(c)) => filters.before = Some(c),
+        Some(None) => filters
+            .problems
+            .push("that page does not exist (a malformed `before`)".to_owned()),
+        None => {}
+    }
     let status = match filters.status.as_deref().map(str::parse::<TaskStatus>) {
         Some(Ok(s)) => Some(s),
         Some(Err(_)) => {
@@ -396,11 +449,19 @@ async fn tasks_page(req: &Request, state: Data<&AppState>, q: Query<TasksQuery>)
             problem_id: filters.problem_id.clone(),
             worker_id: filters.worker_id.clone(),
             batch_id,
-            // One more than shown: whether a next page exists.
-            limit: TASKS_PER_PAGE + 1,
-            offset: filters.page * TASKS_PER_PAGE,
+            ..Default::default()
         };
-        try_page!(crate::store::tasks::list(&state.db, &filter).await, v)
+        // One more than shown: whether an older page exists.
+        try_page!(
+            crate::store::tasks::page_before(
+                &state.db,
+                &filter,
+                filters.before,
+                TASKS_PER_PAGE + 1
+            )
+            .await,
+            v
+        )
     } else {
         Vec::new()
     };

@@ -15,7 +15,8 @@ use crate::{
     results,
     state::AppState,
     store::{
-        self, StoreResult, batches,
+        self, StoreResult,
+        batches::{self, ProblemFigures},
         entity::{task, task_log, worker},
         logs, stats,
         tasks::{self, ListFilter},
@@ -302,7 +303,7 @@ impl OverviewData {
         Ok(OverviewData {
             now,
             counts: stats::counts_by_status(db).await?,
-            oldest_pending: stats::live_queue(db).await?.oldest_pending,
+            oldest_pending: stats::oldest_pending(db).await?,
             per_minute: stats::finished_per_minute(db, now - Duration::minutes(60)).await?,
             workers: workers::list_with_status(db, state.dispatcher.lease.heartbeat_timeout)
                 .await?,
@@ -393,18 +394,32 @@ pub fn overview(d: &OverviewData) -> Page {
 // ---------------------------------------------------------------------------------------------------------
 // Tasks
 
+/// A page boundary in the task list: the task's creation time (microseconds) and id.
+fn cursor(t: &task::Model) -> String {
+    format!("{}_{}", t.created_at.timestamp_micros(), t.id.simple())
+}
+
+pub fn parse_cursor(c: &str) -> Option<(DateTime<Utc>, Uuid)> {
+    let (micros, id) = c.split_once('_')?;
+    Some((
+        DateTime::from_timestamp_micros(micros.parse().ok()?)?,
+        Uuid::parse_str(id).ok()?,
+    ))
+}
+
 pub struct TaskFilters {
     pub status: Option<String>,
     pub problem_id: Option<String>,
     pub worker_id: Option<String>,
     pub batch_id: Option<String>,
-    pub page: u64,
+    /// The page starts after this task (creation time, id); none: the newest.
+    pub before: Option<(DateTime<Utc>, Uuid)>,
     /// What is wrong with the filters, if anything.
     pub problems: Vec<String>,
 }
 
 impl TaskFilters {
-    fn query(&self, page: u64) -> String {
+    fn query(&self, before: Option<&task::Model>) -> String {
         let mut parts = Vec::new();
         for (k, v) in [
             ("status", &self.status),
@@ -416,8 +431,8 @@ impl TaskFilters {
                 parts.push(format!("{k}={}", super::urlencode(v)));
             }
         }
-        if page > 0 {
-            parts.push(format!("page={page}"));
+        if let Some(t) = before {
+            parts.push(format!("before={}", cursor(t)));
         }
         if parts.is_empty() {
             String::new()
@@ -473,7 +488,7 @@ pub fn tasks(f: &TaskFilters, mut rows: Vec<task::Model>) -> Page {
                         }
                     }
                     @if rows.is_empty() {
-                        (empty_row(7, if f.any() || f.page > 0 {
+                        (empty_row(7, if f.any() || f.before.is_some() {
                             html! { "No tasks match these filters." }
                         } else {
                             html! { "No tasks yet. Queue one with " code { "task-executor submit PROBLEM_ID" } " or " code { "POST /api/v1/tasks" } "." }
@@ -483,9 +498,8 @@ pub fn tasks(f: &TaskFilters, mut rows: Vec<task::Model>) -> Page {
             }
         }
         nav class="pager" aria-label="Pages" {
-            @if f.page > 0 { a href={ "/ui/tasks" (f.query(f.page - 1)) } rel="prev" { "← Newer" } }
-            span { "Page " (f.page + 1) }
-            @if more { a href={ "/ui/tasks" (f.query(f.page + 1)) } rel="next" { "Older →" } }
+            @if f.before.is_some() { a href={ "/ui/tasks" (f.query(None)) } rel="first" { "← Newest" } }
+            @if let (true, Some(last)) = (more, rows.last()) { a href={ "/ui/tasks" (f.query(Some(last))) } rel="next" { "Older →" } }
         }
     };
     let mut page = Page::new("Tasks", "tasks", live);
@@ -517,9 +531,20 @@ const LOG_SHOWN: u64 = 2000;
 impl TaskData {
     pub async fn load(state: &AppState, id: Uuid, level: Option<LogLevel>) -> StoreResult<Self> {
         let db = &state.db;
+        // The log up to a point, then the task: a task still unfinished then will stream everything after
+        // that point (nothing twice, nothing missed); one finished meanwhile wrote its last entries already,
+        // so the log is read again up to its end (a finished task's log does not grow).
+        let mut last_seq = logs::last_entry_at(db, id, i64::MAX).await?;
+        let (mut log, mut log_total) =
+            logs::last_entries(db, id, level, LOG_SHOWN, last_seq).await?;
         let task = tasks::get(db, id).await?;
-        let last_seq = logs::last_entry_at(db, id, i64::MAX).await?;
-        let (log, log_total) = logs::last_entries(db, id, level, LOG_SHOWN).await?;
+        if task.status.is_terminal() {
+            let end = logs::last_entry_at(db, id, i64::MAX).await?;
+            if end != last_seq {
+                last_seq = end;
+                (log, log_total) = logs::last_entries(db, id, level, LOG_SHOWN, end).await?;
+            }
+        }
         Ok(TaskData {
             timeline: logs::state_changes(db, id).await?,
             task,
@@ -639,6 +664,10 @@ pub fn task(d: &TaskData, v: &Viewer, level: Option<LogLevel>, notice: Option<&s
     };
     let mut page = Page::new(format!("Task {}", short(&t.id)), "tasks", live);
     page.tail = tail;
+    if !finished {
+        // The log's stream refreshes the rest on each state change; this only renews the lease and ages.
+        page.every_ms = Some(10_000);
+    }
     // The log's own stream (in the tail) refreshes the live part on each state change.
     page
 }
@@ -871,13 +900,6 @@ pub fn batches(d: &BatchesData, page: u64) -> Page {
     page
 }
 
-/// One problem's figures in a batch.
-#[derive(Default)]
-pub struct ProblemFigures {
-    pub finished: i64,
-    pub succeeded: i64,
-}
-
 pub struct BatchData {
     batch: api::Batch,
     per_problem: BTreeMap<String, ProblemFigures>,
@@ -886,9 +908,11 @@ pub struct BatchData {
 }
 
 /// Result rows the batch page lists (all of them: the export).
-const BATCH_ROWS_SHOWN: usize = 200;
+const BATCH_ROWS_SHOWN: u64 = 200;
 
 impl BatchData {
+    /// Grouped and narrow reads: the figures per problem and the durations in SQL, and only the rows shown,
+    /// however large the batch.
     pub async fn load(state: &AppState, id: Uuid) -> StoreResult<Self> {
         let db = &state.db;
         let b = batches::get(db, id).await?;
@@ -898,37 +922,11 @@ impl BatchData {
             batch_id: Some(id),
             ..Default::default()
         };
-        let mut per_problem: BTreeMap<String, ProblemFigures> = BTreeMap::new();
-        let mut durations = Vec::new();
-        let mut rows = Vec::new();
-        let mut after = None;
-        loop {
-            let page = tasks::page_after(db, &filter, after, 500).await?;
-            for t in &page {
-                let f = per_problem.entry(t.problem_id.clone()).or_default();
-                if t.status.is_terminal() {
-                    f.finished += 1;
-                    if t.status == TaskStatus::Completed && results::success_of(t) == Some(true) {
-                        f.succeeded += 1;
-                    }
-                    durations.extend(results::duration_of(t));
-                }
-            }
-            after = match page.last() {
-                Some(t) if page.len() == 500 => Some((t.created_at, t.id)),
-                _ => None,
-            };
-            let room = BATCH_ROWS_SHOWN.saturating_sub(rows.len());
-            rows.extend(page.into_iter().take(room));
-            if after.is_none() {
-                break;
-            }
-        }
         Ok(BatchData {
             batch,
-            per_problem,
-            durations,
-            rows,
+            per_problem: batches::per_problem(db, id).await?,
+            durations: batches::durations(db, id).await?,
+            rows: tasks::page_after(db, &filter, None, BATCH_ROWS_SHOWN).await?,
         })
     }
 }

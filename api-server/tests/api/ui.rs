@@ -130,7 +130,7 @@ async fn pages_and_sessions(backend: Backend) {
         assert!(body.contains(says), "{body}");
     }
 
-    // The reader logs in: an HttpOnly, SameSite=Strict cookie, and back where it was going.
+    // The reader logs in: an HttpOnly, SameSite=Lax cookie, and back where it was going.
     let r = web
         .post(app.url("/ui/login"))
         .form(&[
@@ -149,7 +149,7 @@ async fn pages_and_sessions(backend: Backend) {
     );
     let cookie = r.headers()[header::SET_COOKIE].to_str().unwrap().to_owned();
     assert!(cookie.starts_with("tex_session=tex_"), "{cookie}");
-    for attr in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+    for attr in ["HttpOnly", "SameSite=Lax", "Path=/"] {
         assert!(cookie.contains(attr), "{cookie}");
     }
 
@@ -272,6 +272,73 @@ async fn pages_and_sessions(backend: Backend) {
     assert_eq!(r.status(), StatusCode::CONFLICT);
     assert!(r.text().await.unwrap().contains("already cancelled"));
 
+    // What tasks and workers say is shown as text, never as markup.
+    let hostile = "<img src=x onerror=alert(1)>";
+    let boss = tokens["boss"].as_str();
+    let r = app
+        .send(
+            app.client
+                .post(app.url("/api/v1/batches"))
+                .bearer_auth(boss)
+                .json(&json!({"name": hostile, "tasks": [{"problem_id": "misconfig_app_hotel_res-detection-1"}]})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let batch_id = r.body["id"].as_str().unwrap().to_owned();
+    let r = app
+        .send(
+            app.client
+                .post(app.url("/api/v1/workers/register"))
+                .bearer_auth(boss)
+                .json(&json!({"worker_id": "html-1", "backend_type": "kind"})),
+        )
+        .await;
+    assert!(r.status.is_success());
+    let claimed = app
+        .send(
+            app.client
+                .post(app.url("/api/v1/workers/html-1/claim"))
+                .bearer_auth(boss),
+        )
+        .await;
+    assert_eq!(claimed.status, StatusCode::OK);
+    let claimed_id = claimed.body["id"].as_str().unwrap().to_owned();
+    let r = app
+        .send(
+            app.client
+                .post(app.url(&format!("/api/v1/workers/html-1/tasks/{claimed_id}/logs")))
+                .bearer_auth(boss)
+                .json(&json!({"attempt": claimed.body["attempt"], "lease_id": claimed.body["lease_id"],
+                              "entries": [{"level": "error", "message": format!("</td><script>alert(2)</script>{hostile}")}]})),
+        )
+        .await;
+    assert!(r.status.is_success(), "{}", r.body);
+    for path in [
+        format!("/ui/batches/{batch_id}"),
+        "/ui/batches".to_owned(),
+        format!("/ui/tasks/{claimed_id}"),
+    ] {
+        let (status, _, html) = page(&admin, &app.url(&path)).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        assert!(
+            !html.contains("<img src=x") && !html.contains("<script>alert"),
+            "{path}: markup got through"
+        );
+        assert!(
+            html.contains("&lt;img src=x onerror=alert(1)&gt;"),
+            "{path}: the text is shown"
+        );
+    }
+    // A browser that says the form came from another site is refused too (not only by `Origin`).
+    let r = admin
+        .post(&cancel)
+        .header("sec-fetch-site", "cross-site")
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+
     // Unknown pages and ids are pages too, not JSON.
     for path in [
         "/ui/nope",
@@ -299,6 +366,19 @@ async fn pages_and_sessions(backend: Backend) {
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     let r = web.get(app.url("/ui")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::SEE_OTHER, "logged out");
+    let db = api_server::store::connect(&app.db_url, 1).await.unwrap();
+    api_server::store::tokens::revoke(&db, "boss")
+        .await
+        .unwrap();
+    wait_for(
+        "the revoked token's session to end",
+        Duration::from_secs(10),
+        || async {
+            let r = admin.get(app.url("/ui")).send().await.unwrap();
+            (r.status() == StatusCode::SEE_OTHER).then_some(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -340,6 +420,40 @@ async fn open_dashboard_on_loopback() {
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let r = app.get("/api/v1/workers/internal/status").await;
     assert_eq!(r.body["num_workers"], 0, "nothing was scaled");
+
+    // The task list pages by keyset: 55 tasks are 50 and 5, newest first, each once.
+    let mut made = Vec::new();
+    for i in 0..55 {
+        let t = app
+            .create_task(json!({"problem_id": format!("misconfig_app_hotel_res-detection-{i}")}))
+            .await;
+        made.push(t["id"].as_str().unwrap().to_owned());
+    }
+    let rows = |html: &str| -> Vec<String> {
+        html.split("data-task-id=\"")
+            .skip(1)
+            .map(|r| r[..36].to_owned())
+            .collect()
+    };
+    let (_, _, first) = page(&web, &app.url("/ui/tasks")).await;
+    let first_rows = rows(&first);
+    assert_eq!(first_rows.len(), 50);
+    assert_eq!(first_rows[0], made[54], "newest first");
+    let at = first.find("rel=\"next\"").expect("an older page");
+    let href_at = first[..at].rfind("href=\"").unwrap() + 6;
+    let href = first[href_at..]
+        .split('"')
+        .next()
+        .unwrap()
+        .replace("&amp;", "&");
+    let (status, _, second) = page(&web, &app.url(&href)).await;
+    assert_eq!(status, StatusCode::OK, "{href}");
+    let second_rows = rows(&second);
+    assert_eq!(
+        second_rows,
+        made[..5].iter().rev().cloned().collect::<Vec<_>>()
+    );
+    assert!(!second.contains("rel=\"next\"") && second.contains("rel=\"first\""));
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -763,6 +877,34 @@ async fn dashboard_in_a_browser(backend: Backend, screenshots: bool) {
     })
     .await;
 
+    // The filter holds for what arrives live: a run followed at `error` shows its crash, not its steps.
+    let crash = api_post(
+        &app,
+        &boss,
+        "/api/v1/tasks",
+        json!({"problem_id": "network_delay_hotel_res-detection-1", "priority": 10,
+               "parameters": {"simulate": {"steps": 20, "step_ms": 300, "outcome": "crash"}}}),
+    )
+    .await;
+    let crash_id = crash["id"].as_str().unwrap().to_owned();
+    b.open(&app.url(&format!("/ui/tasks/{crash_id}?level=error")))
+        .await;
+    assert_eq!(
+        b.text("#following").await,
+        "following live",
+        "opened while it runs"
+    );
+    b.wait_text("#log tbody", "the crash, live", |t| t.contains("crashes"))
+        .await;
+    b.wait_text("#task-status .badge", "the task failed", |t| t == "failed")
+        .await;
+    let live_rows = b.text("#log tbody").await;
+    assert!(
+        !live_rows.contains("step 1"),
+        "an info entry passed the error filter: {live_rows}"
+    );
+    b.assert_clean("the task page filtered live").await;
+
     // Cancel from the page: a run that would go on for minutes.
     let long = api_post(&app, &boss, "/api/v1/tasks", json!({"problem_id": "pod_failure_hotel_res-localization-1", "parameters": {"simulate": {"outcome": "hang"}}}))
     .await;
@@ -895,7 +1037,7 @@ async fn dashboard_in_a_browser(backend: Backend, screenshots: bool) {
 
     // The task list, filtered by status from its form.
     b.open(&app.url("/ui/tasks")).await;
-    assert_eq!(b.count("table.tasks tbody tr[data-task-id]").await, 16);
+    assert_eq!(b.count("table.tasks tbody tr[data-task-id]").await, 17);
     shot("tasks").await;
     b.wait_css("select[name=status]")
         .await
@@ -903,11 +1045,11 @@ async fn dashboard_in_a_browser(backend: Backend, screenshots: bool) {
         .await
         .unwrap();
     b.click("form.filters button[type=submit]").await;
-    b.wait_text("table.tasks tbody", "only the failed task", |t| {
-        t.contains("network_loss")
+    b.wait_text("table.tasks tbody", "only the failed tasks", |t| {
+        t.contains("network_loss") && t.contains("network_delay")
     })
     .await;
-    assert_eq!(b.count("table.tasks tbody tr[data-task-id]").await, 1);
+    assert_eq!(b.count("table.tasks tbody tr[data-task-id]").await, 2);
     b.assert_clean("the filtered tasks").await;
 
     // The internal workers' controls: scale to 3, stop, start again.

@@ -19,9 +19,18 @@
   // Every open stream holds a connection, and browsers allow only six to one server over HTTP/1.1: they are
   // closed when the page is left (also into the back-forward cache, from which the page comes back reloaded).
   const streams = [];
+  let polling = null;
   function follow(url) {
     const s = new EventSource(url);
     streams.push(s);
+    // A stream the browser gave up on (the server refused it, or it ended without a word): the page
+    // polls its live part instead, so that it never silently stops moving.
+    s.addEventListener("error", () => {
+      if (s.readyState === EventSource.CLOSED && !polling && live) {
+        polling = window.setInterval(schedule, 5000);
+        schedule();
+      }
+    });
     return s;
   }
   window.addEventListener("pagehide", () => {
@@ -36,6 +45,13 @@
   let again = false;
   let last = 0;
   let deferred = 0;
+  let stale = false;
+  document.addEventListener("visibilitychange", () => {
+    if (!document.hidden && stale) {
+      stale = false;
+      schedule();
+    }
+  });
   const throttle = live ? Number(live.dataset.throttle || 1000) : 1000;
 
   function fragmentUrl() {
@@ -52,6 +68,11 @@
   }
 
   async function refresh() {
+    // A tab in the background is brought up to date when it is shown again.
+    if (document.hidden) {
+      stale = true;
+      return;
+    }
     if (busy) {
       again = true;
       return;
@@ -123,6 +144,8 @@
   const log = document.getElementById("log");
   if (log && log.dataset.events) {
     const min = Number(log.dataset.minSeverity || 0);
+    // The newest entry shown: an entry at or below it is not shown twice.
+    let shown = Number(new URL(log.dataset.events, window.location.href).searchParams.get("after_seq") || 0);
     const body = log.tBodies[0];
     const following = document.getElementById("following");
 
@@ -134,6 +157,8 @@
     };
 
     const append = (d) => {
+      if (d.seq <= shown) return;
+      shown = d.seq;
       if (!d.level || (SEVERITY[d.level] || 0) < min) return;
       const empty = body.querySelector("tr.empty");
       if (empty) empty.remove();
@@ -165,6 +190,9 @@
     };
 
     const stream = follow(log.dataset.events);
+    stream.addEventListener("error", () => {
+      if (stream.readyState === EventSource.CLOSED && following) following.hidden = true;
+    });
     stream.addEventListener("log", (e) => append(JSON.parse(e.data)));
     stream.addEventListener("status", (e) => {
       append(JSON.parse(e.data));
