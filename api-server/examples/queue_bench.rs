@@ -9,7 +9,11 @@
 //! cargo run --release -p api-server --example queue_bench                          # SQLite (temp file)
 //! BENCH_DATABASE_URL=postgres://postgres@127.0.0.1:5432/bench cargo run --release -p api-server --example queue_bench
 //! BENCH_TASKS=5000 BENCH_WORKERS=32 BENCH_SECONDS=5 …
+//! BENCH_SEED_FINISHED=1000000 BENCH_SEED_LOGS=5 …    # first fill the database with old finished tasks and logs
 //! ```
+//!
+//! It also times `/health` and `/metrics`, which read the whole queue's figures: with a seeded database, that
+//! and the latencies against an empty one's are the flat-cost check.
 
 use std::time::{Duration, Instant};
 
@@ -69,6 +73,16 @@ async fn main() -> anyhow::Result<()> {
             dir.path().join("bench.db").display()
         )
     });
+    let seeded = env_or("BENCH_SEED_FINISHED", 0);
+    if seeded > 0 {
+        let t = Instant::now();
+        seed(&url, seeded, env_or("BENCH_SEED_LOGS", 5)).await?;
+        println!(
+            "seeded {seeded} finished tasks with {} log entries each in {:.1} s",
+            env_or("BENCH_SEED_LOGS", 5),
+            t.elapsed().as_secs_f64()
+        );
+    }
     let mut config = Config::for_database(&url);
     config.bind_addr = Some("127.0.0.1:0".to_owned());
     config.auto_start_workers = false;
@@ -218,6 +232,19 @@ async fn main() -> anyhow::Result<()> {
         "raw SQL insert→claim→complete: {raw:.0} cycles/s; the service does {:.0} % of it",
         100.0 * service_cycle / raw
     );
+
+    // What operators and Prometheus read: the whole queue's figures.
+    for path in ["/health", "/metrics"] {
+        let mut lat = Vec::new();
+        for _ in 0..20 {
+            let t = Instant::now();
+            let r = client.get(format!("{base}{path}")).send().await?;
+            assert!(r.status().is_success());
+            r.bytes().await?;
+            lat.push(t.elapsed());
+        }
+        report_ms(path, lat);
+    }
 
     // Dispatch: a task created while a claim waits, until the claim answers with it.
     let rounds = 50;
@@ -391,4 +418,67 @@ async fn raw_cycles(url: &str, tasks: usize, clients: usize) -> anyhow::Result<f
         h.await?;
     }
     Ok(tasks as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Fills the database with `tasks` tasks finished a day ago, each with `logs` log entries, in a few
+/// statements (what a long-running service accumulates; with the default retention it would keep a month).
+async fn seed(url: &str, tasks: usize, logs: usize) -> anyhow::Result<()> {
+    let db = store::connect(url, 2).await?;
+    let pg = db.get_database_backend() == DatabaseBackend::Postgres;
+    let chunk = 100_000;
+    let mut done = 0;
+    while done < tasks {
+        let n = chunk.min(tasks - done);
+        let sql = if pg {
+            format!(
+                "INSERT INTO tasks (id, problem_id, status, priority, parameters, result, attempt, created_at, \
+                 updated_at, started_at, completed_at) \
+                 SELECT gen_random_uuid(), 'seed-' || g, 'completed', 0, '{{\"max_steps\": 30}}'::jsonb, \
+                 '{{\"success\": true}}'::jsonb, 1, now() - interval '1 day', now() - interval '1 day', \
+                 now() - interval '1 day', now() - interval '1 day' FROM generate_series({}, {}) g",
+                done + 1,
+                done + n
+            )
+        } else {
+            format!(
+                "WITH RECURSIVE g(n) AS (SELECT {} UNION ALL SELECT n + 1 FROM g WHERE n < {}) \
+                 INSERT INTO tasks (id, problem_id, status, priority, parameters, result, attempt, created_at, \
+                 updated_at, started_at, completed_at) \
+                 SELECT randomblob(16), 'seed-' || n, 'completed', 0, '{{\"max_steps\": 30}}', \
+                 '{{\"success\": true}}', 1, strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now', '-1 day'), \
+                 strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now', '-1 day'), \
+                 strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now', '-1 day'), \
+                 strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now', '-1 day') FROM g",
+                done + 1,
+                done + n
+            )
+        };
+        db.execute_unprepared(&sql).await?;
+        done += n;
+    }
+    if logs > 0 {
+        let ts = if pg {
+            "now() - interval '1 day'"
+        } else {
+            "strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now', '-1 day')"
+        };
+        let series = if pg {
+            format!("generate_series(1, {logs}) k")
+        } else {
+            format!(
+                "(WITH RECURSIVE s(k) AS (SELECT 1 UNION ALL SELECT k + 1 FROM s WHERE k < {logs}) SELECT k FROM s) ks"
+            )
+        };
+        db.execute_unprepared(&format!(
+            "INSERT INTO task_logs (task_id, timestamp, level, severity, message, attempt) \
+             SELECT t.id, {ts}, 'info', 20, 'seeded entry', 1 FROM tasks t CROSS JOIN {series} \
+             WHERE t.problem_id LIKE 'seed-%'"
+        ))
+        .await?;
+    }
+    if pg {
+        db.execute_unprepared("ANALYZE").await?;
+    }
+    db.close().await?;
+    Ok(())
 }

@@ -117,6 +117,7 @@ impl Application {
             auth,
             config: Arc::new(config),
             ui: Arc::default(),
+            counts: Arc::default(),
         };
         Ok(Application {
             acceptor,

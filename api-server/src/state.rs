@@ -23,6 +23,8 @@ pub struct AppState {
     pub tail: Arc<crate::events::Tail>,
     /// The request rate limit (none: unlimited).
     pub limiter: Option<Arc<RateLimiter>>,
+    /// Tasks by status, read at a cost that does not grow with the table.
+    pub counts: Arc<crate::store::stats::StatusCounts>,
     /// What the dashboard reuses between viewers.
     pub ui: Arc<crate::ui::Cache>,
 }

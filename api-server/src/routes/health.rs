@@ -14,7 +14,7 @@ use crate::{
     auth::{AnyToken, Anyone, Auth, Read},
     error::ApiError,
     state::AppState,
-    store::{self, stats, workers},
+    store::{self, workers},
 };
 
 pub struct HealthApi {
@@ -131,7 +131,7 @@ impl HealthApi {
                 WorkerStatus::Degraded => w.degraded += 1,
             }
         }
-        let c = stats::counts_by_status(&self.state.db).await?;
+        let c = self.state.counts.get(&self.state.db).await?;
         let q = QueueCounts {
             pending: c[&TaskStatus::Pending],
             running: c[&TaskStatus::Running],

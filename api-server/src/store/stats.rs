@@ -12,29 +12,6 @@ use task_executor_shared::TaskStatus;
 
 use super::{StoreResult, entity::task};
 
-#[derive(FromQueryResult)]
-struct StatusCount {
-    status: TaskStatus,
-    n: i64,
-}
-
-/// How many tasks are in each state (every state present, zero where none).
-pub async fn counts_by_status(db: &DatabaseConnection) -> StoreResult<HashMap<TaskStatus, i64>> {
-    let rows = task::Entity::find()
-        .select_only()
-        .column(task::Column::Status)
-        .column_as(Expr::col(task::Column::Id).count(), "n")
-        .group_by(task::Column::Status)
-        .into_model::<StatusCount>()
-        .all(db)
-        .await?;
-    let mut out: HashMap<TaskStatus, i64> = TaskStatus::all().map(|s| (s, 0)).collect();
-    for r in rows {
-        out.insert(r.status, r.n);
-    }
-    Ok(out)
-}
-
 /// The live part of the queue: pending and running tasks, and when the oldest pending one was created.
 pub struct LiveQueue {
     pub pending: u64,
@@ -128,4 +105,120 @@ pub async fn oldest_pending(db: &DatabaseConnection) -> StoreResult<Option<DateT
         .into_tuple()
         .one(db)
         .await?)
+}
+
+/// How long the base count of finished tasks is reused before it is read again (in the background).
+pub const FINISHED_BASE_FRESH: std::time::Duration = std::time::Duration::from_secs(15);
+/// How far behind the present the base count stops: later finishes are counted at each call, through the index
+/// on `completed_at`. Longer than any transaction, so that no finish commits below it after it was read.
+const FINISHED_BASE_LAG: chrono::Duration = chrono::Duration::seconds(30);
+
+#[derive(FromQueryResult)]
+struct FinishedCount {
+    status: TaskStatus,
+    n: i64,
+}
+
+/// Finished tasks by state, those that finished up to `upto` (`upto_included`) or after it.
+async fn finished_counts(
+    db: &DatabaseConnection,
+    upto: DateTime<Utc>,
+    upto_included: bool,
+) -> StoreResult<HashMap<TaskStatus, i64>> {
+    let finished: Vec<TaskStatus> = TaskStatus::all().filter(|s| s.is_terminal()).collect();
+    let mut q = task::Entity::find()
+        .select_only()
+        .column(task::Column::Status)
+        .column_as(Expr::col(task::Column::Id).count(), "n")
+        .filter(task::Column::Status.is_in(finished.clone()));
+    q = if upto_included {
+        q.filter(
+            sea_orm::Condition::any()
+                .add(task::Column::CompletedAt.lte(upto))
+                .add(task::Column::CompletedAt.is_null()),
+        )
+    } else {
+        q.filter(task::Column::CompletedAt.gt(upto))
+    };
+    let rows = q
+        .group_by(task::Column::Status)
+        .into_model::<FinishedCount>()
+        .all(db)
+        .await?;
+    let mut out: HashMap<TaskStatus, i64> = finished.into_iter().map(|s| (s, 0)).collect();
+    for r in rows {
+        *out.entry(r.status).or_default() += r.n;
+    }
+    Ok(out)
+}
+
+/// Tasks by status for `/health` and the dashboard, exact, at a cost that does not grow with the table:
+/// pending and running are counted at each call (their indexes stay small); finished tasks are a base count of
+/// those that finished more than 30 s before it was read (most of the table: read at most every 15 s, in the
+/// background once known) plus, at each call, those finished since (a short range of the index on
+/// `completed_at`). Tasks deleted by retention leave the base count at its next reading.
+#[derive(Default)]
+pub struct StatusCounts {
+    base: tokio::sync::Mutex<Option<Base>>,
+    refreshing: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Clone)]
+struct Base {
+    read_at: std::time::Instant,
+    upto: DateTime<Utc>,
+    counts: HashMap<TaskStatus, i64>,
+}
+
+impl Base {
+    async fn read(db: &DatabaseConnection) -> StoreResult<Base> {
+        let upto = super::now() - FINISHED_BASE_LAG;
+        Ok(Base {
+            read_at: std::time::Instant::now(),
+            upto,
+            counts: finished_counts(db, upto, true).await?,
+        })
+    }
+}
+
+impl StatusCounts {
+    pub async fn get(
+        self: &std::sync::Arc<Self>,
+        db: &DatabaseConnection,
+    ) -> StoreResult<HashMap<TaskStatus, i64>> {
+        use std::sync::atomic::Ordering;
+        let base = {
+            let mut slot = self.base.lock().await;
+            match slot.as_ref() {
+                Some(b) => {
+                    if b.read_at.elapsed() >= FINISHED_BASE_FRESH
+                        && !self.refreshing.swap(true, Ordering::AcqRel)
+                    {
+                        let (me, db) = (self.clone(), db.clone());
+                        tokio::spawn(async move {
+                            match Base::read(&db).await {
+                                Ok(b) => *me.base.lock().await = Some(b),
+                                Err(e) => tracing::warn!(error = %e, "cannot count finished tasks"),
+                            }
+                            me.refreshing.store(false, Ordering::Release);
+                        });
+                    }
+                    b.clone()
+                }
+                None => {
+                    let b = Base::read(db).await?;
+                    *slot = Some(b.clone());
+                    b
+                }
+            }
+        };
+        let live = live_queue(db).await?;
+        let mut out = base.counts;
+        for (s, n) in finished_counts(db, base.upto, false).await? {
+            *out.entry(s).or_default() += n;
+        }
+        out.insert(TaskStatus::Pending, live.pending as i64);
+        out.insert(TaskStatus::Running, live.running as i64);
+        Ok(out)
+    }
 }

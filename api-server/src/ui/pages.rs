@@ -302,7 +302,7 @@ impl OverviewData {
         let now = store::now();
         Ok(OverviewData {
             now,
-            counts: stats::counts_by_status(db).await?,
+            counts: state.counts.get(db).await?,
             oldest_pending: stats::oldest_pending(db).await?,
             per_minute: stats::finished_per_minute(db, now - Duration::minutes(60)).await?,
             workers: workers::list_with_status(db, state.dispatcher.lease.heartbeat_timeout)

@@ -291,7 +291,60 @@ async fn the_reaper_applies_retention(backend: Backend) {
     );
 }
 
+/// `/health` counts tasks exactly whether they finished long ago (the cached base count) or just now (counted
+/// at each call), without counting the whole table each time.
+async fn health_counts_are_exact_across_old_and_new_finishes(backend: Backend) {
+    let (db_url, dir) = TestApp::fresh_database(backend).await;
+    let first = TestApp::spawn_on(db_url.clone(), dir, |_| {}).await;
+    let db = Database::connect(&db_url).await.unwrap();
+    first
+        .register("h-1", json!({"max_parallel_tasks": 1}))
+        .await;
+    for i in 0..3 {
+        first
+            .create_task(json!({"problem_id": format!("misconfig_app_hotel_res-detection-{i}")}))
+            .await;
+        let t = first.claim_one("h-1").await;
+        finish(&first, "h-1", &t).await;
+        age(&db, &t["id"], 1).await;
+    }
+    // A fresh server reads its base count now: the three old finishes are in it.
+    let app = TestApp::spawn_on(db_url, None, |_| {}).await;
+    let queue = |r: crate::helpers::Reply| r.body["queue"].clone();
+    let q = queue(app.get("/health").await);
+    assert_eq!(
+        (q["completed"].as_i64(), q["pending"].as_i64()),
+        (Some(3), Some(0)),
+        "{q}"
+    );
+    app.register("h-2", json!({"max_parallel_tasks": 1})).await;
+    for i in 0..2 {
+        app.create_task(json!({"problem_id": format!("misconfig_app_hotel_res-detection-n{i}")}))
+            .await;
+        let t = app.claim_one("h-2").await;
+        finish(&app, "h-2", &t).await;
+    }
+    let t = app
+        .create_task(json!({"problem_id": "misconfig_app_hotel_res-detection-c"}))
+        .await;
+    let r = app
+        .post(
+            &format!("/api/v1/tasks/{}/cancel", t["id"].as_str().unwrap()),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    app.create_task(json!({"problem_id": "misconfig_app_hotel_res-detection-p"}))
+        .await;
+    let q = queue(app.get("/health").await);
+    assert_eq!(q["completed"], 5, "{q}");
+    assert_eq!(q["cancelled"], 1, "{q}");
+    assert_eq!(q["pending"], 1, "{q}");
+    assert_eq!(q["running"], 0, "{q}");
+}
+
 task_executor_shared::both_backends!(
     retention_deletes_only_what_is_due,
-    the_reaper_applies_retention
+    the_reaper_applies_retention,
+    health_counts_are_exact_across_old_and_new_finishes
 );
