@@ -126,27 +126,40 @@ async fn finished_counts(
     upto_included: bool,
 ) -> StoreResult<HashMap<TaskStatus, i64>> {
     let finished: Vec<TaskStatus> = TaskStatus::all().filter(|s| s.is_terminal()).collect();
-    let mut q = task::Entity::find()
-        .select_only()
-        .column(task::Column::Status)
-        .column_as(Expr::col(task::Column::Id).count(), "n")
-        .filter(task::Column::Status.is_in(finished.clone()));
-    q = if upto_included {
-        q.filter(
-            sea_orm::Condition::any()
-                .add(task::Column::CompletedAt.lte(upto))
-                .add(task::Column::CompletedAt.is_null()),
-        )
+    let rows = if upto_included {
+        task::Entity::find()
+            .select_only()
+            .column(task::Column::Status)
+            .column_as(Expr::col(task::Column::Id).count(), "n")
+            .filter(task::Column::Status.is_in(finished.clone()))
+            .filter(
+                sea_orm::Condition::any()
+                    .add(task::Column::CompletedAt.lte(upto))
+                    .add(task::Column::CompletedAt.is_null()),
+            )
+            .group_by(task::Column::Status)
+            .into_model::<FinishedCount>()
+            .all(db)
+            .await?
     } else {
-        q.filter(task::Column::CompletedAt.gt(upto))
-    };
-    let rows = q
-        .group_by(task::Column::Status)
-        .into_model::<FinishedCount>()
+        // Only the time (a task with `completed_at` is finished), and on SQLite `GROUP BY +status`: either a
+        // condition on the status or a plain grouping by it leads SQLite's planner to the status index (every
+        // finished task) instead of this short range of the index on `completed_at`.
+        let sql = if super::is_postgres(db) {
+            "SELECT status, COUNT(*) AS n FROM tasks WHERE completed_at > $1 GROUP BY status"
+        } else {
+            "SELECT status, COUNT(*) AS n FROM tasks WHERE completed_at > ?1 GROUP BY +status"
+        };
+        FinishedCount::find_by_statement(sea_orm::Statement::from_sql_and_values(
+            db.get_database_backend(),
+            sql,
+            [upto.into()],
+        ))
         .all(db)
-        .await?;
+        .await?
+    };
     let mut out: HashMap<TaskStatus, i64> = finished.into_iter().map(|s| (s, 0)).collect();
-    for r in rows {
+    for r in rows.into_iter().filter(|r| r.status.is_terminal()) {
         *out.entry(r.status).or_default() += r.n;
     }
     Ok(out)

@@ -95,17 +95,26 @@ pub async fn heartbeat(
             .exec(db)
             .await?;
     }
-    // The worker's running tasks and the reported ones, in one read.
-    let rows = task::Entity::find()
-        .filter(
-            task::Column::Id
-                .is_in(reported.clone())
-                .or(task::Column::WorkerId
-                    .eq(worker_id)
-                    .and(task::Column::Status.eq(TaskStatus::Running))),
-        )
+    // The worker's running tasks (through the index on `(worker_id, status)`), and the reported ones it may no
+    // longer hold (by id). Two reads, not one with OR: SQLite's planner scans the whole table for that.
+    let mut rows = task::Entity::find()
+        .filter(task::Column::WorkerId.eq(worker_id))
+        .filter(task::Column::Status.eq(TaskStatus::Running))
         .all(db)
         .await?;
+    let unseen: Vec<Uuid> = reported
+        .iter()
+        .copied()
+        .filter(|id| !rows.iter().any(|t| t.id == *id))
+        .collect();
+    if !unseen.is_empty() {
+        rows.extend(
+            task::Entity::find()
+                .filter(task::Column::Id.is_in(unseen))
+                .all(db)
+                .await?,
+        );
+    }
     let holds = |t: &task::Model| {
         t.worker_id.as_deref() == Some(worker_id) && t.status == TaskStatus::Running
     };
