@@ -12,6 +12,9 @@
 //! BENCH_SEED_FINISHED=1000000 BENCH_SEED_LOGS=5 …    # first fill the database with old finished tasks and logs
 //! ```
 //!
+//! `BENCH_SERVER_BIN=target/release/api-server` adds the memory check: that binary as a process of its own,
+//! with a backlog of 100,000 pending tasks and 1,000 claims long-polling for others, and its resident memory.
+//!
 //! It also times `/health` and `/metrics`, which read the whole queue's figures: with a seeded database, that
 //! and the latencies against an empty one's are the flat-cost check.
 
@@ -73,6 +76,9 @@ async fn main() -> anyhow::Result<()> {
             dir.path().join("bench.db").display()
         )
     });
+    if let Ok(bin) = std::env::var("BENCH_SERVER_BIN") {
+        return memory_check(&bin, &url).await;
+    }
     let seeded = env_or("BENCH_SEED_FINISHED", 0);
     if seeded > 0 {
         let t = Instant::now();
@@ -480,5 +486,98 @@ async fn seed(url: &str, tasks: usize, logs: usize) -> anyhow::Result<()> {
         db.execute_unprepared("ANALYZE").await?;
     }
     db.close().await?;
+    Ok(())
+}
+
+/// The server binary as a process of its own: 100,000 pending tasks, and 1,000 claims waiting (for tasks of
+/// another problem, so that they wait); its resident memory then.
+async fn memory_check(bin: &str, url: &str) -> anyhow::Result<()> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut server = tokio::process::Command::new(bin)
+        .env("DATABASE_URL", url)
+        .env("BIND_ADDR", format!("127.0.0.1:{port}"))
+        .env("NUM_INTERNAL_WORKERS", "0")
+        .env("RATE_LIMIT_PER_SECOND", "0")
+        .env("MAX_PENDING_TASKS", "0")
+        .env("MAX_ACTIVE_TASKS_PER_TOKEN", "0")
+        .env("TASK_RUNNER", "simulate")
+        .env("LOG_LEVEL", "error")
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = server.id().unwrap_or(0);
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(1100)
+        .timeout(Duration::from_secs(120))
+        .build()?;
+    for _ in 0..100 {
+        if client.get(format!("{base}/ready")).send().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rss = || {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| {
+                    l.split_whitespace()
+                        .nth(1)
+                        .and_then(|kb| kb.parse::<f64>().ok())
+                })
+            })
+            .map(|kb| kb / 1024.0)
+            .unwrap_or(0.0)
+    };
+    println!("server RSS at start: {:.0} MiB", rss());
+    // In batches of 1,000 (a batch of 10,000 is a 1 MiB body, parsed twice, whose peak the allocator keeps).
+    for b in 0..100 {
+        let tasks: Vec<Value> = (0..1_000)
+            .map(|i| json!({"problem_id": format!("backlog-{b}-{i}")}))
+            .collect();
+        let r = client
+            .post(format!("{base}/api/v1/batches"))
+            .json(&json!({"tasks": tasks}))
+            .send()
+            .await?;
+        assert_eq!(r.status(), 201, "{}", r.text().await?);
+    }
+    println!("server RSS with 100,000 pending tasks: {:.0} MiB", rss());
+    // Four workers of 250 slots (the most a worker may have), each with its claims waiting.
+    for w in 0..4 {
+        let r = client
+            .post(format!("{base}/api/v1/workers/register"))
+            .json(&json!({"worker_id": format!("waiting-{w}"), "backend_type": "kind",
+                          "capabilities": {"max_parallel_tasks": 250, "supported_problems": ["elsewhere-*"]}}))
+            .send()
+            .await?;
+        assert!(r.status().is_success(), "{}", r.text().await?);
+    }
+    let mut polls = Vec::new();
+    for i in 0..1000 {
+        let (client, url) = (
+            client.clone(),
+            format!(
+                "{base}/api/v1/workers/waiting-{}/claim?wait_seconds=30",
+                i % 4
+            ),
+        );
+        polls.push(tokio::spawn(async move {
+            client.post(url).send().await.map(|r| r.status())
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let waiting = polls.iter().filter(|p| !p.is_finished()).count();
+    println!(
+        "server RSS with 100,000 pending tasks and {waiting} claims waiting: {:.0} MiB",
+        rss()
+    );
+    server.kill().await.ok();
+    for p in polls {
+        let _ = p.await;
+    }
     Ok(())
 }
