@@ -95,14 +95,26 @@ pub async fn claim(
         uuid::Uuid::new_v4().into(),
     ];
     let filter = problem_filter(backend, &patterns, &mut values);
-    let sql = if is_postgres(&txn) {
+    let pg = is_postgres(&txn);
+    let sql = if pg {
+        // The claim and its log entry in one statement (one round trip): the entry is written only if a task
+        // was claimed, after its row is locked, as every writer of a task's log does.
         format!(
             "WITH next AS ( \
                 SELECT id FROM tasks WHERE status = 'pending'{filter} \
-                ORDER BY priority DESC, created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED) \
-             UPDATE tasks AS t SET status = 'running', worker_id = $1, attempt = t.attempt + 1, \
-                started_at = $2, updated_at = $2, lease_expires_at = $3, lease_id = $4 \
-             FROM next WHERE t.id = next.id RETURNING t.*"
+                ORDER BY priority DESC, created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED), \
+             claimed AS ( \
+                UPDATE tasks AS t SET status = 'running', worker_id = $1, attempt = t.attempt + 1, \
+                   started_at = $2, updated_at = $2, lease_expires_at = $3, lease_id = $4 \
+                FROM next WHERE t.id = next.id RETURNING t.*), \
+             logged AS ( \
+                INSERT INTO task_logs (task_id, timestamp, level, severity, message, context, attempt, status) \
+                SELECT id, $2, 'info', {severity}, \
+                   'Task claimed by worker ' || $1 || ' (attempt ' || attempt || ')', \
+                   jsonb_build_object('event', 'claimed', 'worker_id', $1::text, 'attempt', attempt), \
+                   attempt, 'running' FROM claimed) \
+             SELECT * FROM claimed",
+            severity = LogLevel::Info.severity()
         )
     } else {
         format!(
@@ -125,16 +137,18 @@ pub async fn claim(
             free_slots: i64::from(w.max_parallel_tasks) - running as i64,
         });
     };
-    append_log(
-        &txn,
-        t.id,
-        Some(t.attempt),
-        LogLevel::Info,
-        &format!("Task claimed by worker {worker_id} (attempt {})", t.attempt),
-        Some(json!({"event": "claimed", "worker_id": worker_id, "attempt": t.attempt})),
-        Some(TaskStatus::Running),
-    )
-    .await?;
+    if !pg {
+        append_log(
+            &txn,
+            t.id,
+            Some(t.attempt),
+            LogLevel::Info,
+            &format!("Task claimed by worker {worker_id} (attempt {})", t.attempt),
+            Some(json!({"event": "claimed", "worker_id": worker_id, "attempt": t.attempt})),
+            Some(TaskStatus::Running),
+        )
+        .await?;
+    }
     txn.commit().await?;
     Ok(Claim::Task(Box::new(t)))
 }

@@ -3,7 +3,7 @@
 //! report, replica or reaper got there first) and nothing is written.
 //!
 //! The one exception is the claim (pending → running), a single statement of its own for speed; it writes
-//! its log entry the same way.
+//! its log entry the same way (on PostgreSQL in that same statement).
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
