@@ -343,7 +343,65 @@ async fn health_counts_are_exact_across_old_and_new_finishes(backend: Backend) {
     assert_eq!(q["running"], 0, "{q}");
 }
 
+/// The entries state changes write (on PostgreSQL in the change's own statement) say what they did: the
+/// state entered, the event, the run, and the holder.
+async fn state_change_entries_name_the_run_and_holder(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.register("e-1", json!({"max_parallel_tasks": 2})).await;
+    let a = app
+        .create_task(json!({"problem_id": "misconfig_app_hotel_res-detection-a"}))
+        .await;
+    let b = app
+        .create_task(json!({"problem_id": "misconfig_app_hotel_res-detection-b"}))
+        .await;
+    let ca = app.claim_one("e-1").await;
+    let cb = app.claim_one("e-1").await;
+    assert_eq!((&ca["id"], &cb["id"]), (&a["id"], &b["id"]));
+    finish(&app, "e-1", &ca).await;
+    let r = app
+        .post(
+            &format!("/api/v1/tasks/{}/cancel", b["id"].as_str().unwrap()),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let entries = |t: &Value| {
+        let path = format!("/api/v1/tasks/{}/logs", t["id"].as_str().unwrap());
+        let app = &app;
+        async move { app.get(&path).await.body.as_array().unwrap().clone() }
+    };
+    let la = entries(&a).await;
+    let messages: Vec<&str> = la.iter().map(|e| e["message"].as_str().unwrap()).collect();
+    assert_eq!(
+        messages,
+        [
+            "Task created",
+            "Task claimed by worker e-1 (attempt 1)",
+            "Task completed"
+        ],
+        "{la:?}"
+    );
+    assert_eq!(
+        la[1]["context"],
+        json!({"event": "claimed", "worker_id": "e-1", "attempt": 1})
+    );
+    assert_eq!(la[1]["attempt"], 1);
+    assert_eq!(la[2]["context"]["event"], "completed");
+    assert_eq!(la[2]["context"]["worker_id"], "e-1");
+    assert_eq!(la[2]["level"], "info");
+    let lb = entries(&b).await;
+    let last = lb.last().unwrap();
+    assert_eq!(last["message"], "Task cancelled");
+    assert_eq!(last["context"]["event"], "cancelled");
+    assert_eq!(
+        last["context"]["worker_id"], "e-1",
+        "the holder is named: {last}"
+    );
+    assert_eq!(last["attempt"], Value::Null);
+}
+
 task_executor_shared::both_backends!(
+    state_change_entries_name_the_run_and_holder,
     retention_deletes_only_what_is_due,
     the_reaper_applies_retention,
     health_counts_are_exact_across_old_and_new_finishes

@@ -7,7 +7,8 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter,
+    ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter, QueryTrait,
+    Statement,
     sea_query::{Expr, ExprTrait},
 };
 use serde_json::Value;
@@ -169,6 +170,9 @@ pub async fn apply(
             .filter(task::Column::Id.eq(id))
             .filter(task::Column::Status.is_in(TaskStatus::sources_of(target))),
     };
+    if conn.get_database_backend() == DbBackend::Postgres {
+        return apply_in_one_statement(conn, q, at, target, entry).await;
+    }
     let Some(changed) = q.exec_with_returning(conn).await?.into_iter().next() else {
         return Ok(None);
     };
@@ -188,4 +192,51 @@ pub async fn apply(
     )
     .await?;
     Ok(Some(changed))
+}
+
+/// [`apply`] on PostgreSQL: the guarded update and its log entry as one statement (one round trip), the entry
+/// inserted from the row the update returned — so only when the guard held, after the task's row is locked —
+/// with the holder added to its context as `worker_id` when the context names none.
+async fn apply_in_one_statement(
+    conn: &impl ConnectionTrait,
+    update: sea_orm::UpdateMany<task::Entity>,
+    at: DateTime<Utc>,
+    target: TaskStatus,
+    entry: Entry,
+) -> Result<Option<task::Model>, DbErr> {
+    let built = update.build(DbBackend::Postgres);
+    let mut values = built.values.map(|v| v.0).unwrap_or_default();
+    let mut param = |v: sea_orm::Value| {
+        values.push(v);
+        format!("${}", values.len())
+    };
+    let (ts, level, severity, message, context, attempt, status) = (
+        param(at.into()),
+        param(entry.level.to_string().into()),
+        param(entry.level.severity().into()),
+        param(entry.message.into()),
+        param(entry.context.into()),
+        param(entry.attempt.into()),
+        param(target.to_string().into()),
+    );
+    let sql = format!(
+        "WITH changed AS ({} RETURNING *), \
+         logged AS ( \
+            INSERT INTO task_logs (task_id, timestamp, level, severity, message, context, attempt, status) \
+            SELECT id, {ts}, {level}, {severity}, {message}, \
+               CASE WHEN worker_id IS NOT NULL AND NOT ({context}::jsonb ? 'worker_id') \
+                    THEN {context}::jsonb || jsonb_build_object('worker_id', worker_id) \
+                    ELSE {context}::jsonb END, \
+               {attempt}, {status} FROM changed) \
+         SELECT * FROM changed",
+        built.sql
+    );
+    task::Entity::find()
+        .from_raw_sql(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            sql,
+            values,
+        ))
+        .one(conn)
+        .await
 }
