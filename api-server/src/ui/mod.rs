@@ -589,18 +589,7 @@ async fn cancel_task(
     id: Path<String>,
     form: Form<CsrfForm>,
 ) -> Response {
-    let v = match actor(req, &form.csrf, Role::Submit) {
-        Ok(v) => v,
-        Err(r) => return *r,
-    };
-    let cancelled = async {
-        let id = path_id(&id.0, "task")?;
-        crate::routes::tasks::cancel(&state, id).await.map(|_| id)
-    };
-    match cancelled.await {
-        Ok(id) => see_other(&format!("/ui/tasks/{id}?notice=cancelled")),
-        Err(e) => error_page(e, Some(&v)),
-    }
+    cancel(req, &state, Cancel::Task, &id.0, &form.csrf).await
 }
 
 #[poem::handler]
@@ -610,16 +599,44 @@ async fn cancel_batch(
     id: Path<String>,
     form: Form<CsrfForm>,
 ) -> Response {
-    let v = match actor(req, &form.csrf, Role::Submit) {
+    cancel(req, &state, Cancel::Batch, &id.0, &form.csrf).await
+}
+
+/// What a Cancel button cancels.
+#[derive(Clone, Copy)]
+enum Cancel {
+    Task,
+    Batch,
+}
+
+/// A Cancel button's post: the same operation as the API's, then back to the page with a notice.
+async fn cancel(
+    req: &Request,
+    state: &AppState,
+    what: Cancel,
+    raw_id: &str,
+    csrf: &str,
+) -> Response {
+    let v = match actor(req, csrf, Role::Submit) {
         Ok(v) => v,
         Err(r) => return *r,
     };
+    let (noun, page, notice) = match what {
+        Cancel::Task => ("task", "tasks", "cancelled"),
+        Cancel::Batch => ("batch", "batches", "batch_cancelled"),
+    };
     let cancelled = async {
-        let id = path_id(&id.0, "batch")?;
-        crate::routes::batches::cancel(&state, id).await.map(|_| id)
+        let id = path_id(raw_id, noun)?;
+        match what {
+            Cancel::Task => crate::routes::tasks::cancel(state, id).await.map(|_| ())?,
+            Cancel::Batch => crate::routes::batches::cancel(state, id)
+                .await
+                .map(|_| ())?,
+        }
+        Ok::<_, ApiError>(id)
     };
     match cancelled.await {
-        Ok(id) => see_other(&format!("/ui/batches/{id}?notice=batch_cancelled")),
+        Ok(id) => see_other(&format!("/ui/{page}/{id}?notice={notice}")),
         Err(e) => error_page(e, Some(&v)),
     }
 }

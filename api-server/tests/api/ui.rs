@@ -329,6 +329,28 @@ async fn pages_and_sessions(backend: Backend) {
             "{path}: the text is shown"
         );
     }
+    // Cancel batch from its page: its unfinished task (running on html-1) is cancelled.
+    let r = admin
+        .post(app.url(&format!("/ui/batches/{batch_id}/cancel")))
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        r.headers()[header::LOCATION],
+        format!("/ui/batches/{batch_id}?notice=batch_cancelled").as_str()
+    );
+    let r = app
+        .send(
+            app.client
+                .get(app.url(&format!("/api/v1/tasks/{claimed_id}")))
+                .bearer_auth(boss),
+        )
+        .await;
+    assert_eq!(r.body["status"], "cancelled");
+    assert_eq!(r.body["batch_id"], batch_id.as_str());
+
     // A browser that says the form came from another site is refused too (not only by `Origin`).
     let r = admin
         .post(&cancel)
