@@ -19,27 +19,27 @@ pub struct LiveQueue {
     pub oldest_pending: Option<DateTime<Utc>>,
 }
 
-/// Reads [`LiveQueue`]. Both states are served by indexes and stay small, however many finished tasks the
-/// table keeps.
-pub async fn live_queue(db: &DatabaseConnection) -> StoreResult<LiveQueue> {
+/// How many tasks are pending and running: both states are served by indexes and stay small, however many
+/// finished tasks the table keeps.
+pub async fn live_counts(db: &DatabaseConnection) -> StoreResult<(u64, u64)> {
     let count = |status: TaskStatus| {
         task::Entity::find()
             .filter(task::Column::Status.eq(status))
             .count(db)
     };
-    let pending = count(TaskStatus::Pending).await?;
-    let running = count(TaskStatus::Running).await?;
-    let oldest: Option<Option<DateTime<Utc>>> = task::Entity::find()
-        .select_only()
-        .column_as(Expr::col(task::Column::CreatedAt).min(), "oldest")
-        .filter(task::Column::Status.eq(TaskStatus::Pending))
-        .into_tuple()
-        .one(db)
-        .await?;
+    Ok((
+        count(TaskStatus::Pending).await?,
+        count(TaskStatus::Running).await?,
+    ))
+}
+
+/// Reads [`LiveQueue`].
+pub async fn live_queue(db: &DatabaseConnection) -> StoreResult<LiveQueue> {
+    let (pending, running) = live_counts(db).await?;
     Ok(LiveQueue {
         pending,
         running,
-        oldest_pending: oldest.flatten(),
+        oldest_pending: oldest_pending(db).await?,
     })
 }
 
@@ -225,13 +225,13 @@ impl StatusCounts {
                 }
             }
         };
-        let live = live_queue(db).await?;
+        let (pending, running) = live_counts(db).await?;
         let mut out = base.counts;
         for (s, n) in finished_counts(db, base.upto, false).await? {
             *out.entry(s).or_default() += n;
         }
-        out.insert(TaskStatus::Pending, live.pending as i64);
-        out.insert(TaskStatus::Running, live.running as i64);
+        out.insert(TaskStatus::Pending, pending as i64);
+        out.insert(TaskStatus::Running, running as i64);
         Ok(out)
     }
 }

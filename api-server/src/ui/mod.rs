@@ -96,6 +96,17 @@ pub struct Viewer {
 }
 
 impl Viewer {
+    /// `caller`, with this browser's form token (a new one when it has none, or a malformed one).
+    fn of(caller: Caller, req: &Request) -> Viewer {
+        let existing = cookie(req, CSRF_COOKIE)
+            .filter(|v| v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit()));
+        Viewer {
+            caller,
+            csrf: existing.map(str::to_owned).unwrap_or_else(random_hex),
+            new_csrf: existing.is_none(),
+        }
+    }
+
     pub fn may(&self, role: Role) -> bool {
         self.caller.require(role).is_ok()
     }
@@ -154,13 +165,7 @@ fn viewer(req: &Request) -> Result<Viewer, Refusal> {
             return Err(Box::new(see_other(&to)));
         }
     }
-    let existing = cookie(req, CSRF_COOKIE)
-        .filter(|v| v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit()));
-    Ok(Viewer {
-        caller,
-        csrf: existing.map(str::to_owned).unwrap_or_else(random_hex),
-        new_csrf: existing.is_none(),
-    })
+    Ok(Viewer::of(caller, req))
 }
 
 /// Refuses a form that does not repeat this browser's form cookie.
@@ -726,13 +731,7 @@ fn safe_next(next: Option<&str>) -> String {
 }
 
 fn login_viewer(req: &Request) -> Viewer {
-    let existing = cookie(req, CSRF_COOKIE)
-        .filter(|v| v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit()));
-    Viewer {
-        caller: Caller::Anonymous,
-        csrf: existing.map(str::to_owned).unwrap_or_else(random_hex),
-        new_csrf: existing.is_none(),
-    }
+    Viewer::of(Caller::Anonymous, req)
 }
 
 #[poem::handler]
