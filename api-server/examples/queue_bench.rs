@@ -221,6 +221,7 @@ async fn main() -> anyhow::Result<()> {
                     .await
                     .unwrap();
                 assert_eq!(r.status(), 200);
+                r.bytes().await.unwrap();
                 lat.push(t.elapsed());
             }
             lat
@@ -231,6 +232,34 @@ async fn main() -> anyhow::Result<()> {
         lat.extend(h.await?);
     }
     report("heartbeat", lat, start.elapsed());
+
+    // The floor under every figure above: a request that reaches the API and does no database work at all.
+    let until = Instant::now() + Duration::from_secs(seconds);
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for _ in 0..workers {
+        let (client, base) = (client.clone(), base.clone());
+        handles.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            while Instant::now() < until {
+                let t = Instant::now();
+                let r = client
+                    .get(format!("{base}/api/v1/auth/whoami"))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+                r.bytes().await.unwrap();
+                lat.push(t.elapsed());
+            }
+            lat
+        }));
+    }
+    let mut lat = Vec::new();
+    for h in handles {
+        lat.extend(h.await?);
+    }
+    report("no-db request", lat, start.elapsed());
 
     // The baseline: the same life as bare SQL on the same database, `workers` connections.
     let raw = raw_cycles(&url, tasks, workers).await?;

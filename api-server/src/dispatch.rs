@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
+    heartbeats::Heartbeats,
     metrics::Metrics,
     store::{
         StoreError, StoreResult,
@@ -44,6 +45,8 @@ pub struct Dispatcher {
     max_waiting: usize,
     /// How often a waiting claim looks when nothing wakes it.
     poll_tick: Duration,
+    /// The writer of heartbeats, in batches.
+    heartbeats: Heartbeats,
 }
 
 /// One waiting claim, counted while it lives (a claim whose client went away is dropped, and uncounted).
@@ -75,6 +78,7 @@ impl Dispatcher {
         max_waiting: usize,
     ) -> Self {
         Dispatcher {
+            heartbeats: Heartbeats::start(db.clone(), lease),
             db,
             lease,
             metrics,
@@ -149,7 +153,9 @@ impl Dispatcher {
         worker_id: &str,
         req: &api::HeartbeatRequest,
     ) -> StoreResult<HeartbeatOutcome> {
-        let out = queue::heartbeat(&self.db, worker_id, req, &self.lease).await?;
+        let recorded = self.heartbeats.record(worker_id, req).await?;
+        let beat = queue::Beat { worker_id, req };
+        let out = queue::settle_heartbeat(&self.db, beat, recorded, &self.lease).await?;
         self.released(&out.released, "claim_lost");
         Ok(out)
     }

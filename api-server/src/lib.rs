@@ -7,6 +7,7 @@ pub mod config;
 pub mod dispatch;
 pub mod error;
 pub mod events;
+pub mod heartbeats;
 pub mod idempotency;
 pub mod metrics;
 pub mod middleware;

@@ -13,6 +13,7 @@ mod m20261126_000006_api_tokens;
 mod m20261126_000007_batches_and_events;
 mod m20261126_000008_completed_index;
 mod m20261126_000009_queue_notify;
+mod m20261126_000010_hot_updates;
 
 pub struct Migrator;
 
@@ -29,6 +30,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000007_batches_and_events::Migration),
             Box::new(m20261126_000008_completed_index::Migration),
             Box::new(m20261126_000009_queue_notify::Migration),
+            Box::new(m20261126_000010_hot_updates::Migration),
         ]
     }
 }

@@ -666,6 +666,101 @@ async fn heartbeat_reconciles_tasks_the_worker_does_not_report(backend: Backend)
     );
 }
 
+/// Heartbeats arriving together are written together (one batch); each is still answered for its own worker:
+/// its own leases extended and nobody else's, the tasks it does not hold named to stop, its status kept, and an
+/// unknown or offline worker refused alone.
+async fn heartbeats_at_once_are_each_answered_for_their_own_worker(backend: Backend) {
+    const WORKERS: usize = 24;
+    let app = TestApp::spawn(backend).await;
+    let mut tasks = Vec::new();
+    for w in 0..WORKERS {
+        app.register(&format!("w{w}"), json!({})).await;
+        app.create_task(json!({"problem_id": format!("p-{w}")}))
+            .await;
+        tasks.push(app.claim_one(&format!("w{w}")).await);
+    }
+    app.register("gone", json!({})).await;
+    assert_eq!(
+        app.heartbeat("gone", json!({"status": "offline"}))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    // The first half heartbeat at once, each reporting its own task and one of the silent second half's.
+    let half = WORKERS / 2;
+    let names: Vec<String> = (0..half).map(|w| format!("w{w}")).collect();
+    let mut sent = Vec::new();
+    for w in 0..half {
+        let body = if w % 2 == 0 {
+            json!({"status": "degraded", "reason": format!("disk {w}"),
+                   "running_task_ids": [tasks[w]["id"], tasks[w + half]["id"]]})
+        } else {
+            json!({"status": "busy", "running_task_ids": [tasks[w]["id"], tasks[w + half]["id"]]})
+        };
+        sent.push(app.heartbeat(&names[w], body));
+    }
+    // Twice at once for one worker, a worker nobody registered and one that said goodbye.
+    sent.push(app.heartbeat(
+        "w0",
+        json!({"status": "degraded", "reason": "disk 0",
+        "running_task_ids": [tasks[0]["id"], tasks[half]["id"]]}),
+    ));
+    sent.push(app.heartbeat("ghost", json!({"status": "idle"})));
+    sent.push(app.heartbeat("gone", json!({"status": "idle"})));
+    let answers = futures_util::future::join_all(sent).await;
+
+    for (w, r) in answers.iter().take(half + 1).enumerate() {
+        let w = w % half;
+        assert_eq!(r.status, StatusCode::OK, "w{w}: {}", r.body);
+        assert_eq!(
+            r.body["cancel_task_ids"],
+            json!([tasks[w + half]["id"]]),
+            "w{w} is told to stop only the task it does not hold"
+        );
+    }
+    assert_error(
+        &answers[half + 1],
+        StatusCode::NOT_FOUND,
+        "worker_not_found",
+    );
+    assert_error(&answers[half + 2], StatusCode::CONFLICT, "worker_offline");
+
+    for (w, claimed) in tasks.iter().enumerate() {
+        let t = app.task(&claimed["id"]).await;
+        assert_eq!(t["status"], "running", "{t}");
+        assert_eq!(t["worker_id"], format!("w{w}"));
+        let (before, after) = (
+            claimed["lease_expires_at"].as_str().unwrap(),
+            t["lease_expires_at"].as_str().unwrap(),
+        );
+        let (before, after) = (
+            chrono::DateTime::parse_from_rfc3339(before).unwrap(),
+            chrono::DateTime::parse_from_rfc3339(after).unwrap(),
+        );
+        if w < half {
+            assert!(
+                after > before,
+                "w{w} heartbeat: its lease goes on ({before} -> {after})"
+            );
+        } else {
+            assert_eq!(
+                after, before,
+                "w{w} was silent: another worker's report extends nothing"
+            );
+        }
+        let wr = app.get(&format!("/api/v1/workers/w{w}")).await;
+        if w < half && w % 2 == 0 {
+            assert_eq!(wr.body["status"], "degraded", "{}", wr.body);
+            assert_eq!(wr.body["status_reason"], format!("disk {w}"));
+        } else {
+            assert_eq!(wr.body["status"], "busy", "{}", wr.body);
+            assert!(wr.body["status_reason"].is_null(), "{}", wr.body);
+        }
+    }
+}
+
 async fn contention_every_task_completed_exactly_once(backend: Backend) {
     const TASKS: usize = 500;
     const WORKERS: usize = 16;
@@ -948,6 +1043,7 @@ task_executor_shared::both_backends!(
     reaper_times_out_an_overdue_task,
     reregistering_requeues_held_tasks,
     heartbeat_reconciles_tasks_the_worker_does_not_report,
+    heartbeats_at_once_are_each_answered_for_their_own_worker,
     contention_every_task_completed_exactly_once,
     bad_input_on_worker_routes,
 );

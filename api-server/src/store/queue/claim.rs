@@ -8,7 +8,7 @@ use sea_orm::{
 use serde_json::json;
 use task_executor_shared::{LogLevel, TaskStatus, WorkerStatus};
 
-use super::LeasePolicy;
+use super::{LeasePolicy, placeholder};
 use crate::store::{
     StoreError, StoreResult, absent_or_offline,
     entity::{task, worker},
@@ -16,14 +16,6 @@ use crate::store::{
     logs::append_log,
     now,
 };
-
-fn placeholder(backend: DbBackend, n: usize) -> String {
-    match backend {
-        DbBackend::Postgres => format!("${n}"),
-        // Numbered, never bare `?`: sqlx counts bare and numbered SQLite parameters separately.
-        _ => format!("?{n}"),
-    }
-}
 
 /// Translates `supported_problems` globs into SQL conditions: `LIKE` on PostgreSQL (with `_` escaped),
 /// `GLOB` on SQLite (whose `LIKE` ignores case). Patterns were checked to hold only id characters, `*`, `?`.

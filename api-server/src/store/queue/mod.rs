@@ -14,10 +14,14 @@ pub mod reports;
 pub mod transition;
 
 use chrono::Duration;
+use sea_orm::DbBackend;
 
 pub use claim::{Claim, claim};
 pub use recovery::{ReapReport, reap, release_lost};
-pub use reports::{HeartbeatOutcome, Outcome, finish, give_back, heartbeat, report_logs};
+pub use reports::{
+    Beat, HeartbeatOutcome, Outcome, Recorded, finish, give_back, record_heartbeats, report_logs,
+    settle_heartbeat,
+};
 pub use transition::RunRef;
 
 /// Timing of leases and recovery.
@@ -34,4 +38,13 @@ pub struct LeasePolicy {
     pub max_uncounted_requeues: i32,
     /// Log entries a task's workers may write; past that they are dropped and counted.
     pub max_log_entries: i64,
+}
+
+/// The `n`th (from 1) parameter of a raw statement.
+fn placeholder(backend: DbBackend, n: usize) -> String {
+    match backend {
+        DbBackend::Postgres => format!("${n}"),
+        // Numbered, never bare `?`: sqlx counts bare and numbered SQLite parameters separately.
+        _ => format!("?{n}"),
+    }
 }

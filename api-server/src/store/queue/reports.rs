@@ -3,7 +3,8 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, TransactionTrait,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, FromQueryResult,
+    QueryFilter, Statement, TransactionTrait, Value,
     sea_query::{Expr, ExprTrait},
 };
 use serde_json::json;
@@ -11,13 +12,13 @@ use task_executor_shared::{LogLevel, TaskStatus, WorkerStatus, api};
 use uuid::Uuid;
 
 use super::{
-    LeasePolicy,
+    LeasePolicy, placeholder,
     transition::{self, Change, Entry, Guard, RunRef},
 };
 use crate::store::{
     StoreError, StoreResult, absent_or_offline,
     entity::{task, worker},
-    logs, now,
+    is_postgres, logs, now,
 };
 
 /// What a heartbeat changed.
@@ -29,81 +30,86 @@ pub struct HeartbeatOutcome {
     pub released: Vec<task::Model>,
 }
 
-/// The status a heartbeat leaves on the worker's row: `offline`, `stopping` or `degraded` when it says so;
-/// `stopping` when it was marked so (an internal worker scaled down); else `idle` (`busy` is derived from the
-/// tasks held).
-fn stored_status(said: WorkerStatus) -> Expr {
-    match said {
-        WorkerStatus::Offline | WorkerStatus::Stopping | WorkerStatus::Degraded => {
-            Expr::value(said)
+/// One heartbeat of a batch: the worker that sent it and what it said.
+pub struct Beat<'a> {
+    pub worker_id: &'a str,
+    pub req: &'a api::HeartbeatRequest,
+}
+
+impl Beat<'_> {
+    /// The tasks it reports running: `running_task_ids` and `current_task_id`, without repeats.
+    fn reported(&self) -> Vec<Uuid> {
+        let mut reported = self.req.running_task_ids.clone();
+        if let Some(id) = self.req.current_task_id
+            && !reported.contains(&id)
+        {
+            reported.push(id);
         }
-        WorkerStatus::Idle | WorkerStatus::Busy => Expr::case(
-            worker::Column::Status.eq(WorkerStatus::Stopping),
-            WorkerStatus::Stopping,
-        )
-        .finally(WorkerStatus::Idle)
-        .into(),
+        reported
     }
 }
 
-/// Records a heartbeat: extends the lease of the reported tasks, tells which of them to stop, and releases
-/// tasks the worker holds on the server but no longer reports (lost on the way to it) once past the claim
-/// grace period.
-#[tracing::instrument(skip(db, req, policy), fields(worker_id = %worker_id))]
-pub async fn heartbeat(
+/// What recording one heartbeat of a batch wrote and read.
+pub struct Recorded {
+    pub at: DateTime<Utc>,
+    /// Whether the worker's row took the heartbeat (else it is unknown, or offline).
+    pub taken: bool,
+    /// The worker's running tasks and the reported tasks, as they were just after the leases were extended.
+    pub rows: Vec<task::Model>,
+}
+
+/// Records a batch of heartbeats of distinct workers in a few statements however many there are (so that a
+/// server heartbeated by many workers at once commits once or twice per batch, not per heartbeat): the
+/// workers' rows (sign of life, status) with a read of their running tasks, then the leases of the tasks each
+/// reports and still holds, then (rarely) a read of the reported tasks that were not among the running ones.
+/// No transaction: each write stands alone, as a lone heartbeat's did, and none holds a lock on a worker row
+/// and a task row at once (a completion locks the task, then its worker: the other order would deadlock).
+///
+/// The worker rows are taken first: a heartbeat of an unknown or offline worker (it must register again)
+/// extends no lease; one saying `offline` is taken by an offline worker too.
+pub async fn record_heartbeats(
     db: &DatabaseConnection,
-    worker_id: &str,
-    req: &api::HeartbeatRequest,
+    beats: &[Beat<'_>],
     policy: &LeasePolicy,
-) -> StoreResult<HeartbeatOutcome> {
+) -> StoreResult<Vec<Recorded>> {
+    if beats.is_empty() {
+        return Ok(Vec::new());
+    }
     let at = now();
-    let mut reported: Vec<Uuid> = req.running_task_ids.clone();
-    if let Some(id) = req.current_task_id
-        && !reported.contains(&id)
-    {
-        reported.push(id);
+    let said: Vec<(&str, &'static str, Option<String>)> = beats
+        .iter()
+        .map(|b| {
+            // The status a heartbeat leaves on the row: `offline`, `stopping` or `degraded` when it says so;
+            // `stopping` when it was marked so (an internal worker scaled down); else `idle` (`busy` is
+            // derived from the tasks held). A reason is kept only with `degraded`.
+            let reason = (b.req.status == WorkerStatus::Degraded)
+                .then(|| b.req.reason.as_ref().map(|r| r.to_string()))
+                .flatten();
+            (b.worker_id, b.req.status.as_str(), reason)
+        })
+        .collect();
+    let (taken, mut rows) = if is_postgres(db) {
+        take_workers_pg(db, at, &said).await?
+    } else {
+        take_workers_sqlite(db, at, &said).await?
+    };
+    let reported: Vec<Vec<Uuid>> = beats.iter().map(Beat::reported).collect();
+
+    // Leases: each reported task, if the worker whose row took the heartbeat still runs it.
+    let pairs: Vec<(Uuid, &str)> = beats
+        .iter()
+        .zip(&reported)
+        .filter(|(b, _)| taken.iter().any(|w| w == b.worker_id))
+        .flat_map(|(b, ids)| ids.iter().map(|id| (*id, b.worker_id)))
+        .collect();
+    if !pairs.is_empty() {
+        extend_leases(db, at + policy.heartbeat_timeout, &pairs).await?;
     }
-    let goodbye = req.status == WorkerStatus::Offline;
-    let mut update = worker::Entity::update_many()
-        .col_expr(worker::Column::LastHeartbeat, Expr::value(at))
-        .col_expr(worker::Column::Status, stored_status(req.status))
-        .col_expr(
-            worker::Column::StatusReason,
-            Expr::value(
-                (req.status == WorkerStatus::Degraded)
-                    .then(|| req.reason.as_ref().map(|r| r.to_string()))
-                    .flatten(),
-            ),
-        )
-        .filter(worker::Column::Id.eq(worker_id));
-    if !goodbye {
-        // Offline stays offline until the worker registers again.
-        update = update.filter(worker::Column::Status.ne(WorkerStatus::Offline));
-    }
-    if update.exec(db).await?.rows_affected == 0 {
-        return Err(absent_or_offline(db, worker_id).await);
-    }
-    if !reported.is_empty() {
-        task::Entity::update_many()
-            .col_expr(
-                task::Column::LeaseExpiresAt,
-                Expr::value(at + policy.heartbeat_timeout),
-            )
-            .filter(task::Column::Id.is_in(reported.clone()))
-            .filter(task::Column::WorkerId.eq(worker_id))
-            .filter(task::Column::Status.eq(TaskStatus::Running))
-            .exec(db)
-            .await?;
-    }
-    // The worker's running tasks (through the index on `(worker_id, status)`), and the reported ones it may no
-    // longer hold (by id). Two reads, not one with OR: SQLite's planner scans the whole table for that.
-    let mut rows = task::Entity::find()
-        .filter(task::Column::WorkerId.eq(worker_id))
-        .filter(task::Column::Status.eq(TaskStatus::Running))
-        .all(db)
-        .await?;
+
+    // The reported tasks that were not among the running ones (cancelled, finished, given to another).
     let unseen: Vec<Uuid> = reported
         .iter()
+        .flatten()
         .copied()
         .filter(|id| !rows.iter().any(|t| t.id == *id))
         .collect();
@@ -115,6 +121,179 @@ pub async fn heartbeat(
                 .await?,
         );
     }
+    Ok(beats
+        .iter()
+        .zip(&reported)
+        .map(|(b, ids)| {
+            let taken = taken.iter().any(|w| w == b.worker_id);
+            Recorded {
+                at,
+                taken,
+                rows: if taken {
+                    rows.iter()
+                        .filter(|t| {
+                            ids.contains(&t.id)
+                                || (t.worker_id.as_deref() == Some(b.worker_id)
+                                    && t.status == TaskStatus::Running)
+                        })
+                        .cloned()
+                        .collect()
+                } else {
+                    Vec::new()
+                },
+            }
+        })
+        .collect())
+}
+
+/// The status a heartbeat leaves on a worker's row, from what it said (`v.said`) and the row's status.
+const STATUS_AFTER_HEARTBEAT: &str = "CASE WHEN v.said IN ('offline', 'stopping', 'degraded') THEN v.said \
+     WHEN workers.status = 'stopping' THEN 'stopping' ELSE 'idle' END";
+
+/// PostgreSQL: the workers' rows and the read of their running tasks in one statement, whose text is the same
+/// for every batch (the batch is one JSON parameter), so it is prepared once per connection. Answers the ids
+/// of the workers whose rows took the heartbeat, and their running tasks.
+async fn take_workers_pg(
+    db: &DatabaseConnection,
+    at: DateTime<Utc>,
+    said: &[(&str, &str, Option<String>)],
+) -> StoreResult<(Vec<String>, Vec<task::Model>)> {
+    let batch: serde_json::Value = said
+        .iter()
+        .map(|(wid, said, reason)| json!({"wid": wid, "said": said, "reason": reason}))
+        .collect();
+    let sql = format!(
+        "WITH taken AS ( \
+            UPDATE workers SET last_heartbeat = $1, status = {STATUS_AFTER_HEARTBEAT}, status_reason = v.reason \
+            FROM jsonb_to_recordset($2::jsonb) AS v(wid text, said text, reason text) \
+            WHERE workers.id = v.wid AND (workers.status <> 'offline' OR v.said = 'offline') \
+            RETURNING workers.id AS taken_id) \
+         SELECT taken.taken_id, t.* FROM taken \
+         LEFT JOIN tasks AS t ON t.worker_id = taken.taken_id AND t.status = 'running'"
+    );
+    let found = db
+        .query_all_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            sql,
+            [at.into(), batch.into()],
+        ))
+        .await?;
+    let (mut taken, mut rows) = (Vec::new(), Vec::new());
+    for row in &found {
+        let worker: String = row.try_get("", "taken_id")?;
+        if !taken.contains(&worker) {
+            taken.push(worker);
+        }
+        if row.try_get::<Option<Uuid>>("", "id")?.is_some() {
+            rows.push(task::Model::from_query_result(row, "")?);
+        }
+    }
+    Ok((taken, rows))
+}
+
+/// SQLite: the workers' rows, then their running tasks (through the index on `(worker_id, status)`).
+async fn take_workers_sqlite(
+    db: &DatabaseConnection,
+    at: DateTime<Utc>,
+    said: &[(&str, &str, Option<String>)],
+) -> StoreResult<(Vec<String>, Vec<task::Model>)> {
+    let mut values: Vec<Value> = vec![at.into()];
+    let mut rows_sql = Vec::with_capacity(said.len());
+    for (wid, status, reason) in said {
+        let first = values.len() + 1;
+        values.extend([(*wid).into(), (*status).into(), reason.clone().into()]);
+        rows_sql.push(format!("(?{}, ?{}, ?{})", first, first + 1, first + 2));
+    }
+    let sql = format!(
+        "UPDATE workers SET last_heartbeat = ?1, status = {STATUS_AFTER_HEARTBEAT}, status_reason = v.reason \
+         FROM (SELECT column1 AS wid, column2 AS said, column3 AS reason FROM (VALUES {})) AS v \
+         WHERE workers.id = v.wid AND (workers.status <> 'offline' OR v.said = 'offline') \
+         RETURNING id",
+        rows_sql.join(", ")
+    );
+    let taken: Vec<String> = db
+        .query_all_raw(Statement::from_sql_and_values(
+            DbBackend::Sqlite,
+            sql,
+            values,
+        ))
+        .await?
+        .iter()
+        .map(|r| r.try_get_by_index::<String>(0))
+        .collect::<Result<_, _>>()?;
+    let rows = if taken.is_empty() {
+        Vec::new()
+    } else {
+        task::Entity::find()
+            .filter(task::Column::WorkerId.is_in(taken.clone()))
+            .filter(task::Column::Status.eq(TaskStatus::Running))
+            .all(db)
+            .await?
+    };
+    Ok((taken, rows))
+}
+
+/// Extends the lease of each `(task, worker)` pair whose worker still runs the task, in one statement.
+async fn extend_leases(
+    db: &DatabaseConnection,
+    until: DateTime<Utc>,
+    pairs: &[(Uuid, &str)],
+) -> StoreResult<()> {
+    let backend = db.get_database_backend();
+    let stmt = if backend == DbBackend::Postgres {
+        let batch: serde_json::Value = pairs
+            .iter()
+            .map(|(id, wid)| json!({"id": id, "wid": wid}))
+            .collect();
+        Statement::from_sql_and_values(
+            backend,
+            "UPDATE tasks SET lease_expires_at = $1 \
+             FROM jsonb_to_recordset($2::jsonb) AS r(id uuid, wid text) \
+             WHERE tasks.id = r.id AND tasks.worker_id = r.wid AND tasks.status = 'running'",
+            [until.into(), batch.into()],
+        )
+    } else {
+        let mut values: Vec<Value> = vec![until.into()];
+        let mut rows_sql = Vec::with_capacity(pairs.len());
+        for (id, wid) in pairs {
+            let first = values.len() + 1;
+            values.extend([(*id).into(), (*wid).into()]);
+            rows_sql.push(format!(
+                "({}, {})",
+                placeholder(backend, first),
+                placeholder(backend, first + 1)
+            ));
+        }
+        Statement::from_sql_and_values(
+            backend,
+            format!(
+                "UPDATE tasks SET lease_expires_at = ?1 \
+                 WHERE status = 'running' AND (id, worker_id) IN (VALUES {})",
+                rows_sql.join(", ")
+            ),
+            values,
+        )
+    };
+    db.execute_raw(stmt).await?;
+    Ok(())
+}
+
+/// What a heartbeat, once recorded, means for its worker: which reported tasks to stop, and which tasks it
+/// holds on the server but no longer reports (lost on the way to it) go back to the queue once past the
+/// claim grace period.
+pub async fn settle_heartbeat(
+    db: &DatabaseConnection,
+    beat: Beat<'_>,
+    recorded: Recorded,
+    policy: &LeasePolicy,
+) -> StoreResult<HeartbeatOutcome> {
+    let Beat { worker_id, req } = beat;
+    if !recorded.taken {
+        return Err(absent_or_offline(db, worker_id).await);
+    }
+    let Recorded { at, rows, .. } = recorded;
+    let reported = beat.reported();
+    let goodbye = req.status == WorkerStatus::Offline;
     let holds = |t: &task::Model| {
         t.worker_id.as_deref() == Some(worker_id) && t.status == TaskStatus::Running
     };
