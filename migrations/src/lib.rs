@@ -14,6 +14,7 @@ mod m20261126_000007_batches_and_events;
 mod m20261126_000008_completed_index;
 mod m20261126_000009_queue_notify;
 mod m20261126_000010_hot_updates;
+mod m20261126_000011_running_count;
 
 pub struct Migrator;
 
@@ -31,6 +32,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000008_completed_index::Migration),
             Box::new(m20261126_000009_queue_notify::Migration),
             Box::new(m20261126_000010_hot_updates::Migration),
+            Box::new(m20261126_000011_running_count::Migration),
         ]
     }
 }

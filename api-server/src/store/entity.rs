@@ -91,6 +91,8 @@ pub mod worker {
         pub instance_id: Option<String>,
         /// Why it is `degraded`, as its heartbeat said.
         pub status_reason: Option<String>,
+        /// Its tasks in `running`, kept by triggers on `tasks` (migration 11).
+        pub running_tasks: i32,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -1,8 +1,9 @@
 //! Tasks as researchers see them: creation (idempotent), lookup, listing, cancellation.
 
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set, SqlErr, TransactionTrait,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr,
+    EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Set, SqlErr,
+    Statement, TransactionTrait,
 };
 use serde_json::{Value, json};
 use task_executor_shared::{LogLevel, TaskStatus, api};
@@ -90,7 +91,7 @@ pub enum Created {
     Existing,
 }
 
-/// Creates a task and its first log entry, in one transaction. With an idempotency key already used, answers
+/// Creates a task and its first log entry, all or nothing. With an idempotency key already used, answers
 /// the task made then when the request is the same, or a conflict when it is not.
 #[tracing::instrument(skip_all, fields(problem_id = %new.problem_id))]
 pub async fn create(db: &DatabaseConnection, new: NewTask) -> StoreResult<(task::Model, Created)> {
@@ -111,34 +112,74 @@ pub async fn create(db: &DatabaseConnection, new: NewTask) -> StoreResult<(task:
     model.idempotency_key = Set(new.idempotency.as_ref().map(|(k, _)| k.clone()));
     model.request_hash = Set(new.idempotency.as_ref().map(|(_, h)| h.clone()));
     model.created_by = Set(new.created_by.clone());
-    let txn = db.begin().await?;
-    let inserted = match model.insert(&txn).await {
-        Ok(m) => m,
+    let context = json!({"event": "created", "priority": new.priority});
+    match insert_with_entry(db, model, context).await {
+        Ok(inserted) => Ok((inserted, Created::New)),
         Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
             // Another request with the same key won the race: answer what it made.
-            drop(txn);
             if let Some((key, hash)) = &new.idempotency
                 && let Some(found) =
                     by_idempotency_key(db, key, hash, new.created_by.as_deref()).await?
             {
                 return Ok((found, Created::Existing));
             }
-            return Err(e.into());
+            Err(e.into())
         }
-        Err(e) => return Err(e.into()),
-    };
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Inserts a new task with its "Task created" entry, all or nothing: on PostgreSQL as one statement (the
+/// entry inserted from the row the insert returned), on SQLite in one transaction.
+async fn insert_with_entry(
+    db: &DatabaseConnection,
+    model: task::ActiveModel,
+    context: Value,
+) -> Result<task::Model, DbErr> {
+    if db.get_database_backend() == DbBackend::Postgres {
+        let built = task::Entity::insert(model).build(DbBackend::Postgres);
+        let mut values = built.values.map(|v| v.0).unwrap_or_default();
+        let first = values.len() + 1;
+        values.extend([
+            LogLevel::Info.to_string().into(),
+            LogLevel::Info.severity().into(),
+            context.into(),
+        ]);
+        let sql = format!(
+            "WITH inserted AS ({} RETURNING *), \
+             logged AS ( \
+                INSERT INTO task_logs (task_id, timestamp, level, severity, message, context, status) \
+                SELECT id, created_at, ${}, ${}, 'Task created', ${}, status FROM inserted) \
+             SELECT * FROM inserted",
+            built.sql,
+            first,
+            first + 1,
+            first + 2
+        );
+        return task::Entity::find()
+            .from_raw_sql(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                sql,
+                values,
+            ))
+            .one(db)
+            .await?
+            .ok_or_else(|| DbErr::RecordNotInserted);
+    }
+    let txn = db.begin().await?;
+    let inserted = model.insert(&txn).await?;
     append_log(
         &txn,
         inserted.id,
         None,
         LogLevel::Info,
         "Task created",
-        Some(json!({"event": "created", "priority": new.priority})),
+        Some(context),
         Some(TaskStatus::Pending),
     )
     .await?;
     txn.commit().await?;
-    Ok((inserted, Created::New))
+    Ok(inserted)
 }
 
 /// A new task row: pending, never claimed, created at `at` (without an idempotency key, creator or batch;

@@ -436,6 +436,78 @@ async fn max_parallel_tasks_is_enforced(backend: Backend) {
     app.claim_one("w").await;
 }
 
+/// Claims racing for one worker never take it past `max_parallel_tasks`, and every way a run ends gives its
+/// slot back: completion, failure, release, cancellation, registering again.
+async fn max_parallel_tasks_holds_under_racing_claims(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.register("w", json!({"max_parallel_tasks": 3})).await;
+    for i in 0..20 {
+        app.create_task(json!({"problem_id": format!("p{i}")}))
+            .await;
+    }
+    // `n` claims at once; answers the tasks they got, and checks the others were refused for capacity.
+    let race = |n: usize| {
+        let app = &app;
+        async move {
+            let answers = futures_util::future::join_all((0..n).map(|_| app.claim("w"))).await;
+            let mut got = Vec::new();
+            for r in answers {
+                if r.status == StatusCode::OK {
+                    got.push(r.body);
+                } else {
+                    assert_error(&r, StatusCode::CONFLICT, "worker_at_capacity");
+                }
+            }
+            got
+        }
+    };
+    let mut held = race(8).await;
+    assert_eq!(held.len(), 3, "three slots, three claims won");
+
+    let a = held.pop().unwrap();
+    assert_eq!(
+        app.complete("w", &a, 1, json!({"success": true}))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let b = held.pop().unwrap();
+    let id = b["id"].as_str().unwrap();
+    let r = app
+        .post(
+            &format!("/api/v1/workers/w/tasks/{id}/fail"),
+            json!({"attempt": 1, "lease_id": app.lease(&b), "error": "boom"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    held.extend(race(5).await);
+    assert_eq!(held.len(), 3, "a completion and a failure free two slots");
+
+    let c = held.pop().unwrap();
+    let id = c["id"].as_str().unwrap();
+    let r = app
+        .post(
+            &format!("/api/v1/workers/w/tasks/{id}/release"),
+            json!({"attempt": 1, "lease_id": app.lease(&c)}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let d = held.pop().unwrap();
+    let r = app
+        .post(
+            &format!("/api/v1/tasks/{}/cancel", d["id"].as_str().unwrap()),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    held.extend(race(5).await);
+    assert_eq!(held.len(), 3, "a release and a cancellation free two slots");
+
+    // Registering again releases everything the worker held.
+    app.register("w", json!({"max_parallel_tasks": 3})).await;
+    assert_eq!(race(6).await.len(), 3, "registering again frees every slot");
+}
+
 async fn priority_then_age_orders_claims(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     app.register("w", json!({"max_parallel_tasks": 10})).await;
@@ -1036,6 +1108,7 @@ task_executor_shared::both_backends!(
     cancel_reaches_the_worker_through_heartbeat,
     capabilities_route_tasks,
     max_parallel_tasks_is_enforced,
+    max_parallel_tasks_holds_under_racing_claims,
     priority_then_age_orders_claims,
     long_poll_is_woken_by_a_create,
     lost_worker_task_is_requeued_and_the_late_report_refused,

@@ -15,7 +15,11 @@ use serde_json::Value;
 use task_executor_shared::{LogLevel, TaskStatus};
 use uuid::Uuid;
 
-use crate::store::{entity::task, logs::append_log, now};
+use crate::store::{
+    entity::{task, worker},
+    logs::append_log,
+    now,
+};
 
 /// Which task, in which state, a transition may change.
 #[derive(Debug, Clone, Copy)]
@@ -111,6 +115,15 @@ pub struct Entry {
     pub attempt: Option<i32>,
 }
 
+/// What a transition writes besides the task and its entry, for the end of a run its worker reports.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Also {
+    /// Count the end on the task's holder: `tasks_completed` for a completion, else `tasks_failed`.
+    pub tally: bool,
+    /// Say in the log how many entries of the task's workers were dropped past the cap, when some were.
+    pub note_dropped: bool,
+}
+
 /// Applies `change` to the task `guard` names if the guard still holds, and writes `entry`. Returns the task
 /// as changed, or `None` when the guard did not hold.
 pub async fn apply(
@@ -118,6 +131,18 @@ pub async fn apply(
     guard: Guard<'_>,
     change: Change,
     entry: Entry,
+) -> Result<Option<task::Model>, DbErr> {
+    apply_with(conn, guard, change, entry, Also::default()).await
+}
+
+/// [`apply`], with what `also` asks for written too: on PostgreSQL in the same statement, so that the end of
+/// a run needs no transaction of its own; on SQLite in the caller's transaction.
+pub async fn apply_with(
+    conn: &impl ConnectionTrait,
+    guard: Guard<'_>,
+    change: Change,
+    entry: Entry,
+    also: Also,
 ) -> Result<Option<task::Model>, DbErr> {
     let at: DateTime<Utc> = now();
     let target = change.target();
@@ -171,7 +196,7 @@ pub async fn apply(
             .filter(task::Column::Status.is_in(TaskStatus::sources_of(target))),
     };
     if conn.get_database_backend() == DbBackend::Postgres {
-        return apply_in_one_statement(conn, q, at, target, entry).await;
+        return apply_in_one_statement(conn, q, at, target, entry, also).await;
     }
     let Some(changed) = q.exec_with_returning(conn).await?.into_iter().next() else {
         return Ok(None);
@@ -191,18 +216,56 @@ pub async fn apply(
         Some(target),
     )
     .await?;
+    if also.note_dropped && changed.log_dropped > 0 {
+        append_log(
+            conn,
+            changed.id,
+            entry.attempt,
+            LogLevel::Warning,
+            &dropped_message(changed.log_dropped),
+            Some(serde_json::json!({"event": "log_dropped", "dropped": changed.log_dropped})),
+            None,
+        )
+        .await?;
+    }
+    if also.tally
+        && let Some(holder) = &changed.worker_id
+    {
+        let counter = tally_column(target);
+        worker::Entity::update_many()
+            .col_expr(counter, Expr::col(counter).add(1))
+            .filter(worker::Column::Id.eq(holder.as_str()))
+            .exec(conn)
+            .await?;
+    }
     Ok(Some(changed))
 }
 
-/// [`apply`] on PostgreSQL: the guarded update and its log entry as one statement (one round trip), the entry
-/// inserted from the row the update returned — so only when the guard held, after the task's row is locked —
-/// with the holder added to its context as `worker_id` when the context names none.
+/// The worker counter the end of a run in `status` adds to.
+fn tally_column(status: TaskStatus) -> worker::Column {
+    if status == TaskStatus::Completed {
+        worker::Column::TasksCompleted
+    } else {
+        worker::Column::TasksFailed
+    }
+}
+
+fn dropped_message(dropped: i64) -> String {
+    format!("{dropped} log entries were dropped past the cap on entries per task")
+}
+
+/// [`apply_with`] on PostgreSQL: the guarded update, its log entry and what `also` asks for as one statement
+/// (one round trip). The entries are inserted from the row the update returned — so only when the guard held,
+/// after the task's row is locked — in one `INSERT` in their order, with the holder added to the transition
+/// entry's context as `worker_id` when it names none. The worker's counter is updated after the task (the
+/// lock order of every writer: task row, then worker row).
 async fn apply_in_one_statement(
     conn: &impl ConnectionTrait,
     update: sea_orm::UpdateMany<task::Entity>,
     at: DateTime<Utc>,
     target: TaskStatus,
     entry: Entry,
+    also: Also,
 ) -> Result<Option<task::Model>, DbErr> {
     let built = update.build(DbBackend::Postgres);
     let mut values = built.values.map(|v| v.0).unwrap_or_default();
@@ -219,15 +282,41 @@ async fn apply_in_one_statement(
         param(entry.attempt.into()),
         param(target.to_string().into()),
     );
+    let dropped = if also.note_dropped {
+        let (level, severity) = (
+            param(LogLevel::Warning.to_string().into()),
+            param(LogLevel::Warning.severity().into()),
+        );
+        format!(
+            " UNION ALL SELECT 2, id, {ts}, {level}, {severity}, \
+                 log_dropped || ' log entries were dropped past the cap on entries per task', \
+                 jsonb_build_object('event', 'log_dropped', 'dropped', log_dropped), {attempt}, NULL \
+               FROM changed WHERE log_dropped > 0"
+        )
+    } else {
+        String::new()
+    };
+    let tallied = if also.tally {
+        let counter = sea_orm::IdenStatic::as_str(&tally_column(target));
+        format!(
+            ", tallied AS (UPDATE workers SET {counter} = {counter} + 1 \
+                 WHERE id = (SELECT worker_id FROM changed))"
+        )
+    } else {
+        String::new()
+    };
     let sql = format!(
         "WITH changed AS ({} RETURNING *), \
          logged AS ( \
             INSERT INTO task_logs (task_id, timestamp, level, severity, message, context, attempt, status) \
-            SELECT id, {ts}, {level}, {severity}, {message}, \
-               CASE WHEN worker_id IS NOT NULL AND NOT ({context}::jsonb ? 'worker_id') \
-                    THEN {context}::jsonb || jsonb_build_object('worker_id', worker_id) \
-                    ELSE {context}::jsonb END, \
-               {attempt}, {status} FROM changed) \
+            SELECT task_id, ts, level, severity, message, context, attempt, status FROM ( \
+               SELECT 1 AS ord, id AS task_id, {ts} AS ts, {level} AS level, {severity} AS severity, \
+                  {message} AS message, \
+                  CASE WHEN worker_id IS NOT NULL AND NOT ({context}::jsonb ? 'worker_id') \
+                       THEN {context}::jsonb || jsonb_build_object('worker_id', worker_id) \
+                       ELSE {context}::jsonb END AS context, \
+                  {attempt} AS attempt, {status} AS status FROM changed{dropped} \
+            ) AS e ORDER BY ord){tallied} \
          SELECT * FROM changed",
         built.sql
     );
