@@ -334,7 +334,7 @@ async fn dispatch_latency(
     let worker = format!("dispatch-{}", uuid::Uuid::new_v4().simple());
     let r = client
         .post(format!("{claim_base}/api/v1/workers/register"))
-        // Only these rounds' tasks (the baseline may leave some pending: SKIP LOCKED claims can miss).
+        // Only these rounds' tasks.
         .json(&json!({"worker_id": worker, "backend_type": "kind",
                       "capabilities": {"supported_problems": ["dispatch-*"]}}))
         .send()
@@ -544,6 +544,10 @@ async fn memory_check(bin: &str, url: &str) -> anyhow::Result<()> {
         .env("MAX_ACTIVE_TASKS_PER_TOKEN", "0")
         .env("TASK_RUNNER", "simulate")
         .env("LOG_LEVEL", "error")
+        .env(
+            "MALLOC_ARENA_MAX",
+            std::env::var("MALLOC_ARENA_MAX").unwrap_or_default(),
+        )
         .kill_on_drop(true)
         .spawn()?;
     let pid = server.id().unwrap_or(0);
@@ -609,12 +613,14 @@ async fn memory_check(bin: &str, url: &str) -> anyhow::Result<()> {
             client.post(url).send().await.map(|r| r.status())
         }));
     }
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let waiting = polls.iter().filter(|p| !p.is_finished()).count();
-    println!(
-        "server RSS with 100,000 pending tasks and {waiting} claims waiting: {:.0} MiB",
-        rss()
-    );
+    for after in [5, 15] {
+        tokio::time::sleep(Duration::from_secs(if after == 5 { 5 } else { 10 })).await;
+        let waiting = polls.iter().filter(|p| !p.is_finished()).count();
+        println!(
+            "server RSS with 100,000 pending tasks and {waiting} claims waiting ({after} s after they came): {:.0} MiB",
+            rss()
+        );
+    }
     server.kill().await.ok();
     for p in polls {
         let _ = p.await;

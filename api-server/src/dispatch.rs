@@ -4,7 +4,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex, Weak,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -45,9 +48,29 @@ pub struct Dispatcher {
     max_waiting: usize,
     /// How often a waiting claim looks when nothing wakes it.
     poll_tick: Duration,
+    /// Bumped at every wake-up: a look at the queue that found nothing holds until the next one.
+    generation: Arc<AtomicU64>,
+    /// Per worker with claims in this process, the last look that found nothing (see [`Dispatcher::look`]).
+    looks: Arc<Mutex<HashMap<String, Weak<LookSlot>>>>,
     /// The writer of heartbeats, in batches.
     heartbeats: Heartbeats,
 }
+
+/// The looks at the queue of one worker's claims in this process, one at a time, and the last one if it found
+/// nothing.
+type LookSlot = tokio::sync::Mutex<Option<EmptyLook>>;
+
+/// A look at the queue that found nothing for a worker.
+#[derive(Debug, Clone, Copy)]
+struct EmptyLook {
+    /// The wake-up generation it was made in.
+    generation: u64,
+    at: Instant,
+    free_slots: i64,
+}
+
+/// Per-worker look slots are swept of dead entries when the map reaches this size.
+const SWEEP_LOOKS_AT: usize = 1024;
 
 /// One waiting claim, counted while it lives (a claim whose client went away is dropped, and uncounted).
 struct Waiting {
@@ -86,6 +109,8 @@ impl Dispatcher {
             waiting: Arc::default(),
             max_waiting,
             poll_tick: POLL_TICK,
+            generation: Arc::default(),
+            looks: Arc::default(),
         }
     }
 
@@ -130,7 +155,65 @@ impl Dispatcher {
     /// A task became claimable: wake the claims waiting in this process. (On PostgreSQL the database also
     /// tells every replica, this one included: see [`listen`].)
     pub fn wake(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
         self.queue_changed.notify_waiters();
+    }
+
+    /// The look slot of a worker, shared by its claims in this process while any lives.
+    fn look_slot(&self, worker_id: &str) -> Arc<LookSlot> {
+        let mut looks = self.looks.lock().expect("looks lock");
+        if let Some(slot) = looks.get(worker_id).and_then(Weak::upgrade) {
+            return slot;
+        }
+        if looks.len() >= SWEEP_LOOKS_AT {
+            looks.retain(|_, slot| slot.strong_count() > 0);
+        }
+        let slot = Arc::new(LookSlot::default());
+        looks.insert(worker_id.to_owned(), Arc::downgrade(&slot));
+        slot
+    }
+
+    /// Forgets a worker's last empty look: its capacity or its problems changed, so its next claim looks.
+    fn forget_look(&self, worker_id: &str) {
+        let slot = self
+            .looks
+            .lock()
+            .expect("looks lock")
+            .get(worker_id)
+            .and_then(Weak::upgrade);
+        if let Some(slot) = slot
+            && let Ok(mut last) = slot.try_lock()
+        {
+            *last = None;
+        }
+    }
+
+    /// One look at the queue for a worker. The looks of one worker's claims in this process take turns, and
+    /// one that follows a look that found nothing, with no wake-up since and within a poll tick, finds nothing
+    /// without asking the database: after a wake-up, one of a worker's 250 waiting claims looks, not all 250
+    /// (each look may scan the whole backlog for a worker whose problems match none of it).
+    async fn look(&self, worker_id: &str, slot: &LookSlot) -> StoreResult<Claim> {
+        let mut last = slot.lock().await;
+        let generation = self.generation.load(Ordering::SeqCst);
+        if let Some(e) = *last
+            && e.generation == generation
+            && e.at.elapsed() < self.poll_tick
+        {
+            return Ok(Claim::Empty {
+                free_slots: e.free_slots,
+            });
+        }
+        // Boxed: a claim waiting between looks keeps only the box's pointer, not room for the query's state.
+        let found = Box::pin(queue::claim(&self.db, worker_id, &self.lease)).await;
+        *last = match &found {
+            Ok(Claim::Empty { free_slots }) => Some(EmptyLook {
+                generation,
+                at: Instant::now(),
+                free_slots: *free_slots,
+            }),
+            _ => None,
+        };
+        found
     }
 
     fn released(&self, tasks: &[task::Model], reason: &'static str) {
@@ -143,6 +226,7 @@ impl Dispatcher {
     /// Registers a worker, or a known one again (the tasks it still held are released).
     pub async fn register(&self, req: &api::RegisterWorkerRequest) -> StoreResult<Registered> {
         let r = workers::register(&self.db, req, &self.lease).await?;
+        self.forget_look(&r.worker.id);
         self.released(&r.released, "worker_reregistered");
         tracing::info!(worker_id = %r.worker.id, created = r.created, released = r.released.len(), "worker registered");
         Ok(r)
@@ -170,12 +254,13 @@ impl Dispatcher {
     ) -> StoreResult<Option<task::Model>> {
         let deadline = Instant::now() + wait;
         let mut waiting = None;
+        let slot = self.look_slot(worker_id);
         loop {
             // Subscribe before looking, so that a task created meanwhile cannot be missed.
             let notified = self.queue_changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let free_slots = match queue::claim(&self.db, worker_id, &self.lease).await? {
+            let free_slots = match self.look(worker_id, &slot).await? {
                 Claim::Task(t) => {
                     tracing::info!(task_id = %t.id, worker_id = %worker_id, attempt = t.attempt, "task claimed");
                     self.metrics.task_claimed(&t);
@@ -215,6 +300,7 @@ impl Dispatcher {
     ) -> StoreResult<task::Model> {
         let worker_id = run.worker_id;
         let t = queue::finish(&self.db, task_id, run, outcome).await?;
+        self.forget_look(worker_id);
         tracing::info!(task_id = %t.id, worker_id = %worker_id, status = %t.status, "task finished");
         self.metrics.task_finished(&t);
         Ok(t)
@@ -229,6 +315,7 @@ impl Dispatcher {
     ) -> StoreResult<task::Model> {
         let worker_id = run.worker_id;
         let t = queue::give_back(&self.db, task_id, run, &self.lease, why).await?;
+        self.forget_look(worker_id);
         tracing::info!(task_id = %t.id, worker_id = %worker_id, "task released by its worker");
         self.metrics.tasks_requeued(1, "worker_stopping");
         self.wake();

@@ -533,6 +533,87 @@ async fn priority_then_age_orders_claims(backend: Backend) {
     assert_eq!(order, vec!["top-9", "mid-5", "first-0", "second-0", "neg"]);
 }
 
+/// A worker's waiting claims take turns looking at the queue, and a look that found nothing stands for the
+/// others until something wakes them: tasks that come are still all handed out at once, one per claim, while
+/// a backlog of tasks the worker does not support leaves its claims waiting.
+async fn waiting_claims_of_one_worker_share_their_looks(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |c| c.claim_poll_interval_ms = 200).await;
+    app.register(
+        "w",
+        json!({"max_parallel_tasks": 6, "supported_problems": ["mine-*"]}),
+    )
+    .await;
+    for i in 0..50 {
+        app.create_task(json!({"problem_id": format!("other-{i}")}))
+            .await;
+    }
+    let waiting: Vec<_> = (0..6)
+        .map(|_| {
+            let (client, url) = (
+                app.client.clone(),
+                app.url("/api/v1/workers/w/claim?wait_seconds=10"),
+            );
+            tokio::spawn(async move {
+                let r = client.post(url).send().await.unwrap();
+                let status = r.status();
+                (status, r.text().await.unwrap())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        waiting.iter().all(|w| !w.is_finished()),
+        "nothing for them yet: all six wait"
+    );
+
+    // Four tasks at once: four claims answered, each with its own task; two still wait.
+    let r = app
+        .post(
+            "/api/v1/batches",
+            json!({"tasks": (0..4).map(|i| json!({"problem_id": format!("mine-{i}")})).collect::<Vec<_>>()}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let got = app
+        .eventually("four claims answered", || async {
+            let done = waiting.iter().filter(|w| w.is_finished()).count();
+            (done >= 4).then_some(done)
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(got, 4);
+    assert_eq!(
+        waiting.iter().filter(|w| w.is_finished()).count(),
+        4,
+        "two still wait"
+    );
+
+    let mut answered = Vec::new();
+    let mut rest = Vec::new();
+    for w in waiting {
+        if w.is_finished() {
+            answered.push(w.await.unwrap());
+        } else {
+            rest.push(w);
+        }
+    }
+    let ids: HashSet<String> = answered
+        .iter()
+        .map(|(status, body)| {
+            assert_eq!(*status, StatusCode::OK, "{body}");
+            serde_json::from_str::<Value>(body).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(ids.len(), 4, "four different tasks");
+    // A later task reaches one of the two still waiting.
+    app.create_task(json!({"problem_id": "mine-late"})).await;
+    let late = futures_util::future::select_all(rest).await.0.unwrap();
+    assert_eq!(late.0, StatusCode::OK, "{}", late.1);
+}
+
 async fn long_poll_is_woken_by_a_create(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     app.register("w", json!({})).await;
@@ -1111,6 +1192,7 @@ task_executor_shared::both_backends!(
     max_parallel_tasks_holds_under_racing_claims,
     priority_then_age_orders_claims,
     long_poll_is_woken_by_a_create,
+    waiting_claims_of_one_worker_share_their_looks,
     lost_worker_task_is_requeued_and_the_late_report_refused,
     out_of_attempts_the_task_fails_naming_the_worker,
     reaper_times_out_an_overdue_task,
