@@ -209,62 +209,18 @@ async fn main() -> anyhow::Result<()> {
     println!("service create→claim→complete over HTTP: {service_cycle:.0} tasks/s");
 
     // Heartbeats from every worker, as fast as they go.
-    let seconds = env_or("BENCH_SECONDS", 3) as u64;
-    let until = Instant::now() + Duration::from_secs(seconds);
-    let start = Instant::now();
-    let mut handles = Vec::new();
-    for w in 0..workers {
-        let (client, base) = (client.clone(), base.clone());
-        handles.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            while Instant::now() < until {
-                let t = Instant::now();
-                let r = client
-                    .post(format!("{base}/api/v1/workers/bench-{w}/heartbeat"))
-                    .json(&json!({"status": "idle"}))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(r.status(), 200);
-                r.bytes().await.unwrap();
-                lat.push(t.elapsed());
-            }
-            lat
-        }));
-    }
-    let mut lat = Vec::new();
-    for h in handles {
-        lat.extend(h.await?);
-    }
-    report("heartbeat", lat, start.elapsed());
-
+    let seconds = Duration::from_secs(env_or("BENCH_SECONDS", 3) as u64);
+    flat_out("heartbeat", workers, seconds, |w| {
+        client
+            .post(format!("{base}/api/v1/workers/bench-{w}/heartbeat"))
+            .json(&json!({"status": "idle"}))
+    })
+    .await?;
     // The floor under every figure above: a request that reaches the API and does no database work at all.
-    let until = Instant::now() + Duration::from_secs(seconds);
-    let start = Instant::now();
-    let mut handles = Vec::new();
-    for _ in 0..workers {
-        let (client, base) = (client.clone(), base.clone());
-        handles.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            while Instant::now() < until {
-                let t = Instant::now();
-                let r = client
-                    .get(format!("{base}/api/v1/auth/whoami"))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(r.status(), 200);
-                r.bytes().await.unwrap();
-                lat.push(t.elapsed());
-            }
-            lat
-        }));
-    }
-    let mut lat = Vec::new();
-    for h in handles {
-        lat.extend(h.await?);
-    }
-    report("no-db request", lat, start.elapsed());
+    flat_out("no-db request", workers, seconds, |_| {
+        client.get(format!("{base}/api/v1/auth/whoami"))
+    })
+    .await?;
 
     println!(
         "raw SQL insert→claim→complete (above): {raw:.0} cycles/s; the service does {:.0} % of it",
@@ -302,6 +258,47 @@ async fn main() -> anyhow::Result<()> {
         let across = dispatch_latency(&client, &base, &base_b, rounds).await;
         report_dispatch("replica A → B", across);
     }
+    Ok(())
+}
+
+/// `clients` clients sending the request `make(client)` makes, one after another, for `seconds`; reports
+/// the rate and latencies. Every answer must be 200.
+async fn flat_out(
+    name: &str,
+    clients: usize,
+    seconds: Duration,
+    make: impl Fn(usize) -> reqwest::RequestBuilder,
+) -> anyhow::Result<()> {
+    let until = Instant::now() + seconds;
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for c in 0..clients {
+        let (client, request) = make(c).build_split();
+        let request = request?;
+        handles.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            while Instant::now() < until {
+                let t = Instant::now();
+                let r = client
+                    .execute(
+                        request
+                            .try_clone()
+                            .expect("a request with a body in memory"),
+                    )
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+                r.bytes().await.unwrap();
+                lat.push(t.elapsed());
+            }
+            lat
+        }));
+    }
+    let mut lat = Vec::new();
+    for h in handles {
+        lat.extend(h.await?);
+    }
+    report(name, lat, start.elapsed());
     Ok(())
 }
 
