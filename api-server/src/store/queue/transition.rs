@@ -250,8 +250,11 @@ fn tally_column(status: TaskStatus) -> worker::Column {
     }
 }
 
+/// The note of dropped entries reads "{count}{DROPPED}" (written by SQL on PostgreSQL, so the text is shared).
+const DROPPED: &str = " log entries were dropped past the cap on entries per task";
+
 fn dropped_message(dropped: i64) -> String {
-    format!("{dropped} log entries were dropped past the cap on entries per task")
+    format!("{dropped}{DROPPED}")
 }
 
 /// [`apply_with`] on PostgreSQL: the guarded update, its log entry and what `also` asks for as one statement
@@ -283,13 +286,13 @@ async fn apply_in_one_statement(
         param(target.to_string().into()),
     );
     let dropped = if also.note_dropped {
-        let (level, severity) = (
+        let (level, severity, text) = (
             param(LogLevel::Warning.to_string().into()),
             param(LogLevel::Warning.severity().into()),
+            param(DROPPED.into()),
         );
         format!(
-            " UNION ALL SELECT 2, id, {ts}, {level}, {severity}, \
-                 log_dropped || ' log entries were dropped past the cap on entries per task', \
+            " UNION ALL SELECT 2, id, {ts}, {level}, {severity}, log_dropped || {text}, \
                  jsonb_build_object('event', 'log_dropped', 'dropped', log_dropped), {attempt}, NULL \
                FROM changed WHERE log_dropped > 0"
         )
