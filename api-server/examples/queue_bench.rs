@@ -53,10 +53,15 @@ fn report(name: &str, mut lat: Vec<Duration>, wall: Duration) {
 }
 
 fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
+    status_mib("self", "VmHWM:")
+}
+
+/// A memory figure of `/proc/{pid}/status` (`VmRSS:`, `VmHWM:`), in MiB (0 when unreadable).
+fn status_mib(pid: &str, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+            s.lines().find(|l| l.starts_with(field)).and_then(|l| {
                 l.split_whitespace()
                     .nth(1)
                     .and_then(|kb| kb.parse::<f64>().ok())
@@ -560,19 +565,7 @@ async fn memory_check(bin: &str, url: &str) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let rss = || {
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .ok()
-            .and_then(|s| {
-                s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| {
-                    l.split_whitespace()
-                        .nth(1)
-                        .and_then(|kb| kb.parse::<f64>().ok())
-                })
-            })
-            .map(|kb| kb / 1024.0)
-            .unwrap_or(0.0)
-    };
+    let rss = || status_mib(&pid.to_string(), "VmRSS:");
     println!("server RSS at start: {:.0} MiB", rss());
     // In batches of 1,000 (a batch of 10,000 is a 1 MiB body, parsed twice, whose peak the allocator keeps).
     for b in 0..100 {

@@ -32,6 +32,26 @@ fn browserlike() -> reqwest::Client {
 }
 
 /// The hidden `csrf` value of the first form in a page.
+/// Posts a dashboard form that carries only its form token, as the page's button does.
+async fn submit(
+    client: &reqwest::Client,
+    url: impl reqwest::IntoUrl,
+    csrf: &str,
+) -> reqwest::Response {
+    client
+        .post(url)
+        .form(&[("csrf", csrf)])
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Asserts a 303 to `to`.
+fn assert_redirect(r: &reqwest::Response, to: &str) {
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(r.headers()[header::LOCATION], to);
+}
+
 fn csrf_of(html: &str) -> String {
     let at = html.find("name=\"csrf\" value=\"").expect("a form token") + 19;
     html[at..at + 32].to_owned()
@@ -200,12 +220,12 @@ async fn pages_and_sessions(backend: Backend) {
     // The reader's Cancel through a form is a 403, and the task is still pending.
     let (_, _, html) = page(&web, &app.url("/ui/tasks")).await;
     let csrf = csrf_of(&html);
-    let r = web
-        .post(app.url(&format!("/ui/tasks/{task_id}/cancel")))
-        .form(&[("csrf", csrf.as_str())])
-        .send()
-        .await
-        .unwrap();
+    let r = submit(
+        &web,
+        app.url(&format!("/ui/tasks/{task_id}/cancel")),
+        csrf.as_str(),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     assert!(r.text().await.unwrap().contains("does not allow this"));
 
@@ -221,12 +241,7 @@ async fn pages_and_sessions(backend: Backend) {
         .unwrap();
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     let cancel = app.url(&format!("/ui/tasks/{task_id}/cancel"));
-    let r = admin
-        .post(&cancel)
-        .form(&[("csrf", "0".repeat(32))])
-        .send()
-        .await
-        .unwrap();
+    let r = submit(&admin, &cancel, &"0".repeat(32)).await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     let r = admin
         .post(&cancel)
@@ -245,17 +260,8 @@ async fn pages_and_sessions(backend: Backend) {
         .await;
     assert_eq!(r.body["status"], "pending");
     // With its token, from the page: cancelled, and back to the task's page with a notice.
-    let r = admin
-        .post(&cancel)
-        .form(&[("csrf", csrf.as_str())])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::SEE_OTHER);
-    assert_eq!(
-        r.headers()[header::LOCATION],
-        format!("/ui/tasks/{task_id}?notice=cancelled").as_str()
-    );
+    let r = submit(&admin, &cancel, csrf.as_str()).await;
+    assert_redirect(&r, &format!("/ui/tasks/{task_id}?notice=cancelled"));
     let (_, _, html) = page(
         &admin,
         &app.url(&format!("/ui/tasks/{task_id}?notice=cancelled")),
@@ -263,12 +269,7 @@ async fn pages_and_sessions(backend: Backend) {
     .await;
     assert!(html.contains("The task was cancelled.") && html.contains("data-status=\"cancelled\""));
     // Cancelling again says why not, as a page.
-    let r = admin
-        .post(&cancel)
-        .form(&[("csrf", csrf.as_str())])
-        .send()
-        .await
-        .unwrap();
+    let r = submit(&admin, &cancel, csrf.as_str()).await;
     assert_eq!(r.status(), StatusCode::CONFLICT);
     assert!(r.text().await.unwrap().contains("already cancelled"));
 
@@ -330,16 +331,15 @@ async fn pages_and_sessions(backend: Backend) {
         );
     }
     // Cancel batch from its page: its unfinished task (running on html-1) is cancelled.
-    let r = admin
-        .post(app.url(&format!("/ui/batches/{batch_id}/cancel")))
-        .form(&[("csrf", csrf.as_str())])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::SEE_OTHER);
-    assert_eq!(
-        r.headers()[header::LOCATION],
-        format!("/ui/batches/{batch_id}?notice=batch_cancelled").as_str()
+    let r = submit(
+        &admin,
+        app.url(&format!("/ui/batches/{batch_id}/cancel")),
+        csrf.as_str(),
+    )
+    .await;
+    assert_redirect(
+        &r,
+        &format!("/ui/batches/{batch_id}?notice=batch_cancelled"),
     );
     let r = app
         .send(
@@ -379,12 +379,7 @@ async fn pages_and_sessions(backend: Backend) {
 
     // Logging out ends the session; a revoked token ends it too.
     let (_, _, html) = page(&web, &app.url("/ui")).await;
-    let r = web
-        .post(app.url("/ui/logout"))
-        .form(&[("csrf", csrf_of(&html))])
-        .send()
-        .await
-        .unwrap();
+    let r = submit(&web, app.url("/ui/logout"), &csrf_of(&html)).await;
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     let r = web.get(app.url("/ui")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::SEE_OTHER, "logged out");
