@@ -78,8 +78,10 @@ pub async fn connect_with(
         .connect_timeout(Duration::from_secs(10))
         .acquire_timeout(Duration::from_secs(10));
     if url.starts_with("sqlite:") {
+        // A local file cannot lose its connection: no ping (a hand-off to SQLite's thread) before each use.
         opts.max_connections(1)
             .min_connections(1)
+            .test_before_acquire(false)
             .map_sqlx_sqlite_opts(move |o| {
                 o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
                     .synchronous(if full_sync {
@@ -91,7 +93,11 @@ pub async fn connect_with(
                     .busy_timeout(Duration::from_secs(10))
             });
     } else {
-        opts.max_connections(max_connections).min_connections(1);
+        // A connection in use is known to be alive; one idle for a while is pinged before it is handed out
+        // (a ping at every checkout would double the round trips of every one-statement hot path).
+        opts.max_connections(max_connections)
+            .min_connections(1)
+            .test_before_acquire_if_idle_for(Duration::from_secs(30));
     }
     let db = Database::connect(opts)
         .await
