@@ -98,9 +98,9 @@ async fn main() -> anyhow::Result<()> {
     let mut config = Config::for_database(&url);
     config.bind_addr = Some("127.0.0.1:0".to_owned());
     config.auto_start_workers = false;
-    // The clients all come from one address: the queue is measured, not the per-client rate limit.
+    // The clients all come from one address: the queue is measured, not the per-client rate limit. The caps on
+    // the queue keep their defaults: their admission check is part of every creation.
     config.rate_limit_per_second = 0;
-    config.max_pending_tasks = 0;
     let app = Application::build(config).await?;
     // The baseline first, on the fresh database: the same life as bare SQL, `workers` connections. (Run after
     // the service, it would meet the dead rows the service left and flatter the ratio.)
@@ -254,7 +254,6 @@ async fn main() -> anyhow::Result<()> {
         other.bind_addr = Some("127.0.0.1:0".to_owned());
         other.auto_start_workers = false;
         other.rate_limit_per_second = 0;
-        other.max_pending_tasks = 0;
         let b = Application::build(other).await?;
         let base_b = format!("http://127.0.0.1:{}", b.port());
         tokio::spawn(b.run_until_stopped(std::future::pending()));

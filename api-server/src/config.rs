@@ -222,13 +222,13 @@ impl Config {
         }
     }
 
-    /// The caps a new task must fit under.
+    /// The caps a new task must fit under (the state keeps one, whose counts its requests share).
     pub fn admission(&self) -> crate::store::tasks::Admission {
         let cap = |n: u64| (n > 0).then_some(n);
-        crate::store::tasks::Admission {
-            max_pending: cap(self.max_pending_tasks),
-            max_active_per_token: cap(self.max_active_tasks_per_token),
-        }
+        crate::store::tasks::Admission::new(
+            cap(self.max_pending_tasks),
+            cap(self.max_active_tasks_per_token),
+        )
     }
 
     /// How long finished tasks are kept, if not forever.

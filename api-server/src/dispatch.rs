@@ -32,7 +32,8 @@ use crate::{
 /// (`CLAIM_POLL_INTERVAL_MS`).
 const POLL_TICK: Duration = Duration::from_millis(500);
 
-/// The channel the database notifies when a task becomes claimable (a trigger on `tasks`, PostgreSQL only).
+/// The channel of the queue's notifications (PostgreSQL only): a replica announces there the tasks it created
+/// ([`announce`]), and a trigger on `tasks` the tasks put back to `pending`.
 pub const QUEUE_CHANNEL: &str = "task_executor_queue";
 
 #[derive(Clone)]
@@ -54,6 +55,10 @@ pub struct Dispatcher {
     looks: Arc<Mutex<HashMap<String, Weak<LookSlot>>>>,
     /// The writer of heartbeats, in batches.
     heartbeats: Heartbeats,
+    /// Signalled when this process created tasks, for [`announce`] to tell the other replicas.
+    created: Arc<Notify>,
+    /// This process among the replicas: the payload of its announcements, which its own listener skips.
+    replica: Arc<str>,
 }
 
 /// The looks at the queue of one worker's claims in this process, one at a time, and the last one if it found
@@ -111,6 +116,8 @@ impl Dispatcher {
             poll_tick: POLL_TICK,
             generation: Arc::default(),
             looks: Arc::default(),
+            created: Arc::new(Notify::new()),
+            replica: Uuid::new_v4().simple().to_string().into(),
         }
     }
 
@@ -152,11 +159,18 @@ impl Dispatcher {
         })
     }
 
-    /// A task became claimable: wake the claims waiting in this process. (On PostgreSQL the database also
-    /// tells every replica, this one included: see [`listen`].)
+    /// A task became claimable: wake the claims waiting in this process. (A task put back to `pending` is
+    /// also announced to every replica by the database, this one included: see [`listen`].)
     pub fn wake(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
         self.queue_changed.notify_waiters();
+    }
+
+    /// This process created tasks (their commit is done): wake the claims waiting here, and have [`announce`]
+    /// tell the other replicas.
+    pub fn created(&self) {
+        self.wake();
+        self.created.notify_one();
     }
 
     /// The look slot of a worker, shared by its claims in this process while any lives.
@@ -333,8 +347,8 @@ impl Dispatcher {
     }
 }
 
-/// Wakes this process's waiting claims whenever a task becomes claimable anywhere — created or put back through
-/// any replica, or by any replica's reaper — by listening to the database's [`QUEUE_CHANNEL`] on a connection of
+/// Wakes this process's waiting claims whenever a task becomes claimable anywhere — created through another
+/// replica (its [`announce`]), or put back to `pending` by any replica (the trigger) — by listening to the database's [`QUEUE_CHANNEL`] on a connection of
 /// its own (PostgreSQL). After a lost connection (a database restart) it connects again, backing off up to
 /// 10 s, and wakes the claims once, since a notification may have been missed meanwhile; the claims' own poll
 /// tick covers that gap.
@@ -365,6 +379,8 @@ pub async fn listen(url: String, dispatcher: Dispatcher, stop: CancellationToken
                         n = listener.try_recv() => n,
                     };
                     match next {
+                        // This process's own announcement: its claims were woken already.
+                        Ok(Some(n)) if n.payload() == &*dispatcher.replica => {}
                         Ok(Some(_)) => dispatcher.wake(),
                         // The connection dropped; the next call connects again (and may fail).
                         Ok(None) => dispatcher.wake(),
@@ -388,5 +404,38 @@ pub async fn listen(url: String, dispatcher: Dispatcher, stop: CancellationToken
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// Tells the other replicas (PostgreSQL) of the tasks this process created, once their commit is done: a
+/// `NOTIFY` on a connection of the pool, one at a time, each covering every creation signalled before it
+/// started. (A `NOTIFY` inside the creating transaction would serialize the commits of all creations on the
+/// database's notification lock.) A creation whose announcement is lost — the process stopped just after
+/// the commit, or the database was unreachable — is found by the other replicas' claims at their next poll.
+pub async fn announce(dispatcher: Dispatcher, stop: CancellationToken) {
+    use sea_orm::{ConnectionTrait, DbBackend, Statement};
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = dispatcher.created.notified() => {}
+        }
+        let notify = Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT pg_notify($1, $2)",
+            [QUEUE_CHANNEL.into(), dispatcher.replica.to_string().into()],
+        );
+        match dispatcher.db.execute_raw(notify).await {
+            Ok(_) if failing => {
+                tracing::info!("announcing new tasks to the other replicas again");
+                failing = false;
+            }
+            Ok(_) => {}
+            Err(e) if !failing => {
+                tracing::warn!(error = %e, "cannot announce new tasks to the other replicas: their claims find them at their next poll");
+                failing = true;
+            }
+            Err(_) => {}
+        }
     }
 }

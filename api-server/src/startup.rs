@@ -115,6 +115,7 @@ impl Application {
             metrics,
             limiter: RateLimiter::new(config.rate_limit_per_second, config.rate_limit_burst),
             auth,
+            admission: config.admission(),
             config: Arc::new(config),
             ui: Arc::default(),
             counts: Arc::default(),
@@ -153,6 +154,10 @@ impl Application {
         if store::is_postgres(&self.state.db) {
             tokio::spawn(crate::dispatch::listen(
                 self.state.config.database_url.clone(),
+                self.state.dispatcher.clone(),
+                stop.clone(),
+            ));
+            tokio::spawn(crate::dispatch::announce(
                 self.state.dispatcher.clone(),
                 stop.clone(),
             ));

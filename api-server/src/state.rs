@@ -25,6 +25,8 @@ pub struct AppState {
     pub limiter: Option<Arc<RateLimiter>>,
     /// Tasks by status, read at a cost that does not grow with the table.
     pub counts: Arc<crate::store::stats::StatusCounts>,
+    /// The caps on new tasks, with the counts the requests of this process share.
+    pub admission: crate::store::tasks::Admission,
     /// What the dashboard reuses between viewers.
     pub ui: Arc<crate::ui::Cache>,
 }

@@ -15,6 +15,7 @@ mod m20261126_000008_completed_index;
 mod m20261126_000009_queue_notify;
 mod m20261126_000010_hot_updates;
 mod m20261126_000011_running_count;
+mod m20261126_000012_notify_requeues_only;
 
 pub struct Migrator;
 
@@ -33,6 +34,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000009_queue_notify::Migration),
             Box::new(m20261126_000010_hot_updates::Migration),
             Box::new(m20261126_000011_running_count::Migration),
+            Box::new(m20261126_000012_notify_requeues_only::Migration),
         ]
     }
 }

@@ -237,7 +237,7 @@ impl BatchesApi {
                 created_by: auth.token_name().map(str::to_owned),
                 idempotency,
                 tasks,
-                admission: self.state.config.admission(),
+                admission: self.state.admission.clone(),
             },
         )
         .await?;
@@ -254,7 +254,7 @@ impl BatchesApi {
                 for _ in 0..out.task_count {
                     self.state.metrics.task_created();
                 }
-                self.state.dispatcher.wake();
+                self.state.dispatcher.created();
                 CreateBatchResponse::Created(Json(out))
             }
             Created::Existing => CreateBatchResponse::Existing(Json(out)),

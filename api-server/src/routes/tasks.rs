@@ -80,7 +80,7 @@ impl TasksApi {
                 priority: req.priority,
                 idempotency,
                 created_by: auth.token_name().map(str::to_owned),
-                admission: self.state.config.admission(),
+                admission: self.state.admission.clone(),
             },
         )
         .await?;
@@ -88,7 +88,7 @@ impl TasksApi {
             Created::New => {
                 tracing::info!(task_id = %task.id, problem_id = %task.problem_id, "task created");
                 self.state.metrics.task_created();
-                self.state.dispatcher.wake();
+                self.state.dispatcher.created();
                 CreateResponse::Created(Json(task.into()))
             }
             Created::Existing => CreateResponse::Existing(Json(task.into())),

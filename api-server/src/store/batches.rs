@@ -16,7 +16,7 @@ use super::{
     entity::{batch, task, task_log},
     now,
     queue::transition::{self, Change, Entry, Guard},
-    tasks::{Admission, Created, admit, pending_task},
+    tasks::{Admission, Created, admit, admitted, pending_task},
 };
 
 /// One task of a new batch, its parameters already made effective.
@@ -52,7 +52,7 @@ pub async fn create(
     }
     let n = new.tasks.len();
     let txn = db.begin().await?;
-    admit(&txn, n as u64, new.created_by.as_deref(), new.admission).await?;
+    admit(&txn, n as u64, new.created_by.as_deref(), &new.admission).await?;
     let at = now();
     let id = Uuid::new_v4();
     let inserted = batch::ActiveModel {
@@ -121,6 +121,7 @@ pub async fn create(
             .await?;
     }
     txn.commit().await?;
+    admitted(&new.admission, n as u64, new.created_by.as_deref());
     Ok((b, ids, Created::New))
 }
 

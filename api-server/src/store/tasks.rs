@@ -5,6 +5,12 @@ use sea_orm::{
     EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Set, SqlErr,
     Statement, TransactionTrait,
 };
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
 use serde_json::{Value, json};
 use task_executor_shared::{LogLevel, TaskStatus, api};
 use uuid::Uuid;
@@ -30,58 +36,150 @@ pub struct NewTask {
     pub admission: Admission,
 }
 
-/// The caps on the queue a new task must fit under (none: no cap).
-#[derive(Debug, Clone, Copy, Default)]
+/// The caps on the queue a new task must fit under (none: no cap), with what this process last counted.
+#[derive(Debug, Clone, Default)]
 pub struct Admission {
     /// Pending tasks in the whole queue at most (`MAX_PENDING_TASKS`).
     pub max_pending: Option<u64>,
     /// Pending and running tasks of one token at most (`MAX_ACTIVE_TASKS_PER_TOKEN`).
     pub max_active_per_token: Option<u64>,
+    /// The counts last read, shared by the requests of this process.
+    pub counted: Arc<Counted>,
+}
+
+impl Admission {
+    pub fn new(max_pending: Option<u64>, max_active_per_token: Option<u64>) -> Admission {
+        Admission {
+            max_pending,
+            max_active_per_token,
+            counted: Arc::default(),
+        }
+    }
+}
+
+/// The admission counts this process read last — the queue's pending tasks, and each token's active ones —
+/// plus what it admitted since. Far below a cap, a new task is admitted on these without counting again (a
+/// count of a 100,000-task backlog takes milliseconds); near it (within a tenth of the cap, or 100), or once
+/// a count is a second old, the count is read again. A refusal is always decided on a fresh count.
+#[derive(Debug, Default)]
+pub struct Counted {
+    pending: Mutex<Option<Count>>,
+    active: Mutex<HashMap<String, Count>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Count {
+    n: u64,
+    read_at: Instant,
+}
+
+/// How long a count is trusted far from its cap.
+const COUNT_FRESH: Duration = Duration::from_secs(1);
+
+impl Count {
+    /// Whether `more` fit under `max` on this count alone: fresh, and far enough below the cap that what other
+    /// replicas or finished tasks changed since cannot matter much.
+    fn clearly_fits(&self, more: u64, max: u64) -> bool {
+        let margin = (max / 10).max(100);
+        self.read_at.elapsed() < COUNT_FRESH && self.n + more + margin <= max
+    }
 }
 
 /// Seconds a client refused for a full queue or too many active tasks is told to wait.
 const ADMISSION_RETRY_AFTER: u64 = 30;
 
-/// Refuses `n` new tasks of `owner` that do not fit under the caps. The counts are read just before the
-/// insert, so requests racing each other may overshoot a cap by their number: the caps bound runaway
-/// submissions, not exact quotas.
+/// Refuses `n` new tasks of `owner` that do not fit under the caps (see [`Counted`] for when the counts are
+/// read). Requests racing each other, or other replicas, may overshoot a cap a little: the caps bound
+/// runaway submissions, not exact quotas.
 pub(super) async fn admit(
     db: &impl ConnectionTrait,
     n: u64,
     owner: Option<&str>,
-    admission: Admission,
+    admission: &Admission,
 ) -> StoreResult<()> {
     if let Some(max) = admission.max_pending {
-        let pending = task::Entity::find()
-            .filter(task::Column::Status.eq(TaskStatus::Pending))
-            .count(db)
-            .await?;
-        if pending + n > max {
-            return Err(StoreError::QueueFull {
-                detail: format!(
-                    "the queue is full: {pending} tasks are pending and {n} more would exceed MAX_PENDING_TASKS ({max})"
-                ),
-                retry_after: ADMISSION_RETRY_AFTER,
-            });
+        let known = *admission.counted.pending.lock().expect("counts lock");
+        match known {
+            Some(c) if c.clearly_fits(n, max) => {}
+            _ => {
+                let read_at = Instant::now();
+                let pending = task::Entity::find()
+                    .filter(task::Column::Status.eq(TaskStatus::Pending))
+                    .count(db)
+                    .await?;
+                *admission.counted.pending.lock().expect("counts lock") = Some(Count {
+                    n: pending,
+                    read_at,
+                });
+                if pending + n > max {
+                    return Err(StoreError::QueueFull {
+                        detail: format!(
+                            "the queue is full: {pending} tasks are pending and {n} more would exceed MAX_PENDING_TASKS ({max})"
+                        ),
+                        retry_after: ADMISSION_RETRY_AFTER,
+                    });
+                }
+            }
         }
     }
     if let (Some(max), Some(owner)) = (admission.max_active_per_token, owner) {
-        let active = task::Entity::find()
-            .filter(task::Column::CreatedBy.eq(owner))
-            .filter(task::Column::Status.is_in([TaskStatus::Pending, TaskStatus::Running]))
-            .count(db)
-            .await?;
-        if active + n > max {
-            return Err(StoreError::TooMany {
-                kind: "too_many_tasks",
-                detail: format!(
-                    "token `{owner}` has {active} pending or running tasks and {n} more would exceed MAX_ACTIVE_TASKS_PER_TOKEN ({max})"
-                ),
-                retry_after: ADMISSION_RETRY_AFTER,
-            });
+        let known = admission
+            .counted
+            .active
+            .lock()
+            .expect("counts lock")
+            .get(owner)
+            .copied();
+        match known {
+            Some(c) if c.clearly_fits(n, max) => {}
+            _ => {
+                let read_at = Instant::now();
+                let active = task::Entity::find()
+                    .filter(task::Column::CreatedBy.eq(owner))
+                    .filter(task::Column::Status.is_in([TaskStatus::Pending, TaskStatus::Running]))
+                    .count(db)
+                    .await?;
+                let mut counts = admission.counted.active.lock().expect("counts lock");
+                if counts.len() >= 1024 {
+                    counts.retain(|_, c| c.read_at.elapsed() < COUNT_FRESH);
+                }
+                counts.insert(owner.to_owned(), Count { n: active, read_at });
+                if active + n > max {
+                    return Err(StoreError::TooMany {
+                        kind: "too_many_tasks",
+                        detail: format!(
+                            "token `{owner}` has {active} pending or running tasks and {n} more would exceed MAX_ACTIVE_TASKS_PER_TOKEN ({max})"
+                        ),
+                        retry_after: ADMISSION_RETRY_AFTER,
+                    });
+                }
+            }
         }
     }
     Ok(())
+}
+
+/// Adds `n` tasks of `owner` that were just created to the counts (so that the next admissions see them).
+pub(super) fn admitted(admission: &Admission, n: u64, owner: Option<&str>) {
+    if let Some(c) = admission
+        .counted
+        .pending
+        .lock()
+        .expect("counts lock")
+        .as_mut()
+    {
+        c.n += n;
+    }
+    if let Some(owner) = owner
+        && let Some(c) = admission
+            .counted
+            .active
+            .lock()
+            .expect("counts lock")
+            .get_mut(owner)
+    {
+        c.n += n;
+    }
 }
 
 /// Whether [`create`] made a new task or found the one an earlier request with the same key made.
@@ -100,7 +198,7 @@ pub async fn create(db: &DatabaseConnection, new: NewTask) -> StoreResult<(task:
     {
         return Ok((found, Created::Existing));
     }
-    admit(db, 1, new.created_by.as_deref(), new.admission).await?;
+    admit(db, 1, new.created_by.as_deref(), &new.admission).await?;
     let at = now();
     let mut model = pending_task(
         Uuid::new_v4(),
@@ -114,7 +212,10 @@ pub async fn create(db: &DatabaseConnection, new: NewTask) -> StoreResult<(task:
     model.created_by = Set(new.created_by.clone());
     let context = json!({"event": "created", "priority": new.priority});
     match insert_with_entry(db, model, context).await {
-        Ok(inserted) => Ok((inserted, Created::New)),
+        Ok(inserted) => {
+            admitted(&new.admission, 1, new.created_by.as_deref());
+            Ok((inserted, Created::New))
+        }
         Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
             // Another request with the same key won the race: answer what it made.
             if let Some((key, hash)) = &new.idempotency

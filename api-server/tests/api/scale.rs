@@ -73,6 +73,60 @@ async fn a_task_created_on_one_replica_wakes_a_claim_waiting_on_another() {
     }
 }
 
+/// A task put back to `pending` through one replica (its worker releases it) wakes a claim waiting on another:
+/// requeues are announced by the database's trigger, creations by the creating replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_released_on_one_replica_wakes_a_claim_waiting_on_another() {
+    let (db_url, dir) = TestApp::fresh_database(Backend::Postgres).await;
+    let slow = |c: &mut api_server::Config| c.claim_poll_interval_ms = LONG_TICK_MS;
+    let a = TestApp::spawn_on(db_url.clone(), dir, slow).await;
+    let b = Arc::new(TestApp::spawn_on(db_url, None, slow).await);
+    a.register("near-1", json!({"max_parallel_tasks": 1})).await;
+    b.register("far-1", json!({"max_parallel_tasks": 1})).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let task = a
+        .create_task(json!({"problem_id": "misconfig_app_hotel_res-detection-1"}))
+        .await;
+    let held = a.claim_one("near-1").await;
+    assert_eq!(held["id"], task["id"]);
+    let waiting = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            let r = b
+                .send(
+                    b.client
+                        .post(b.url("/api/v1/workers/far-1/claim?wait_seconds=25"))
+                        .json(&Value::Null),
+                )
+                .await;
+            (r, Instant::now())
+        })
+    };
+    // The claim is waiting on B: the only task is running on A.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let released_at = Instant::now();
+    let r = a
+        .post(
+            &format!(
+                "/api/v1/workers/near-1/tasks/{}/release",
+                task["id"].as_str().unwrap()
+            ),
+            json!({"attempt": held["attempt"], "lease_id": held["lease_id"], "reason": "shutdown"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["status"], "pending");
+    let (r, answered_at) = waiting.await.unwrap();
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["id"], task["id"]);
+    let took = answered_at - released_at;
+    assert!(
+        took < Duration::from_millis(LONG_TICK_MS / 3),
+        "the claim on the other replica was answered after {took:?}: polled, not woken"
+    );
+    finish(&b, "far-1", &r.body).await;
+}
+
 /// Two replicas on one PostgreSQL, workers long-polling on each, tasks created through both: every task is
 /// claimed exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
