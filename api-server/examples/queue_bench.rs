@@ -401,8 +401,8 @@ async fn raw_cycles(url: &str, tasks: usize, clients: usize) -> anyhow::Result<f
             "INSERT INTO tasks (id, problem_id, status, priority, parameters, created_at, updated_at) \
              VALUES (?1, ?2, 'pending', 0, ?3, ?4, ?4)",
             "UPDATE tasks SET status = 'running', worker_id = ?1, attempt = attempt + 1, started_at = ?2, \
-             updated_at = ?2 WHERE id = (SELECT id FROM tasks WHERE status = 'pending' \
-             ORDER BY priority DESC, created_at, id LIMIT 1) RETURNING id",
+             updated_at = ?2 WHERE id = (SELECT id FROM tasks INDEXED BY idx_tasks_pending_claim \
+             WHERE status = 'pending' ORDER BY priority DESC, created_at, id LIMIT 1) RETURNING id",
             "UPDATE tasks SET status = 'completed', result = ?1, completed_at = ?2, updated_at = ?2 \
              WHERE id = ?3 AND status = 'running'",
         )

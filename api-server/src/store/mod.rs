@@ -6,6 +6,7 @@ pub mod entity;
 pub mod logs;
 pub mod queue;
 pub mod retention;
+pub mod script;
 pub mod stats;
 pub mod tasks;
 pub mod tokens;

@@ -1,8 +1,8 @@
 //! Tasks as researchers see them: creation (idempotent), lookup, listing, cancellation.
 
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr,
-    EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Set, SqlErr,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait,
+    FromQueryResult, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Set, SqlErr,
     Statement, TransactionTrait,
 };
 use std::{
@@ -18,9 +18,9 @@ use uuid::Uuid;
 use super::{
     StoreError, StoreResult,
     entity::task,
-    logs::append_log,
     now,
     queue::transition::{self, Change, Entry, Guard},
+    script::{self, Script},
 };
 
 /// A task to insert, its parameters already made effective.
@@ -231,7 +231,8 @@ pub async fn create(db: &DatabaseConnection, new: NewTask) -> StoreResult<(task:
 }
 
 /// Inserts a new task with its "Task created" entry, all or nothing: on PostgreSQL as one statement (the
-/// entry inserted from the row the insert returned), on SQLite in one transaction.
+/// entry inserted from the row the insert returned), on SQLite as one script (one transaction, one hand-off to
+/// its thread).
 async fn insert_with_entry(
     db: &DatabaseConnection,
     model: task::ActiveModel,
@@ -267,20 +268,35 @@ async fn insert_with_entry(
             .await?
             .ok_or_else(|| DbErr::RecordNotInserted);
     }
-    let txn = db.begin().await?;
-    let inserted = model.insert(&txn).await?;
-    append_log(
-        &txn,
-        inserted.id,
-        None,
-        LogLevel::Info,
-        "Task created",
-        Some(context),
-        Some(TaskStatus::Pending),
-    )
+    // SQLite: one script (one hand-off to SQLite's thread), a transaction of its own.
+    let id = model.id.clone().take().ok_or(DbErr::RecordNotInserted)?;
+    let mut script = Script::begin();
+    script
+        .push_built(
+            task::Entity::insert(model).build(DbBackend::Sqlite),
+            " RETURNING *",
+        )
+        .push(
+            "INSERT INTO task_logs (task_id, timestamp, level, severity, message, context, status) \
+             SELECT id, created_at, ?, ?, 'Task created', ?, status FROM tasks WHERE id = ?",
+            [
+                LogLevel::Info.to_string().into(),
+                LogLevel::Info.severity().into(),
+                context.into(),
+                id.into(),
+            ],
+        )
+        .commit();
+    let rows = script::detached(db, move |mut s| async move {
+        let rows = s.run(script).await;
+        (s, rows)
+    })
     .await?;
-    txn.commit().await?;
-    Ok(inserted)
+    let row = rows
+        .first()
+        .and_then(|r| r.first())
+        .ok_or(DbErr::RecordNotInserted)?;
+    task::Model::from_query_result(row, "")
 }
 
 /// A new task row: pending, never claimed, created at `at` (without an idempotency key, creator or batch;

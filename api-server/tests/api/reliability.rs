@@ -758,6 +758,88 @@ async fn extreme_numbers_round_trip(backend: Backend) {
     assert_eq!(listed.status, StatusCode::OK);
 }
 
+/// The rows of table `scratch`, by value.
+async fn scratch(db: &sea_orm::DatabaseConnection) -> Vec<String> {
+    db.query_all_raw(Statement::from_string(
+        db.get_database_backend(),
+        "SELECT v FROM scratch ORDER BY v",
+    ))
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.try_get::<String>("", "v").unwrap())
+    .collect()
+}
+
+/// SQLite's scripts (several statements in one call to its thread) on the one shared connection: a script that
+/// fails half-way writes nothing; a session that does not commit is rolled back; a session whose caller went
+/// away runs to its end; and after each the connection is free and out of any transaction.
+#[tokio::test]
+async fn sqlite_scripts_never_leave_a_transaction_open() {
+    use api_server::store::script::{self, Script};
+    let (url, _dir) = TestApp::fresh_database(Backend::Sqlite).await;
+    let db = store::connect(&url, 1).await.unwrap();
+    db.execute_unprepared("CREATE TABLE scratch (v TEXT PRIMARY KEY NOT NULL)")
+        .await
+        .unwrap();
+    let insert = "INSERT INTO scratch (v) VALUES (?)";
+
+    // The second insert fails (the same key twice): the first is not kept.
+    let mut s = Script::begin();
+    s.push(insert, ["a".into()])
+        .push(insert, ["a".into()])
+        .commit();
+    let failed = script::detached(&db, move |mut session| async move {
+        let r = session.run(s).await;
+        (session, r)
+    })
+    .await;
+    assert!(failed.is_err(), "a duplicate key fails the script");
+    assert!(
+        scratch(&db).await.is_empty(),
+        "nothing of a failed script is kept"
+    );
+
+    // A session that ends without committing is rolled back.
+    let mut s = Script::begin();
+    s.push(insert, ["b".into()]);
+    let rows = script::detached(&db, move |mut session| async move {
+        let r = session.run(s).await;
+        (session, r)
+    })
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 1, "one statement, its rows");
+    assert!(scratch(&db).await.is_empty(), "not committed, rolled back");
+
+    // The caller goes away while the session waits between its two scripts: it still runs to its commit.
+    let (mut first, mut second) = (Script::begin(), Script::then());
+    first.push(insert, ["c".into()]);
+    second.push(insert, ["d".into()]).commit();
+    let cut = tokio::time::timeout(
+        Duration::from_millis(20),
+        script::detached(&db, move |mut session| async move {
+            let r = async {
+                session.run(first).await?;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                session.run(second).await
+            }
+            .await;
+            (session, r)
+        }),
+    )
+    .await;
+    assert!(cut.is_err(), "the caller stopped waiting");
+    // The next use of the connection waits for the session, and finds its work whole and committed.
+    assert_eq!(scratch(&db).await, ["c", "d"]);
+    // The connection is out of any transaction: what it writes now is seen by another connection at once.
+    db.execute_unprepared("INSERT INTO scratch (v) VALUES ('e')")
+        .await
+        .unwrap();
+    let other = Database::connect(&url).await.unwrap();
+    assert_eq!(scratch(&other).await, ["c", "d", "e"]);
+}
+
 task_executor_shared::both_backends!(
     extreme_numbers_round_trip,
     heartbeats_keep_a_long_run_held,

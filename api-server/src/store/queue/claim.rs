@@ -1,38 +1,16 @@
-//! Claiming: the next pending task a worker may take, marked running for it (on PostgreSQL in one statement).
+//! Claiming: the next pending task a worker may take, marked running for it (on PostgreSQL in one statement,
+//! on SQLite in one script).
 
-use chrono::{DateTime, Utc};
-use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, EntityTrait,
-    FromQueryResult, QueryFilter, Statement, TransactionTrait, Value, sea_query::Expr,
-};
-use serde_json::json;
-use task_executor_shared::{LogLevel, TaskStatus, WorkerStatus};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, FromQueryResult, Statement, Value};
+use task_executor_shared::LogLevel;
 
-use super::{LeasePolicy, placeholder};
+use super::LeasePolicy;
 use crate::store::{
     StoreError, StoreResult, absent_or_offline,
-    entity::{task, worker},
-    is_postgres,
-    logs::append_log,
-    now,
+    entity::task,
+    is_postgres, now,
+    script::{self, Script},
 };
-
-/// Translates `supported_problems` globs into SQLite `GLOB` conditions (SQLite's `LIKE` ignores case).
-/// Patterns were checked to hold only id characters, `*`, `?`.
-fn problem_filter(patterns: &[String], values: &mut Vec<Value>) -> String {
-    if patterns.is_empty() || patterns.iter().any(|p| p == "*") {
-        return String::new();
-    }
-    let mut parts = Vec::new();
-    for p in patterns {
-        values.push(p.clone().into());
-        parts.push(format!(
-            "problem_id GLOB {}",
-            placeholder(DbBackend::Sqlite, values.len())
-        ));
-    }
-    format!(" AND ({})", parts.join(" OR "))
-}
 
 /// Claims the next task for a worker: highest priority first, then oldest, among the problems it supports.
 ///
@@ -41,7 +19,8 @@ fn problem_filter(patterns: &[String], values: &mut Vec<Value>) -> String {
 /// sees every claim committed before; then one pending task is marked running for it, with its log entry.
 /// On PostgreSQL all of it is one statement (one round trip): data-modifying CTEs, the task taken with
 /// `FOR UPDATE SKIP LOCKED` so that concurrent claimers never wait for or take the same row, and the worker's
-/// `supported_problems` globs matched in SQL. On SQLite, one transaction (writers are serialized).
+/// `supported_problems` globs matched in SQL. On SQLite, the same steps as one script in a transaction of
+/// its own (see [`claim_sqlite`]).
 ///
 /// Answers the task, or `Empty` with the worker's free slots (how many claims it may usefully have waiting).
 #[tracing::instrument(skip(db, policy), fields(worker_id = %worker_id))]
@@ -133,62 +112,79 @@ async fn claim_pg(
     })
 }
 
+/// The claim on SQLite: the same steps as on PostgreSQL, as one script (one hand-off to SQLite's thread) in a
+/// transaction of its own: the worker touched (its counts read), the next task it may take marked running
+/// (capacity and `supported_problems` globs checked in SQL), and the log entry of the task this claim's new
+/// lease id marks. The pending tasks are read in claim order through their partial index, named: left to
+/// itself, SQLite's planner took the index on `(status, created_at)` and sorted every pending task at each
+/// claim.
 async fn claim_sqlite(
     db: &DatabaseConnection,
     worker_id: &str,
     policy: &LeasePolicy,
 ) -> StoreResult<Claim> {
     let at = now();
-    let txn = db.begin().await?;
-    let w = touch_worker(&txn, worker_id, at).await?;
-    let running = i64::from(w.running_tasks);
-    if running >= i64::from(w.max_parallel_tasks.max(0)) {
-        return Err(at_capacity(worker_id, running, w.max_parallel_tasks));
-    }
-    let patterns: Vec<String> =
-        serde_json::from_value(w.supported_problems.clone()).unwrap_or_default();
-    let mut values: Vec<Value> = vec![
-        worker_id.into(),
-        at.into(),
-        (at + policy.heartbeat_timeout).into(),
-        uuid::Uuid::new_v4().into(),
-    ];
-    let filter = problem_filter(&patterns, &mut values);
-    let sql = format!(
-        "UPDATE tasks SET status = 'running', worker_id = ?1, attempt = attempt + 1, \
-            started_at = ?2, updated_at = ?2, lease_expires_at = ?3, lease_id = ?4 \
-         WHERE status = 'pending' AND id = ( \
-            SELECT id FROM tasks WHERE status = 'pending'{filter} \
-            ORDER BY priority DESC, created_at, id LIMIT 1) \
-         RETURNING *"
-    );
-    let claimed = task::Entity::find()
-        .from_raw_sql(Statement::from_sql_and_values(
-            DbBackend::Sqlite,
-            sql,
-            values,
-        ))
-        .one(&txn)
-        .await?;
-    let Some(t) = claimed else {
-        // Nothing pending that this worker may take.
-        txn.commit().await?;
-        return Ok(Claim::Empty {
-            free_slots: i64::from(w.max_parallel_tasks) - running,
-        });
-    };
-    append_log(
-        &txn,
-        t.id,
-        Some(t.attempt),
-        LogLevel::Info,
-        &format!("Task claimed by worker {worker_id} (attempt {})", t.attempt),
-        Some(json!({"event": "claimed", "worker_id": worker_id, "attempt": t.attempt})),
-        Some(TaskStatus::Running),
-    )
+    let lease_id = uuid::Uuid::new_v4();
+    let mut script = Script::begin();
+    script
+        .push(
+            "UPDATE workers SET last_heartbeat = ? WHERE id = ? AND status <> 'offline' \
+             RETURNING running_tasks, max_parallel_tasks",
+            [at.into(), worker_id.into()],
+        )
+        .push(
+            "UPDATE tasks SET status = 'running', worker_id = ?, attempt = attempt + 1, \
+                started_at = ?, updated_at = ?, lease_expires_at = ?, lease_id = ? \
+             WHERE status = 'pending' AND id = ( \
+                SELECT t.id FROM tasks AS t INDEXED BY idx_tasks_pending_claim, workers AS w \
+                WHERE w.id = ? AND w.status <> 'offline' AND w.running_tasks < w.max_parallel_tasks \
+                  AND t.status = 'pending' \
+                  AND (json_array_length(w.supported_problems) = 0 OR EXISTS ( \
+                       SELECT 1 FROM json_each(w.supported_problems) AS g WHERE t.problem_id GLOB g.value)) \
+                ORDER BY t.priority DESC, t.created_at, t.id LIMIT 1) \
+             RETURNING *",
+            [
+                worker_id.into(),
+                at.into(),
+                at.into(),
+                (at + policy.heartbeat_timeout).into(),
+                lease_id.into(),
+                worker_id.into(),
+            ],
+        )
+        .push(
+            &format!(
+                "INSERT INTO task_logs (task_id, timestamp, level, severity, message, context, attempt, status) \
+                 SELECT id, ?, 'info', {severity}, \
+                    'Task claimed by worker ' || worker_id || ' (attempt ' || attempt || ')', \
+                    json_object('event', 'claimed', 'worker_id', worker_id, 'attempt', attempt), attempt, 'running' \
+                 FROM tasks WHERE worker_id = ? AND status = 'running' AND lease_id = ?",
+                severity = LogLevel::Info.severity()
+            ),
+            [at.into(), worker_id.into(), lease_id.into()],
+        )
+        .commit();
+    let rows = script::detached(db, move |mut s| async move {
+        let rows = s.run(script).await;
+        (s, rows)
+    })
     .await?;
-    txn.commit().await?;
-    Ok(Claim::Task(Box::new(t)))
+    let Some(w) = rows.first().and_then(|r| r.first()) else {
+        return Err(absent_or_offline(db, worker_id).await);
+    };
+    let running: i32 = w.try_get("", "running_tasks")?;
+    let max: i32 = w.try_get("", "max_parallel_tasks")?;
+    if let Some(t) = rows.get(1).and_then(|r| r.first()) {
+        return Ok(Claim::Task(Box::new(task::Model::from_query_result(
+            t, "",
+        )?)));
+    }
+    if running >= max.max(0) {
+        return Err(at_capacity(worker_id, running.into(), max));
+    }
+    Ok(Claim::Empty {
+        free_slots: i64::from(max) - i64::from(running),
+    })
 }
 
 /// What a claim found.
@@ -199,23 +195,4 @@ pub enum Claim {
     Empty {
         free_slots: i64,
     },
-}
-
-/// Records a sign of life of a worker and returns its row. An offline worker is not brought back by a claim:
-/// it must register again (its runs were given to others meanwhile).
-async fn touch_worker(
-    txn: &DatabaseTransaction,
-    worker_id: &str,
-    at: DateTime<Utc>,
-) -> StoreResult<worker::Model> {
-    let updated = worker::Entity::update_many()
-        .col_expr(worker::Column::LastHeartbeat, Expr::value(at))
-        .filter(worker::Column::Id.eq(worker_id))
-        .filter(worker::Column::Status.ne(WorkerStatus::Offline))
-        .exec_with_returning(txn)
-        .await?;
-    match updated.into_iter().next() {
-        Some(w) => Ok(w),
-        None => Err(absent_or_offline(txn, worker_id).await),
-    }
 }

@@ -533,16 +533,11 @@ pub async fn finish(
         tally: true,
         note_dropped: true,
     };
-    // PostgreSQL: one statement, atomic on its own. SQLite: the statements in one transaction.
+    // PostgreSQL: one statement, atomic on its own. SQLite: one transaction in two scripts.
     let changed = if is_postgres(db) {
         transition::apply_with(db, guard, change, entry, also).await?
     } else {
-        let txn = db.begin().await?;
-        let changed = transition::apply_with(&txn, guard, change, entry, also).await?;
-        if changed.is_some() {
-            txn.commit().await?;
-        }
-        changed
+        transition::apply_as_scripts(db, guard, change, entry, also).await?
     };
     match changed {
         Some(t) => Ok(t),

@@ -7,8 +7,8 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter, QueryTrait,
-    Statement,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait,
+    FromQueryResult, QueryFilter, QueryTrait, Statement,
     sea_query::{Expr, ExprTrait},
 };
 use serde_json::Value;
@@ -19,6 +19,7 @@ use crate::store::{
     entity::{task, worker},
     logs::append_log,
     now,
+    script::{self, Script},
 };
 
 /// Which task, in which state, a transition may change.
@@ -136,7 +137,8 @@ pub async fn apply(
 }
 
 /// [`apply`], with what `also` asks for written too: on PostgreSQL in the same statement, so that the end of
-/// a run needs no transaction of its own; on SQLite in the caller's transaction.
+/// a run needs no transaction of its own; on SQLite in the caller's transaction (a caller without one may use
+/// [`apply_as_scripts`]).
 pub async fn apply_with(
     conn: &impl ConnectionTrait,
     guard: Guard<'_>,
@@ -145,6 +147,60 @@ pub async fn apply_with(
     also: Also,
 ) -> Result<Option<task::Model>, DbErr> {
     let at: DateTime<Utc> = now();
+    let target = change.target();
+    let q = guarded_update(guard, change, at);
+    if conn.get_database_backend() == DbBackend::Postgres {
+        return apply_in_one_statement(conn, q, at, target, entry, also).await;
+    }
+    let Some(changed) = q.exec_with_returning(conn).await?.into_iter().next() else {
+        return Ok(None);
+    };
+    let mut context = entry.context;
+    if let (Some(obj), Some(holder)) = (context.as_object_mut(), &changed.worker_id) {
+        obj.entry("worker_id")
+            .or_insert_with(|| holder.clone().into());
+    }
+    append_log(
+        conn,
+        changed.id,
+        entry.attempt,
+        entry.level,
+        &entry.message,
+        Some(context),
+        Some(target),
+    )
+    .await?;
+    if also.note_dropped && changed.log_dropped > 0 {
+        append_log(
+            conn,
+            changed.id,
+            entry.attempt,
+            LogLevel::Warning,
+            &dropped_message(changed.log_dropped),
+            Some(serde_json::json!({"event": "log_dropped", "dropped": changed.log_dropped})),
+            None,
+        )
+        .await?;
+    }
+    if also.tally
+        && let Some(holder) = &changed.worker_id
+    {
+        let counter = tally_column(target);
+        worker::Entity::update_many()
+            .col_expr(counter, Expr::col(counter).add(1))
+            .filter(worker::Column::Id.eq(holder.as_str()))
+            .exec(conn)
+            .await?;
+    }
+    Ok(Some(changed))
+}
+
+/// The update of the task a transition makes, conditional on `guard`.
+fn guarded_update(
+    guard: Guard<'_>,
+    change: Change,
+    at: DateTime<Utc>,
+) -> sea_orm::UpdateMany<task::Entity> {
     let target = change.target();
     let mut q = task::Entity::update_many()
         .col_expr(task::Column::Status, Expr::value(target))
@@ -195,50 +251,107 @@ pub async fn apply_with(
             .filter(task::Column::Id.eq(id))
             .filter(task::Column::Status.is_in(TaskStatus::sources_of(target))),
     };
-    if conn.get_database_backend() == DbBackend::Postgres {
-        return apply_in_one_statement(conn, q, at, target, entry, also).await;
-    }
-    let Some(changed) = q.exec_with_returning(conn).await?.into_iter().next() else {
-        return Ok(None);
-    };
-    let mut context = entry.context;
-    if let (Some(obj), Some(holder)) = (context.as_object_mut(), &changed.worker_id) {
-        obj.entry("worker_id")
-            .or_insert_with(|| holder.clone().into());
-    }
-    append_log(
-        conn,
-        changed.id,
-        entry.attempt,
-        entry.level,
-        &entry.message,
-        Some(context),
-        Some(target),
-    )
-    .await?;
-    if also.note_dropped && changed.log_dropped > 0 {
-        append_log(
-            conn,
-            changed.id,
-            entry.attempt,
-            LogLevel::Warning,
-            &dropped_message(changed.log_dropped),
-            Some(serde_json::json!({"event": "log_dropped", "dropped": changed.log_dropped})),
-            None,
-        )
-        .await?;
-    }
-    if also.tally
-        && let Some(holder) = &changed.worker_id
-    {
-        let counter = tally_column(target);
-        worker::Entity::update_many()
-            .col_expr(counter, Expr::col(counter).add(1))
-            .filter(worker::Column::Id.eq(holder.as_str()))
-            .exec(conn)
-            .await?;
-    }
-    Ok(Some(changed))
+    q
+}
+
+/// [`apply_with`] on SQLite as a transaction of its own, in two scripts (two hand-offs to SQLite's thread): the
+/// guarded update, then — only if the guard held — the entries and the worker's counter, and the commit.
+pub async fn apply_as_scripts(
+    db: &DatabaseConnection,
+    guard: Guard<'_>,
+    change: Change,
+    entry: Entry,
+    also: Also,
+) -> Result<Option<task::Model>, DbErr> {
+    let at: DateTime<Utc> = now();
+    let target = change.target();
+    let mut update = Script::begin();
+    update.push_built(
+        guarded_update(guard, change, at).build(DbBackend::Sqlite),
+        " RETURNING *",
+    );
+    script::detached(db, move |mut s| async move {
+        let answer = async {
+            let rows = s.run(update).await?;
+            let Some(row) = rows.first().and_then(|r| r.first()) else {
+                // The guard did not hold: nothing to write (the session rolls back).
+                return Ok(None);
+            };
+            let changed = task::Model::from_query_result(row, "")?;
+            let mut rest = Script::then();
+            let mut context = entry.context;
+            if let (Some(obj), Some(holder)) = (context.as_object_mut(), &changed.worker_id) {
+                obj.entry("worker_id")
+                    .or_insert_with(|| holder.clone().into());
+            }
+            rest.push(
+                LOG_INSERT,
+                log_values(
+                    changed.id,
+                    at,
+                    entry.level,
+                    &entry.message,
+                    Some(context),
+                    entry.attempt,
+                    Some(target),
+                ),
+            );
+            if also.note_dropped && changed.log_dropped > 0 {
+                rest.push(
+                    LOG_INSERT,
+                    log_values(
+                        changed.id,
+                        at,
+                        LogLevel::Warning,
+                        &dropped_message(changed.log_dropped),
+                        Some(serde_json::json!({"event": "log_dropped", "dropped": changed.log_dropped})),
+                        entry.attempt,
+                        None,
+                    ),
+                );
+            }
+            if also.tally
+                && let Some(holder) = &changed.worker_id
+            {
+                let counter = sea_orm::IdenStatic::as_str(&tally_column(target));
+                rest.push(
+                    &format!("UPDATE workers SET {counter} = {counter} + 1 WHERE id = ?"),
+                    [holder.clone().into()],
+                );
+            }
+            rest.commit();
+            s.run(rest).await?;
+            Ok(Some(changed))
+        }
+        .await;
+        (s, answer)
+    })
+    .await
+}
+
+/// One log entry, as a statement of a [`Script`] (its values from [`log_values`]).
+const LOG_INSERT: &str = "INSERT INTO task_logs (task_id, timestamp, level, severity, message, context, attempt, status) \
+     VALUES (?, ?, ?, ?, ?, ?, ?, ?)";
+
+fn log_values(
+    task_id: Uuid,
+    at: DateTime<Utc>,
+    level: LogLevel,
+    message: &str,
+    context: Option<Value>,
+    attempt: Option<i32>,
+    status: Option<TaskStatus>,
+) -> [sea_orm::Value; 8] {
+    [
+        task_id.into(),
+        at.into(),
+        level.to_string().into(),
+        level.severity().into(),
+        message.into(),
+        context.into(),
+        attempt.into(),
+        status.map(|s| s.to_string()).into(),
+    ]
 }
 
 /// The worker counter the end of a run in `status` adds to.

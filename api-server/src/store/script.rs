@@ -1,0 +1,163 @@
+//! SQLite's hot paths as scripts: the statements of a transaction sent to SQLite's thread in one call.
+//!
+//! SQLite runs on a thread of its own, one connection for the whole server, and every statement sent there is a
+//! hand-off and back; a claim as separate statements was five (begin, worker touch, claim, log entry, commit).
+//! A [`Script`] joins statements into one string that sqlx runs in one call, rows of each statement kept apart.
+//! A [`detached`] session holds the connection in a task of its own, so that a request dropped half-way (its
+//! client went away) never leaves a transaction open on the shared connection: the session runs to its end,
+//! and a transaction it left open is rolled back before the connection goes back to the pool.
+
+use std::{future::Future, sync::Arc};
+
+use sea_orm::{
+    DatabaseConnection, DbErr, QueryResult, RuntimeErr, Value,
+    sqlx::{self, Either, Sqlite, pool::PoolConnection},
+};
+use sea_query_sqlx::SqlxValues;
+
+/// Statements to run together, each with its parameters as bare `?` bound in order (so a statement built by
+/// sea-query for SQLite can be added as it is).
+#[derive(Debug, Default)]
+pub struct Script {
+    sql: String,
+    values: Vec<Value>,
+    statements: usize,
+    begin: bool,
+    commit: bool,
+}
+
+impl Script {
+    /// A script that starts a transaction (`BEGIN IMMEDIATE`: the write lock at once, so that it never has to
+    /// be upgraded halfway).
+    pub fn begin() -> Script {
+        Script {
+            begin: true,
+            ..Script::default()
+        }
+    }
+
+    /// A script inside the transaction an earlier one began.
+    pub fn then() -> Script {
+        Script::default()
+    }
+
+    /// Adds a statement (no trailing `;`); its `?` take `values` in order.
+    pub fn push(&mut self, sql: &str, values: impl IntoIterator<Item = Value>) -> &mut Script {
+        self.sql.push_str(sql);
+        self.sql.push_str(";\n");
+        self.values.extend(values);
+        self.statements += 1;
+        self
+    }
+
+    /// Adds a statement sea-query built for SQLite, with `suffix` (say ` RETURNING *`) after it.
+    pub fn push_built(&mut self, built: sea_orm::Statement, suffix: &str) -> &mut Script {
+        let values = built.values.map(|v| v.0).unwrap_or_default();
+        self.push(&format!("{}{suffix}", built.sql), values)
+    }
+
+    /// Ends the script with the transaction's commit.
+    pub fn commit(&mut self) -> &mut Script {
+        self.commit = true;
+        self
+    }
+}
+
+/// The connection of a [`detached`] session.
+pub struct Session {
+    conn: PoolConnection<Sqlite>,
+    /// Whether a transaction may be open (a script began one, and none committed it since).
+    open: bool,
+}
+
+impl Session {
+    /// Runs `script` in one call to SQLite's thread: the rows each of its statements returned, in order.
+    pub async fn run(&mut self, script: Script) -> Result<Vec<Vec<QueryResult>>, DbErr> {
+        use futures_util::TryStreamExt;
+        use sqlx::Executor;
+        let Script {
+            sql,
+            values,
+            statements,
+            begin,
+            commit,
+        } = script;
+        let sql = format!(
+            "{}{sql}{}",
+            if begin { "BEGIN IMMEDIATE;\n" } else { "" },
+            if commit { "COMMIT;" } else { "" }
+        );
+        if begin {
+            self.open = true;
+        }
+        let query = sqlx::query_with(
+            sqlx::AssertSqlSafe(sql),
+            SqlxValues(sea_orm::Values(values)),
+        );
+        let mut out: Vec<Vec<QueryResult>> = Vec::with_capacity(statements + 2);
+        let mut rows = Vec::new();
+        let mut stream = (&mut *self.conn).fetch_many(query);
+        while let Some(step) = stream.try_next().await.map_err(query_err)? {
+            match step {
+                Either::Right(row) => rows.push(QueryResult::from(row)),
+                Either::Left(_) => out.push(std::mem::take(&mut rows)),
+            }
+        }
+        drop(stream);
+        if commit {
+            self.open = false;
+        }
+        // The rows of the script's own statements, without those of BEGIN and COMMIT.
+        if begin {
+            out.remove(0);
+        }
+        if commit {
+            out.pop();
+        }
+        if out.len() != statements {
+            return Err(DbErr::Custom(format!(
+                "a script of {statements} statements answered for {}",
+                out.len()
+            )));
+        }
+        Ok(out)
+    }
+}
+
+fn query_err(e: sqlx::Error) -> DbErr {
+    DbErr::Query(RuntimeErr::SqlxError(Arc::new(e)))
+}
+
+/// Runs `session` on the SQLite connection in a task of its own, and answers what it answers. A transaction it
+/// leaves open — it failed, or decided not to commit — is rolled back before the connection is released; if
+/// even that fails, the connection is closed (SQLite rolls back) and the pool opens another.
+pub async fn detached<T, F, Fut>(db: &DatabaseConnection, session: F) -> Result<T, DbErr>
+where
+    T: Send + 'static,
+    F: FnOnce(Session) -> Fut + Send + 'static,
+    Fut: Future<Output = (Session, Result<T, DbErr>)> + Send + 'static,
+{
+    let pool = db.get_sqlite_connection_pool().clone();
+    tokio::spawn(async move {
+        let conn = pool.acquire().await.map_err(|e| match e {
+            sqlx::Error::PoolTimedOut => {
+                DbErr::ConnectionAcquire(sea_orm::error::ConnAcquireErr::Timeout)
+            }
+            e => DbErr::Conn(RuntimeErr::SqlxError(Arc::new(e))),
+        })?;
+        let (mut s, answer) = session(Session { conn, open: false }).await;
+        if s.open {
+            use sqlx::Executor;
+            if let Err(e) = (&mut *s.conn).execute("ROLLBACK").await {
+                let no_transaction = e.to_string().contains("no transaction is active");
+                if !no_transaction {
+                    tracing::error!(error = %e, "cannot roll back a script's transaction: closing the connection");
+                    s.conn.close_on_drop();
+                }
+            }
+        }
+        answer
+    })
+    .await
+    .map_err(|e| DbErr::Custom(format!("a database session stopped: {e}")))?
+}
