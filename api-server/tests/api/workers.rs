@@ -320,6 +320,32 @@ async fn reports_are_fenced_by_holder_and_attempt(backend: Backend) {
     );
     let w1 = app.get("/api/v1/workers/w1").await.body;
     assert_eq!(w1["tasks_completed"], 1, "counted once");
+    let log = app.get(&format!("/api/v1/tasks/{id}/logs")).await.body;
+    let messages: Vec<&str> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        messages,
+        [
+            "Task created",
+            "Task claimed by worker w1 (attempt 1)",
+            "Task completed"
+        ],
+        "refused reports write no entry"
+    );
+    let done = &log[2];
+    assert_eq!(
+        (
+            &done["context"]["worker_id"],
+            &done["attempt"],
+            &done["level"]
+        ),
+        (&json!("w1"), &json!(1), &json!("info")),
+        "{done}"
+    );
 }
 
 async fn cancel_reaches_the_worker_through_heartbeat(backend: Backend) {

@@ -533,11 +533,11 @@ pub async fn finish(
         tally: true,
         note_dropped: true,
     };
-    // PostgreSQL: one statement, atomic on its own. SQLite: one transaction in two scripts.
+    // PostgreSQL: one statement, atomic on its own. SQLite: one script, a transaction of its own.
     let changed = if is_postgres(db) {
         transition::apply_with(db, guard, change, entry, also).await?
     } else {
-        transition::apply_as_scripts(db, guard, change, entry, also).await?
+        transition::apply_as_script(db, guard, change, entry, also).await?
     };
     match changed {
         Some(t) => Ok(t),

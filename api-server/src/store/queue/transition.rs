@@ -138,7 +138,7 @@ pub async fn apply(
 
 /// [`apply`], with what `also` asks for written too: on PostgreSQL in the same statement, so that the end of
 /// a run needs no transaction of its own; on SQLite in the caller's transaction (a caller without one may use
-/// [`apply_as_scripts`]).
+/// [`apply_as_script`]).
 pub async fn apply_with(
     conn: &impl ConnectionTrait,
     guard: Guard<'_>,
@@ -254,9 +254,11 @@ fn guarded_update(
     q
 }
 
-/// [`apply_with`] on SQLite as a transaction of its own, in two scripts (two hand-offs to SQLite's thread): the
-/// guarded update, then — only if the guard held — the entries and the worker's counter, and the commit.
-pub async fn apply_as_scripts(
+/// [`apply_with`] on SQLite as a transaction of its own, in one script (one hand-off to SQLite's thread): the
+/// guarded update; the entries, inserted from the updated row only if the update changed it (`changes()`, the
+/// rows the statement before changed), in one `INSERT` in their order; the worker's counter, only if entries
+/// were inserted; the commit.
+pub async fn apply_as_script(
     db: &DatabaseConnection,
     guard: Guard<'_>,
     change: Change,
@@ -265,93 +267,74 @@ pub async fn apply_as_scripts(
 ) -> Result<Option<task::Model>, DbErr> {
     let at: DateTime<Utc> = now();
     let target = change.target();
-    let mut update = Script::begin();
-    update.push_built(
+    let task_id = match guard {
+        Guard::Run { task_id, .. } | Guard::ExpiredRun { task_id, .. } => task_id,
+        Guard::Task(id) => id,
+    };
+    let mut script = Script::begin();
+    script.push_built(
         guarded_update(guard, change, at).build(DbBackend::Sqlite),
         " RETURNING *",
     );
-    script::detached(db, move |mut s| async move {
-        let answer = async {
-            let rows = s.run(update).await?;
-            let Some(row) = rows.first().and_then(|r| r.first()) else {
-                // The guard did not hold: nothing to write (the session rolls back).
-                return Ok(None);
-            };
-            let changed = task::Model::from_query_result(row, "")?;
-            let mut rest = Script::then();
-            let mut context = entry.context;
-            if let (Some(obj), Some(holder)) = (context.as_object_mut(), &changed.worker_id) {
-                obj.entry("worker_id")
-                    .or_insert_with(|| holder.clone().into());
-            }
-            rest.push(
-                LOG_INSERT,
-                log_values(
-                    changed.id,
-                    at,
-                    entry.level,
-                    &entry.message,
-                    Some(context),
-                    entry.attempt,
-                    Some(target),
-                ),
-            );
-            if also.note_dropped && changed.log_dropped > 0 {
-                rest.push(
-                    LOG_INSERT,
-                    log_values(
-                        changed.id,
-                        at,
-                        LogLevel::Warning,
-                        &dropped_message(changed.log_dropped),
-                        Some(serde_json::json!({"event": "log_dropped", "dropped": changed.log_dropped})),
-                        entry.attempt,
-                        None,
-                    ),
-                );
-            }
-            if also.tally
-                && let Some(holder) = &changed.worker_id
-            {
-                let counter = sea_orm::IdenStatic::as_str(&tally_column(target));
-                rest.push(
-                    &format!("UPDATE workers SET {counter} = {counter} + 1 WHERE id = ?"),
-                    [holder.clone().into()],
-                );
-            }
-            rest.commit();
-            s.run(rest).await?;
-            Ok(Some(changed))
-        }
-        .await;
-        (s, answer)
-    })
-    .await
-}
-
-/// One log entry, as a statement of a [`Script`] (its values from [`log_values`]).
-const LOG_INSERT: &str = "INSERT INTO task_logs (task_id, timestamp, level, severity, message, context, attempt, status) \
-     VALUES (?, ?, ?, ?, ?, ?, ?, ?)";
-
-fn log_values(
-    task_id: Uuid,
-    at: DateTime<Utc>,
-    level: LogLevel,
-    message: &str,
-    context: Option<Value>,
-    attempt: Option<i32>,
-    status: Option<TaskStatus>,
-) -> [sea_orm::Value; 8] {
-    [
-        task_id.into(),
+    let context = entry.context.to_string();
+    let mut values: Vec<sea_orm::Value> = vec![
         at.into(),
-        level.to_string().into(),
-        level.severity().into(),
-        message.into(),
+        entry.level.to_string().into(),
+        entry.level.severity().into(),
+        entry.message.into(),
+        context.clone().into(),
+        context.clone().into(),
         context.into(),
-        attempt.into(),
-        status.map(|s| s.to_string()).into(),
-    ]
+        entry.attempt.into(),
+        target.to_string().into(),
+        task_id.into(),
+    ];
+    let mut entries = String::from(
+        "INSERT INTO task_logs (task_id, timestamp, level, severity, message, context, attempt, status) \
+         SELECT task_id, ts, level, severity, message, context, attempt, status FROM ( \
+            SELECT 1 AS ord, id AS task_id, ? AS ts, ? AS level, ? AS severity, ? AS message, \
+               CASE WHEN worker_id IS NOT NULL AND json_type(?, '$.worker_id') IS NULL \
+                    THEN json_set(?, '$.worker_id', worker_id) ELSE json(?) END AS context, \
+               ? AS attempt, ? AS status \
+            FROM tasks WHERE id = ? AND changes() = 1",
+    );
+    if also.note_dropped {
+        entries.push_str(
+            " UNION ALL SELECT 2, id, ?, ?, ?, log_dropped || ?, \
+                json_object('event', 'log_dropped', 'dropped', log_dropped), ?, NULL \
+              FROM tasks WHERE id = ? AND changes() = 1 AND log_dropped > 0",
+        );
+        values.extend([
+            at.into(),
+            LogLevel::Warning.to_string().into(),
+            LogLevel::Warning.severity().into(),
+            DROPPED.into(),
+            entry.attempt.into(),
+            task_id.into(),
+        ]);
+    }
+    entries.push_str(") ORDER BY ord");
+    script.push(&entries, values);
+    if also.tally {
+        let counter = sea_orm::IdenStatic::as_str(&tally_column(target));
+        script.push(
+            &format!(
+                "UPDATE workers SET {counter} = {counter} + 1 \
+                 WHERE id = (SELECT worker_id FROM tasks WHERE id = ?) AND changes() > 0"
+            ),
+            [task_id.into()],
+        );
+    }
+    script.commit();
+    let rows = script::detached(db, move |mut s| async move {
+        let rows = s.run(script).await;
+        (s, rows)
+    })
+    .await?;
+    match rows.first().and_then(|r| r.first()) {
+        Some(row) => Ok(Some(task::Model::from_query_result(row, "")?)),
+        None => Ok(None),
+    }
 }
 
 /// The worker counter the end of a run in `status` adds to.
