@@ -70,17 +70,6 @@ impl Sse {
     }
 }
 
-async fn log_messages(app: &TestApp, id: &str) -> Vec<String> {
-    app.get(&format!("/api/v1/tasks/{id}/logs?limit=10000"))
-        .await
-        .body
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["message"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 /// Checks a task's events after its first state: strictly growing `seq`, ending with `completed` then `end`,
 /// and exactly the task's log after its creation.
 async fn check_whole_run(app: &TestApp, id: &str, first: &Value, rest: &[Value]) {
@@ -112,7 +101,7 @@ async fn check_whole_run(app: &TestApp, id: &str, first: &Value, rest: &[Value])
         events.iter().filter(|e| e["type"] == "log").count() >= 5,
         "the run's steps"
     );
-    let logs = log_messages(app, id).await;
+    let logs = app.log_messages(&json!({"id": id})).await;
     let streamed: Vec<String> = events
         .iter()
         .map(|e| e["message"].as_str().unwrap().to_owned())
@@ -402,7 +391,7 @@ async fn a_resume_of_a_long_finished_task_gets_everything(backend: Backend) {
     while let Some(e) = s.next().await {
         all.push(e);
     }
-    let logs = log_messages(&app, id).await;
+    let logs = app.log_messages(&json!({"id": id})).await;
     assert_eq!(logs.len(), 1403, "created, claimed, 1400 lines, completed");
     let (end, events) = all.split_last().unwrap();
     assert_eq!(end["type"], "end");

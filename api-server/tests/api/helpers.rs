@@ -232,6 +232,21 @@ impl TestApp {
         .await
     }
 
+    /// The messages of a task's log, in order (`task` is the task, or anything with its `id`).
+    pub async fn log_messages(&self, task: &Value) -> Vec<String> {
+        self.get(&format!(
+            "/api/v1/tasks/{}/logs?limit=10000",
+            task["id"].as_str().unwrap()
+        ))
+        .await
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["message"].as_str().unwrap().to_owned())
+        .collect()
+    }
+
     pub async fn task(&self, id: &Value) -> Value {
         let r = self
             .get(&format!("/api/v1/tasks/{}", id.as_str().unwrap()))

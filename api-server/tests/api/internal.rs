@@ -29,21 +29,6 @@ impl TestApp {
         })
         .await
     }
-
-    async fn log_messages(&self, task: &Value) -> Vec<String> {
-        let logs = self
-            .get(&format!(
-                "/api/v1/tasks/{}/logs",
-                task["id"].as_str().unwrap()
-            ))
-            .await
-            .body;
-        logs.as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["message"].as_str().unwrap().to_owned())
-            .collect()
-    }
 }
 
 fn gone(pid: u32) -> bool {

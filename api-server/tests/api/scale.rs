@@ -30,65 +30,23 @@ async fn finish(app: &TestApp, worker_id: &str, claimed: &Value) {
 /// A poll tick far longer than any wake-up may take: a claim answered sooner was woken, not polled.
 const LONG_TICK_MS: u64 = 30_000;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_task_created_on_one_replica_wakes_a_claim_waiting_on_another() {
+/// Two replicas on one fresh PostgreSQL database, each polling only every [`LONG_TICK_MS`], with `far-1`
+/// registered on the second, whose listener had time to connect (it wakes its claims once when it does).
+async fn two_slow_replicas() -> (TestApp, Arc<TestApp>) {
     let (db_url, dir) = TestApp::fresh_database(Backend::Postgres).await;
     let slow = |c: &mut api_server::Config| c.claim_poll_interval_ms = LONG_TICK_MS;
     let a = TestApp::spawn_on(db_url.clone(), dir, slow).await;
     let b = Arc::new(TestApp::spawn_on(db_url, None, slow).await);
     b.register("far-1", json!({"max_parallel_tasks": 1})).await;
-    // Let the second replica's listener connect (it wakes its claims once when it does).
     tokio::time::sleep(Duration::from_millis(500)).await;
-    for round in 0..3 {
-        let waiting = {
-            let b = b.clone();
-            tokio::spawn(async move {
-                let r = b
-                    .send(
-                        b.client
-                            .post(b.url("/api/v1/workers/far-1/claim?wait_seconds=25"))
-                            .json(&Value::Null),
-                    )
-                    .await;
-                (r, Instant::now())
-            })
-        };
-        // The claim is waiting on B (its first look found nothing).
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let created_at = Instant::now();
-        let task = a
-            .create_task(
-                json!({"problem_id": format!("misconfig_app_hotel_res-detection-{round}")}),
-            )
-            .await;
-        let (r, answered_at) = waiting.await.unwrap();
-        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-        assert_eq!(r.body["id"], task["id"]);
-        let took = answered_at - created_at;
-        assert!(
-            took < Duration::from_millis(LONG_TICK_MS / 3),
-            "round {round}: the claim on the other replica was answered after {took:?}: polled, not woken"
-        );
-        finish(&b, "far-1", &r.body).await;
-    }
+    (a, b)
 }
 
-/// A task put back to `pending` through one replica (its worker releases it) wakes a claim waiting on another:
-/// requeues are announced by the database's trigger, creations by the creating replica.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_task_released_on_one_replica_wakes_a_claim_waiting_on_another() {
-    let (db_url, dir) = TestApp::fresh_database(Backend::Postgres).await;
-    let slow = |c: &mut api_server::Config| c.claim_poll_interval_ms = LONG_TICK_MS;
-    let a = TestApp::spawn_on(db_url.clone(), dir, slow).await;
-    let b = Arc::new(TestApp::spawn_on(db_url, None, slow).await);
-    a.register("near-1", json!({"max_parallel_tasks": 1})).await;
-    b.register("far-1", json!({"max_parallel_tasks": 1})).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let task = a
-        .create_task(json!({"problem_id": "misconfig_app_hotel_res-detection-1"}))
-        .await;
-    let held = a.claim_one("near-1").await;
-    assert_eq!(held["id"], task["id"]);
+/// Starts a long-polling claim of `far-1` on `b`, and gives it time to find nothing and wait. Its answer comes
+/// with the moment it came.
+async fn claim_waiting(
+    b: &Arc<TestApp>,
+) -> tokio::task::JoinHandle<(crate::helpers::Reply, Instant)> {
     let waiting = {
         let b = b.clone();
         tokio::spawn(async move {
@@ -102,8 +60,56 @@ async fn a_task_released_on_one_replica_wakes_a_claim_waiting_on_another() {
             (r, Instant::now())
         })
     };
-    // The claim is waiting on B: the only task is running on A.
     tokio::time::sleep(Duration::from_millis(300)).await;
+    waiting
+}
+
+/// The waiting claim got `task`, woken (well before a poll tick) by what happened at `since`.
+async fn woken_with(
+    waiting: tokio::task::JoinHandle<(crate::helpers::Reply, Instant)>,
+    task: &Value,
+    since: Instant,
+) -> Value {
+    let (r, answered_at) = waiting.await.unwrap();
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["id"], task["id"]);
+    let took = answered_at - since;
+    assert!(
+        took < Duration::from_millis(LONG_TICK_MS / 3),
+        "the claim on the other replica was answered after {took:?}: polled, not woken"
+    );
+    r.body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_created_on_one_replica_wakes_a_claim_waiting_on_another() {
+    let (a, b) = two_slow_replicas().await;
+    for round in 0..3 {
+        let waiting = claim_waiting(&b).await;
+        let created_at = Instant::now();
+        let task = a
+            .create_task(
+                json!({"problem_id": format!("misconfig_app_hotel_res-detection-{round}")}),
+            )
+            .await;
+        let claimed = woken_with(waiting, &task, created_at).await;
+        finish(&b, "far-1", &claimed).await;
+    }
+}
+
+/// A task put back to `pending` through one replica (its worker releases it) wakes a claim waiting on another:
+/// requeues are announced by the database's trigger, creations by the creating replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_released_on_one_replica_wakes_a_claim_waiting_on_another() {
+    let (a, b) = two_slow_replicas().await;
+    a.register("near-1", json!({"max_parallel_tasks": 1})).await;
+    let task = a
+        .create_task(json!({"problem_id": "misconfig_app_hotel_res-detection-1"}))
+        .await;
+    let held = a.claim_one("near-1").await;
+    assert_eq!(held["id"], task["id"]);
+    // The claim waits on B: the only task is running on A.
+    let waiting = claim_waiting(&b).await;
     let released_at = Instant::now();
     let r = a
         .post(
@@ -116,15 +122,8 @@ async fn a_task_released_on_one_replica_wakes_a_claim_waiting_on_another() {
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.body["status"], "pending");
-    let (r, answered_at) = waiting.await.unwrap();
-    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    assert_eq!(r.body["id"], task["id"]);
-    let took = answered_at - released_at;
-    assert!(
-        took < Duration::from_millis(LONG_TICK_MS / 3),
-        "the claim on the other replica was answered after {took:?}: polled, not woken"
-    );
-    finish(&b, "far-1", &r.body).await;
+    let claimed = woken_with(waiting, &task, released_at).await;
+    finish(&b, "far-1", &claimed).await;
 }
 
 /// Two replicas on one PostgreSQL, workers long-polling on each, tasks created through both: every task is
