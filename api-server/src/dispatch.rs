@@ -348,8 +348,8 @@ impl Dispatcher {
 }
 
 /// Wakes this process's waiting claims whenever a task becomes claimable anywhere — created through another
-/// replica (its [`announce`]), or put back to `pending` by any replica (the trigger) — by listening to the database's [`QUEUE_CHANNEL`] on a connection of
-/// its own (PostgreSQL). After a lost connection (a database restart) it connects again, backing off up to
+/// replica (its [`announce`]), or put back to `pending` by any replica (the trigger) — by listening to the
+/// database's [`QUEUE_CHANNEL`] on a connection of its own (PostgreSQL). After a lost connection (a database restart) it connects again, backing off up to
 /// 10 s, and wakes the claims once, since a notification may have been missed meanwhile; the claims' own poll
 /// tick covers that gap.
 pub async fn listen(url: String, dispatcher: Dispatcher, stop: CancellationToken) {
