@@ -1024,6 +1024,31 @@ async fn a_full_queue_answers_503(backend: Backend) {
     app.create_task(json!({"problem_id": "p"})).await;
 }
 
+/// A server reuses its count of pending tasks for a second at most while far below `MAX_PENDING_TASKS`: tasks
+/// another replica queued meanwhile are counted by the first creation after that second, which is refused
+/// once the queue is full.
+async fn the_queue_cap_sees_other_replicas_within_a_second(backend: Backend) {
+    let (db_url, dir) = TestApp::fresh_database(backend).await;
+    let cap = |c: &mut api_server::Config| c.max_pending_tasks = 1_000;
+    let a = TestApp::spawn_on(db_url.clone(), dir, cap).await;
+    let b = TestApp::spawn_on(db_url, None, cap).await;
+    a.create_task(json!({"problem_id": "p"})).await;
+    let tasks: Vec<Value> = (0..999).map(|_| json!({"problem_id": "p"})).collect();
+    let batch = b.post("/api/v1/batches", json!({"tasks": tasks})).await;
+    assert_eq!(batch.status, StatusCode::CREATED, "{}", batch.body);
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    let full = a.post("/api/v1/tasks", json!({"problem_id": "p"})).await;
+    assert_error(&full, StatusCode::SERVICE_UNAVAILABLE, "queue_full");
+    assert!(
+        full.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("1000 tasks are pending"),
+        "{}",
+        full.body
+    );
+}
+
 /// The OpenAPI document declares the bearer scheme on every operation that needs a token, and their 401 and
 /// 403 answers, so that Swagger UI's "Authorize" works and generated clients know the errors.
 async fn the_document_declares_the_bearer_scheme(backend: Backend) {
@@ -1071,6 +1096,7 @@ task_executor_shared::both_backends!(
     the_rate_limit_answers_429_with_retry_after,
     active_tasks_per_token_are_capped,
     a_full_queue_answers_503,
+    the_queue_cap_sees_other_replicas_within_a_second,
     the_document_declares_the_bearer_scheme,
     streams_take_a_token_from_the_query_and_refuse_other_sites,
     idempotency_keys_are_each_tokens_own,
