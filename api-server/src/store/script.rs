@@ -108,17 +108,18 @@ impl Session {
             self.open = false;
         }
         // The rows of the script's own statements, without those of BEGIN and COMMIT.
-        if begin {
-            out.remove(0);
+        let expected = statements + usize::from(begin) + usize::from(commit);
+        if out.len() != expected {
+            return Err(DbErr::Custom(format!(
+                "a script of {expected} statements answered for {}",
+                out.len()
+            )));
         }
         if commit {
             out.pop();
         }
-        if out.len() != statements {
-            return Err(DbErr::Custom(format!(
-                "a script of {statements} statements answered for {}",
-                out.len()
-            )));
+        if begin {
+            out.remove(0);
         }
         Ok(out)
     }
