@@ -162,3 +162,12 @@ where
     .await
     .map_err(|e| DbErr::Custom(format!("a database session stopped: {e}")))?
 }
+
+/// Runs one script that begins and commits its own transaction, as a [`detached`] session.
+pub async fn run(db: &DatabaseConnection, script: Script) -> Result<Vec<Vec<QueryResult>>, DbErr> {
+    detached(db, move |mut session| async move {
+        let rows = session.run(script).await;
+        (session, rows)
+    })
+    .await
+}

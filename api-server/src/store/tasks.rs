@@ -287,11 +287,7 @@ async fn insert_with_entry(
             ],
         )
         .commit();
-    let rows = script::detached(db, move |mut s| async move {
-        let rows = s.run(script).await;
-        (s, rows)
-    })
-    .await?;
+    let rows = script::run(db, script).await?;
     let row = rows
         .first()
         .and_then(|r| r.first())

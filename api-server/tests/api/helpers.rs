@@ -232,8 +232,8 @@ impl TestApp {
         .await
     }
 
-    /// The messages of a task's log, in order (`task` is the task, or anything with its `id`).
-    pub async fn log_messages(&self, task: &Value) -> Vec<String> {
+    /// A task's log entries, in order (`task` is the task, or anything with its `id`).
+    pub async fn log_entries(&self, task: &Value) -> Vec<Value> {
         self.get(&format!(
             "/api/v1/tasks/{}/logs?limit=10000",
             task["id"].as_str().unwrap()
@@ -242,9 +242,16 @@ impl TestApp {
         .body
         .as_array()
         .unwrap()
-        .iter()
-        .map(|e| e["message"].as_str().unwrap().to_owned())
-        .collect()
+        .clone()
+    }
+
+    /// The messages of a task's log, in order.
+    pub async fn log_messages(&self, task: &Value) -> Vec<String> {
+        self.log_entries(task)
+            .await
+            .iter()
+            .map(|e| e["message"].as_str().unwrap().to_owned())
+            .collect()
     }
 
     pub async fn task(&self, id: &Value) -> Value {

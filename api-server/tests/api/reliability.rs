@@ -337,18 +337,6 @@ async fn wait_end(app: &TestApp, t: &Value) -> Value {
     .await
 }
 
-async fn log_entries(app: &TestApp, t: &Value) -> Vec<Value> {
-    app.get(&format!(
-        "/api/v1/tasks/{}/logs?limit=10000",
-        t["id"].as_str().unwrap()
-    ))
-    .await
-    .body
-    .as_array()
-    .unwrap()
-    .clone()
-}
-
 /// What a runner prints can never make a report the server refuses (which would lose the run and bring it
 /// back forever): NUL is replaced, huge lines and contexts are cut, bytes that are not UTF-8 are decoded
 /// lossily, a long stderr tail keeps its end within the error limit, a huge result keeps its summary.
@@ -360,11 +348,7 @@ async fn runner_output_never_makes_a_refused_report(backend: Backend) {
     let done = wait_end(&app, &nul).await;
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(done["result"]["output"], "out\u{FFFD}put");
-    let messages: Vec<String> = log_entries(&app, &nul)
-        .await
-        .iter()
-        .map(|e| e["message"].as_str().unwrap().to_owned())
-        .collect();
+    let messages = app.log_messages(&nul).await;
     assert!(
         messages.contains(&"before\u{FFFD}after".to_owned()),
         "{messages:?}"
@@ -395,7 +379,7 @@ async fn runner_output_never_makes_a_refused_report(backend: Backend) {
         "the end of the tail is kept"
     );
     assert!(error.chars().count() <= 16_100, "{}", error.chars().count());
-    let entries = log_entries(&app, &huge).await;
+    let entries = app.log_entries(&huge).await;
     let long = entries
         .iter()
         .find(|e| e["message"].as_str().unwrap().starts_with("xxxx"))
@@ -681,11 +665,7 @@ async fn an_infrastructure_failure_gives_the_task_back_uncounted(backend: Backen
         "the run that could not start was not counted"
     );
     assert_eq!(done["result"]["output"], "ran on the second try");
-    let messages: Vec<String> = log_entries(&app, &t)
-        .await
-        .iter()
-        .map(|e| e["message"].as_str().unwrap().to_owned())
-        .collect();
+    let messages = app.log_messages(&t).await;
     assert!(
         messages
             .iter()
@@ -722,11 +702,7 @@ async fn heartbeats_keep_a_long_run_held(backend: Backend) {
     let done = wait_end(&app, &t).await;
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(done["attempt"], 1);
-    let messages: Vec<String> = log_entries(&app, &t)
-        .await
-        .iter()
-        .map(|e| e["message"].as_str().unwrap().to_owned())
-        .collect();
+    let messages = app.log_messages(&t).await;
     assert!(
         !messages.iter().any(|m| m.contains("returned to the queue")),
         "{messages:?}"

@@ -97,11 +97,26 @@ async fn claim_pg(
     else {
         return Err(absent_or_offline(db, worker_id).await);
     };
-    let running: i32 = row.try_get("", "w_running")?;
-    let max: i32 = row.try_get("", "w_max")?;
-    if row.try_get::<Option<uuid::Uuid>>("", "id")?.is_some() {
+    let claimed = row.try_get::<Option<uuid::Uuid>>("", "id")?.is_some();
+    found(
+        worker_id,
+        row.try_get("", "w_running")?,
+        row.try_get("", "w_max")?,
+        claimed.then_some(&row),
+    )
+}
+
+/// What a claim found, from the worker's counts read as its row was touched (before the claim) and the task
+/// row it claimed, if any.
+fn found(
+    worker_id: &str,
+    running: i32,
+    max: i32,
+    claimed: Option<&sea_orm::QueryResult>,
+) -> StoreResult<Claim> {
+    if let Some(t) = claimed {
         return Ok(Claim::Task(Box::new(task::Model::from_query_result(
-            &row, "",
+            t, "",
         )?)));
     }
     if running >= max.max(0) {
@@ -164,27 +179,16 @@ async fn claim_sqlite(
             [at.into(), worker_id.into(), lease_id.into()],
         )
         .commit();
-    let rows = script::detached(db, move |mut s| async move {
-        let rows = s.run(script).await;
-        (s, rows)
-    })
-    .await?;
+    let rows = script::run(db, script).await?;
     let Some(w) = rows.first().and_then(|r| r.first()) else {
         return Err(absent_or_offline(db, worker_id).await);
     };
-    let running: i32 = w.try_get("", "running_tasks")?;
-    let max: i32 = w.try_get("", "max_parallel_tasks")?;
-    if let Some(t) = rows.get(1).and_then(|r| r.first()) {
-        return Ok(Claim::Task(Box::new(task::Model::from_query_result(
-            t, "",
-        )?)));
-    }
-    if running >= max.max(0) {
-        return Err(at_capacity(worker_id, running.into(), max));
-    }
-    Ok(Claim::Empty {
-        free_slots: i64::from(max) - i64::from(running),
-    })
+    found(
+        worker_id,
+        w.try_get("", "running_tasks")?,
+        w.try_get("", "max_parallel_tasks")?,
+        rows.get(1).and_then(|r| r.first()),
+    )
 }
 
 /// What a claim found.

@@ -326,11 +326,7 @@ pub async fn apply_as_script(
         );
     }
     script.commit();
-    let rows = script::detached(db, move |mut s| async move {
-        let rows = s.run(script).await;
-        (s, rows)
-    })
-    .await?;
+    let rows = script::run(db, script).await?;
     match rows.first().and_then(|r| r.first()) {
         Some(row) => Ok(Some(task::Model::from_query_result(row, "")?)),
         None => Ok(None),
