@@ -11,6 +11,8 @@
 //! BENCH_DATABASE_URL=postgres://postgres@127.0.0.1:5432/bench cargo run --release -p api-server --example queue_bench
 //! BENCH_TASKS=5000 BENCH_WORKERS=32 BENCH_SECONDS=5 …
 //! BENCH_SEED_FINISHED=1000000 BENCH_SEED_LOGS=5 …    # first fill the database with old finished tasks and logs
+//! BENCH_POOL=20 …                                     # the server's PostgreSQL pool (default: the server's default)
+//! BENCH_BACKLOG_BATCHES=0 …                           # memory check: backlog in batches of 1,000 (default 100)
 //! ```
 //!
 //! `BENCH_SERVER_BIN=target/release/api-server` adds the memory check: that binary as a process of its own,
@@ -101,6 +103,8 @@ async fn main() -> anyhow::Result<()> {
     // The clients all come from one address: the queue is measured, not the per-client rate limit. The caps on
     // the queue keep their defaults: their admission check is part of every creation.
     config.rate_limit_per_second = 0;
+    config.database_max_connections =
+        env_or("BENCH_POOL", config.database_max_connections as usize) as u32;
     let app = Application::build(config).await?;
     // The baseline first, on the fresh database: the same life as bare SQL, `workers` connections. (Run after
     // the service, it would meet the dead rows the service left and flatter the ratio.)
@@ -247,6 +251,21 @@ async fn main() -> anyhow::Result<()> {
 
     // Dispatch: a task created while a claim waits, until the claim answers with it.
     let rounds = 50;
+    // Its floor: a request with no database work, sent after the same pause as each round's creation. After a
+    // pause every process involved is asleep, and a wake-up costs far more than under load.
+    let mut floor = Vec::new();
+    for _ in 0..rounds {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let t = Instant::now();
+        let r = client
+            .get(format!("{base}/api/v1/auth/whoami"))
+            .send()
+            .await?;
+        assert!(r.status().is_success());
+        r.bytes().await?;
+        floor.push(t.elapsed());
+    }
+    report_ms("no-db request after a pause", floor);
     let local = dispatch_latency(&client, &base, &base, rounds).await;
     report_dispatch("one replica", local);
     if url.starts_with("postgres") {
@@ -567,7 +586,7 @@ async fn memory_check(bin: &str, url: &str) -> anyhow::Result<()> {
     let rss = || status_mib(&pid.to_string(), "VmRSS:");
     println!("server RSS at start: {:.0} MiB", rss());
     // In batches of 1,000 (a batch of 10,000 is a 1 MiB body, parsed twice, whose peak the allocator keeps).
-    for b in 0..100 {
+    for b in 0..env_or("BENCH_BACKLOG_BATCHES", 100) {
         let tasks: Vec<Value> = (0..1_000)
             .map(|i| json!({"problem_id": format!("backlog-{b}-{i}")}))
             .collect();
