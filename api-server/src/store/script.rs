@@ -6,8 +6,17 @@
 //! A [`detached`] session holds the connection in a task of its own, so that a request dropped half-way (its
 //! client went away) never leaves a transaction open on the shared connection: the session runs to its end,
 //! and a transaction it left open is rolled back before the connection goes back to the pool.
+//!
+//! sqlx pings every connection that goes back to its pool, which on SQLite is one more hand-off to its thread
+//! for every script. So a session hands the connection straight to the next session already waiting for it,
+//! for up to [`MAX_STREAK`] sessions in a row; the connection goes back to the pool (and its queue of other
+//! users, served in order) after that, after a failure, or when no session waits.
 
-use std::{future::Future, sync::Arc};
+use std::{
+    collections::HashMap,
+    future::Future,
+    sync::{Arc, Mutex, OnceLock, Weak},
+};
 
 use sea_orm::{
     DatabaseConnection, DbErr, QueryResult, RuntimeErr, Value,
@@ -129,6 +138,36 @@ fn query_err(e: sqlx::Error) -> DbErr {
     DbErr::Query(RuntimeErr::SqlxError(Arc::new(e)))
 }
 
+/// Most sessions in a row that pass the connection on without returning it to the pool, so that the pool's
+/// other users (every query that is not a script) wait for at most this many.
+pub const MAX_STREAK: u32 = 16;
+
+/// The sessions of one pool: the connection one of them passes on to the next, with how many sessions in a
+/// row have had it so. Lives while any session of the pool does (each holds it from before it waits until its
+/// end); when the last one ends, a connection still in it goes back to the pool.
+#[derive(Default)]
+struct Relay {
+    next: tokio::sync::Mutex<Option<(PoolConnection<Sqlite>, u32)>>,
+}
+
+/// The pool's [`Relay`], found by the pool's identity: the address of its options, which live as long as the
+/// pool (and a relay that lives keeps the pool alive, through a session's connection or its handle).
+fn relay_of(pool: &sqlx::SqlitePool) -> Arc<Relay> {
+    static RELAYS: OnceLock<Mutex<HashMap<usize, Weak<Relay>>>> = OnceLock::new();
+    let key = std::ptr::from_ref(pool.options()) as usize;
+    let mut relays = RELAYS
+        .get_or_init(Default::default)
+        .lock()
+        .expect("relays lock");
+    if let Some(relay) = relays.get(&key).and_then(Weak::upgrade) {
+        return relay;
+    }
+    relays.retain(|_, r| r.strong_count() > 0);
+    let relay = Arc::new(Relay::default());
+    relays.insert(key, Arc::downgrade(&relay));
+    relay
+}
+
 /// Runs `session` on the SQLite connection in a task of its own, and answers what it answers. A transaction it
 /// leaves open — it failed, or decided not to commit — is rolled back before the connection is released; if
 /// even that fails, the connection is closed (SQLite rolls back) and the pool opens another.
@@ -140,15 +179,25 @@ where
 {
     let pool = db.get_sqlite_connection_pool().clone();
     tokio::spawn(async move {
-        let conn = pool.acquire().await.map_err(|e| match e {
-            sqlx::Error::PoolTimedOut => {
-                DbErr::ConnectionAcquire(sea_orm::error::ConnAcquireErr::Timeout)
+        let relay = relay_of(&pool);
+        let mut next = relay.next.lock().await;
+        let (conn, streak) = match next.take() {
+            Some(passed) => passed,
+            None => {
+                let conn = pool.acquire().await.map_err(|e| match e {
+                    sqlx::Error::PoolTimedOut => {
+                        DbErr::ConnectionAcquire(sea_orm::error::ConnAcquireErr::Timeout)
+                    }
+                    e => DbErr::Conn(RuntimeErr::SqlxError(Arc::new(e))),
+                })?;
+                (conn, 0)
             }
-            e => DbErr::Conn(RuntimeErr::SqlxError(Arc::new(e))),
-        })?;
+        };
         let (mut s, answer) = session(Session { conn, open: false }).await;
+        let mut sound = answer.is_ok();
         if s.open {
             use sqlx::Executor;
+            sound = false;
             if let Err(e) = (&mut *s.conn).execute("ROLLBACK").await {
                 let no_transaction = e.to_string().contains("no transaction is active");
                 if !no_transaction {
@@ -156,6 +205,10 @@ where
                     s.conn.close_on_drop();
                 }
             }
+        }
+        // Another session holds the relay: it is waiting for the connection, or about to.
+        if sound && streak + 1 < MAX_STREAK && Arc::strong_count(&relay) > 1 {
+            *next = Some((s.conn, streak + 1));
         }
         answer
     })

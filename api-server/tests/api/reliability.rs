@@ -816,6 +816,71 @@ async fn sqlite_scripts_never_leave_a_transaction_open() {
     assert_eq!(scratch(&other).await, ["c", "d", "e"]);
 }
 
+/// Script sessions back to back pass SQLite's one connection from one to the next without returning it to the
+/// pool, but never for long: a query that is not a script gets the connection while scripts keep coming, and
+/// every script's work is kept, whoever had the connection before it.
+#[tokio::test]
+async fn sqlite_script_sessions_never_keep_the_connection_from_other_queries() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    };
+
+    use api_server::store::script::{self, Script};
+    let (url, _dir) = TestApp::fresh_database(Backend::Sqlite).await;
+    let db = store::connect(&url, 1).await.unwrap();
+    db.execute_unprepared("CREATE TABLE scratch (v TEXT PRIMARY KEY NOT NULL)")
+        .await
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicUsize::new(0));
+    // Eight writers, each starting its next script as soon as the last one answered, for as long as the test
+    // needs them (at most 60 s).
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let (db, stop, written) = (db.clone(), stop.clone(), written.clone());
+            tokio::spawn(async move {
+                let until = std::time::Instant::now() + Duration::from_secs(60);
+                let mut i = 0;
+                while !stop.load(Ordering::SeqCst) && std::time::Instant::now() < until {
+                    let mut s = Script::begin();
+                    s.push(
+                        "INSERT INTO scratch (v) VALUES (?)",
+                        [format!("{w}-{i}").into()],
+                    )
+                    .commit();
+                    script::run(&db, s).await.unwrap();
+                    written.fetch_add(1, Ordering::SeqCst);
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    // Let them get going, then read (not a script) a few times while they write.
+    while written.load(Ordering::SeqCst) < 200 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for _ in 0..5 {
+        let read = tokio::time::timeout(Duration::from_secs(10), scratch(&db)).await;
+        assert!(
+            read.is_ok(),
+            "a query waited more than 10 s for the connection while scripts kept coming"
+        );
+        assert!(
+            !writers.iter().any(|w| w.is_finished()),
+            "the writers were still writing"
+        );
+    }
+    stop.store(true, Ordering::SeqCst);
+    for w in writers {
+        w.await.unwrap();
+    }
+    // Every script that answered is kept, and the connection is out of any transaction: another connection
+    // sees all of it.
+    let other = Database::connect(&url).await.unwrap();
+    assert_eq!(scratch(&other).await.len(), written.load(Ordering::SeqCst));
+}
+
 task_executor_shared::both_backends!(
     extreme_numbers_round_trip,
     heartbeats_keep_a_long_run_held,
