@@ -180,16 +180,23 @@ where
     let pool = db.get_sqlite_connection_pool().clone();
     tokio::spawn(async move {
         let relay = relay_of(&pool);
-        let mut next = relay.next.lock().await;
+        // Waiting for the connection, in the relay and then in the pool, takes at most the pool's acquire
+        // timeout in all, as a plain acquire would.
+        let deadline = tokio::time::Instant::now() + pool.options().get_acquire_timeout();
+        let timed_out = || DbErr::ConnectionAcquire(sea_orm::error::ConnAcquireErr::Timeout);
+        let mut next = tokio::time::timeout_at(deadline, relay.next.lock())
+            .await
+            .map_err(|_| timed_out())?;
         let (conn, streak) = match next.take() {
             Some(passed) => passed,
             None => {
-                let conn = pool.acquire().await.map_err(|e| match e {
-                    sqlx::Error::PoolTimedOut => {
-                        DbErr::ConnectionAcquire(sea_orm::error::ConnAcquireErr::Timeout)
-                    }
-                    e => DbErr::Conn(RuntimeErr::SqlxError(Arc::new(e))),
-                })?;
+                let conn = tokio::time::timeout_at(deadline, pool.acquire())
+                    .await
+                    .map_err(|_| timed_out())?
+                    .map_err(|e| match e {
+                        sqlx::Error::PoolTimedOut => timed_out(),
+                        e => DbErr::Conn(RuntimeErr::SqlxError(Arc::new(e))),
+                    })?;
                 (conn, 0)
             }
         };

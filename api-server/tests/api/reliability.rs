@@ -881,6 +881,47 @@ async fn sqlite_script_sessions_never_keep_the_connection_from_other_queries() {
     assert_eq!(scratch(&other).await.len(), written.load(Ordering::SeqCst));
 }
 
+/// Script sessions queued for SQLite's connection while something else holds it give up after the pool's
+/// acquire timeout (10 s) together, as plain queries do, not one after the other.
+#[tokio::test]
+async fn sqlite_script_sessions_waiting_for_a_held_connection_time_out_together() {
+    use api_server::store::script::{self, Script};
+    use sea_orm::TransactionTrait;
+    let (url, _dir) = TestApp::fresh_database(Backend::Sqlite).await;
+    let db = store::connect(&url, 1).await.unwrap();
+    db.execute_unprepared("CREATE TABLE scratch (v TEXT PRIMARY KEY NOT NULL)")
+        .await
+        .unwrap();
+    // A transaction holds the one connection for longer than the timeout.
+    let held = db.begin().await.unwrap();
+    let started = std::time::Instant::now();
+    let sessions: Vec<_> = (0..4)
+        .map(|i| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                let mut s = Script::begin();
+                s.push("INSERT INTO scratch (v) VALUES (?)", [i.to_string().into()])
+                    .commit();
+                script::run(&db, s).await
+            })
+        })
+        .collect();
+    for s in sessions {
+        let r = s.await.unwrap();
+        assert!(
+            matches!(r, Err(sea_orm::DbErr::ConnectionAcquire(_))),
+            "a session that cannot get the connection fails with a timeout: {r:?}"
+        );
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(25),
+        "four sessions waited {waited:?}: each after the other, not together"
+    );
+    held.rollback().await.unwrap();
+    assert!(scratch(&db).await.is_empty());
+}
+
 task_executor_shared::both_backends!(
     extreme_numbers_round_trip,
     heartbeats_keep_a_long_run_held,
