@@ -735,6 +735,21 @@ async fn extreme_numbers_round_trip(backend: Backend) {
 }
 
 /// The rows of table `scratch`, by value.
+/// A fresh SQLite database through the server's own pool, with a `scratch` table of text keys: its
+/// connection, URL and directory (kept while the test runs).
+async fn scratch_database() -> (
+    sea_orm::DatabaseConnection,
+    String,
+    Option<tempfile::TempDir>,
+) {
+    let (url, dir) = TestApp::fresh_database(Backend::Sqlite).await;
+    let db = store::connect(&url, 1).await.unwrap();
+    db.execute_unprepared("CREATE TABLE scratch (v TEXT PRIMARY KEY NOT NULL)")
+        .await
+        .unwrap();
+    (db, url, dir)
+}
+
 async fn scratch(db: &sea_orm::DatabaseConnection) -> Vec<String> {
     db.query_all_raw(Statement::from_string(
         db.get_database_backend(),
@@ -753,11 +768,7 @@ async fn scratch(db: &sea_orm::DatabaseConnection) -> Vec<String> {
 #[tokio::test]
 async fn sqlite_scripts_never_leave_a_transaction_open() {
     use api_server::store::script::{self, Script};
-    let (url, _dir) = TestApp::fresh_database(Backend::Sqlite).await;
-    let db = store::connect(&url, 1).await.unwrap();
-    db.execute_unprepared("CREATE TABLE scratch (v TEXT PRIMARY KEY NOT NULL)")
-        .await
-        .unwrap();
+    let (db, url, _dir) = scratch_database().await;
     let insert = "INSERT INTO scratch (v) VALUES (?)";
 
     // The second insert fails (the same key twice): the first is not kept.
@@ -827,11 +838,7 @@ async fn sqlite_script_sessions_never_keep_the_connection_from_other_queries() {
     };
 
     use api_server::store::script::{self, Script};
-    let (url, _dir) = TestApp::fresh_database(Backend::Sqlite).await;
-    let db = store::connect(&url, 1).await.unwrap();
-    db.execute_unprepared("CREATE TABLE scratch (v TEXT PRIMARY KEY NOT NULL)")
-        .await
-        .unwrap();
+    let (db, url, _dir) = scratch_database().await;
     let stop = Arc::new(AtomicBool::new(false));
     let written = Arc::new(AtomicUsize::new(0));
     // Eight writers, each starting its next script as soon as the last one answered, for as long as the test
@@ -887,11 +894,7 @@ async fn sqlite_script_sessions_never_keep_the_connection_from_other_queries() {
 async fn sqlite_script_sessions_waiting_for_a_held_connection_time_out_together() {
     use api_server::store::script::{self, Script};
     use sea_orm::TransactionTrait;
-    let (url, _dir) = TestApp::fresh_database(Backend::Sqlite).await;
-    let db = store::connect(&url, 1).await.unwrap();
-    db.execute_unprepared("CREATE TABLE scratch (v TEXT PRIMARY KEY NOT NULL)")
-        .await
-        .unwrap();
+    let (db, _url, _dir) = scratch_database().await;
     // A transaction holds the one connection for longer than the timeout.
     let held = db.begin().await.unwrap();
     let started = std::time::Instant::now();
