@@ -213,8 +213,9 @@ where
                 }
             }
         }
-        // Another session holds the relay: it is waiting for the connection, or about to.
-        if sound && streak + 1 < MAX_STREAK && Arc::strong_count(&relay) > 1 {
+        // Another session holds the relay: it is waiting for the connection, or about to. (A closed pool hands
+        // out no more connections, and neither does its relay.)
+        if sound && streak + 1 < MAX_STREAK && Arc::strong_count(&relay) > 1 && !pool.is_closed() {
             *next = Some((s.conn, streak + 1));
         }
         answer
