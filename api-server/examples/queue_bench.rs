@@ -586,7 +586,8 @@ async fn memory_check(bin: &str, url: &str) -> anyhow::Result<()> {
     let rss = || status_mib(&pid.to_string(), "VmRSS:");
     println!("server RSS at start: {:.0} MiB", rss());
     // In batches of 1,000 (a batch of 10,000 is a 1 MiB body, parsed twice, whose peak the allocator keeps).
-    for b in 0..env_or("BENCH_BACKLOG_BATCHES", 100) {
+    let batches = env_or("BENCH_BACKLOG_BATCHES", 100);
+    for b in 0..batches {
         let tasks: Vec<Value> = (0..1_000)
             .map(|i| json!({"problem_id": format!("backlog-{b}-{i}")}))
             .collect();
@@ -597,7 +598,8 @@ async fn memory_check(bin: &str, url: &str) -> anyhow::Result<()> {
             .await?;
         assert_eq!(r.status(), 201, "{}", r.text().await?);
     }
-    println!("server RSS with 100,000 pending tasks: {:.0} MiB", rss());
+    let backlog = batches * 1_000;
+    println!("server RSS with {backlog} pending tasks: {:.0} MiB", rss());
     // Four workers of 250 slots (the most a worker may have), each with its claims waiting.
     for w in 0..4 {
         let r = client
@@ -625,7 +627,7 @@ async fn memory_check(bin: &str, url: &str) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_secs(if after == 5 { 5 } else { 10 })).await;
         let waiting = polls.iter().filter(|p| !p.is_finished()).count();
         println!(
-            "server RSS with 100,000 pending tasks and {waiting} claims waiting ({after} s after they came): {:.0} MiB",
+            "server RSS with {backlog} pending tasks and {waiting} claims waiting ({after} s after they came): {:.0} MiB",
             rss()
         );
     }
