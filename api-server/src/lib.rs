@@ -15,6 +15,7 @@ pub mod ratelimit;
 pub mod reaper;
 pub mod results;
 pub mod routes;
+pub mod serve;
 pub mod startup;
 pub mod state;
 pub mod store;

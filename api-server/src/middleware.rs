@@ -204,6 +204,37 @@ fn is_json(resp: &Response) -> bool {
         .is_some_and(|ct| ct.starts_with("application/json"))
 }
 
+/// The request with its URI and header values in allocations of their own.
+///
+/// hyper parses a request's head in place: the URI and every header value are slices of the connection's
+/// 8 KiB read buffer, which therefore stays allocated for as long as the request lives, while hyper reads on
+/// into a new buffer. Copying the few hundred bytes they take frees it, for each long poll waiting and each
+/// stream open (measured: 1,000 waiting claims, 58 -> 53 MiB resident). An upgrade request (WebSocket) is left
+/// as it is, since rebuilding it would lose its upgrade handle.
+fn own_head(req: Request) -> Request {
+    if req.headers().contains_key(header::UPGRADE) {
+        return req;
+    }
+    let (local, remote, scheme) = (
+        req.local_addr().clone(),
+        req.remote_addr().clone(),
+        req.scheme().clone(),
+    );
+    let (parts, body) = req.into_parts();
+    let (mut head, ()) = poem::http::Request::new(()).into_parts();
+    head.uri = poem::http::Uri::try_from(parts.uri.to_string()).unwrap_or(parts.uri);
+    head.headers.reserve(parts.headers.len());
+    for (name, value) in &parts.headers {
+        let mut copy = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+        copy.set_sensitive(value.is_sensitive());
+        head.headers.append(name.clone(), copy);
+    }
+    head.method = parts.method;
+    head.version = parts.version;
+    head.extensions = parts.extensions;
+    Request::from_parts((head, local, remote, scheme).into(), body)
+}
+
 fn valid_request_id(v: &str) -> bool {
     !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic())
 }
@@ -212,10 +243,11 @@ fn valid_request_id(v: &str) -> bool {
 /// body, turns every error into the specification's JSON body, and records the HTTP metrics by route template.
 pub async fn edge<E: Endpoint>(
     next: Arc<E>,
-    mut req: Request,
+    req: Request,
     edge: Arc<Edge>,
 ) -> poem::Result<Response> {
     let started = std::time::Instant::now();
+    let mut req = own_head(req);
     let method = req.method().to_string();
     let path = req.uri().path().to_owned();
     let body_timeout = edge.body_timeout;
@@ -353,4 +385,38 @@ pub async fn edge<E: Endpoint>(
         started.elapsed().as_secs_f64(),
     );
     Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use poem::http::{HeaderValue, Method, header};
+
+    use super::*;
+
+    #[test]
+    fn the_copied_head_is_the_same_head() {
+        let mut secret = HeaderValue::from_static("Bearer s3cret");
+        secret.set_sensitive(true);
+        let mut req = Request::builder()
+            .method(Method::PUT)
+            .uri_str("/api/v1/tasks?status=pending&limit=5")
+            .header("x-many", "one")
+            .header("x-many", "two")
+            .header(header::AUTHORIZATION, secret)
+            .header("x-opaque", HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap())
+            .body("{}");
+        req.extensions_mut().insert(7_u32);
+        let req = own_head(req);
+        assert_eq!(req.method(), Method::PUT);
+        assert_eq!(req.uri(), "/api/v1/tasks?status=pending&limit=5");
+        assert_eq!(req.original_uri(), req.uri());
+        let many: Vec<_> = req.headers().get_all("x-many").iter().collect();
+        assert_eq!(many, ["one", "two"]);
+        let auth = &req.headers()[header::AUTHORIZATION];
+        assert_eq!(auth, "Bearer s3cret");
+        assert!(auth.is_sensitive(), "still kept out of debug output");
+        assert_eq!(req.headers()["x-opaque"].as_bytes(), b"caf\xc3\xa9");
+        assert_eq!(req.extensions().get::<u32>(), Some(&7));
+        assert_eq!(req.headers().len(), 4);
+    }
 }

@@ -4,10 +4,7 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use poem::{
-    Server,
-    listener::{Acceptor, Listener, TcpAcceptor, TcpListener},
-};
+use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -183,26 +180,26 @@ impl Application {
         let streams = self.state.tail.stop.clone();
         // Under systemd (Type=notify): ready once listening with migrations applied. A no-op elsewhere.
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-        let result = Server::new_with_acceptor(self.acceptor)
-            .idle_timeout(IDLE_CONNECTION_TIMEOUT)
-            .run_with_graceful_shutdown(
-                app,
-                async move {
-                    shutdown.await;
-                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
-                    // Like POST /workers/internal/stop: running tasks go back to the queue, none is left
-                    // `running` behind this process.
-                    supervisor.stop(false).await;
-                    streams.cancel();
-                    stop_signal.cancel();
-                },
-                Some(GRACEFUL_TIMEOUT),
-            )
-            .await;
+        crate::serve::serve(
+            self.acceptor,
+            app,
+            IDLE_CONNECTION_TIMEOUT,
+            async move {
+                shutdown.await;
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+                // Like POST /workers/internal/stop: running tasks go back to the queue, none is left
+                // `running` behind this process.
+                supervisor.stop(false).await;
+                streams.cancel();
+                stop_signal.cancel();
+            },
+            GRACEFUL_TIMEOUT,
+        )
+        .await;
         stop.cancel();
         let _ = reaper.await;
         self.state.db.clone().close().await.ok();
-        result.context("server failed")
+        Ok(())
     }
 }
 

@@ -11,6 +11,7 @@ mod metrics;
 mod reliability;
 mod scale;
 mod security;
+mod server;
 mod tasks;
 mod ui;
 mod workers;
