@@ -49,7 +49,7 @@ type Body = http_body_util::combinators::BoxBody<bytes::Bytes, io::Error>;
 /// Serves `ep` on the connections `acceptor` accepts until `signal`; then accepts no more, lets the requests
 /// in flight finish (a connection closes after its current response) for up to `grace`, and drops whatever
 /// is left after that. A connection on which no request is being answered and nothing was read or written for
-/// `idle` is closed.
+/// `idle` is closed, and dropped if nothing moves for another `idle` after that.
 pub async fn serve<A, E>(
     mut acceptor: A,
     ep: E,
@@ -156,10 +156,19 @@ async fn connection<Io, E>(
                 shutting = true;
                 conn.as_mut().graceful_shutdown();
             }
-            () = tokio::time::sleep_until(activity.quiet_until(idle)), if !shutting => {
-                if activity.busy.load(Ordering::Relaxed) == 0 && Instant::now() >= activity.quiet_until(idle) {
+            () = tokio::time::sleep_until(activity.quiet_until(idle)) => {
+                if activity.busy.load(Ordering::Relaxed) > 0 {
+                    // A request being answered is not idle time, however long it takes: look again later.
+                    activity.touch();
+                } else if Instant::now() >= activity.quiet_until(idle) {
+                    if shutting {
+                        // Asked to close, and still nothing moved: a client that sent part of a request head
+                        // and stopped, or that does not read its answer. hyper closes neither on its own.
+                        return;
+                    }
                     shutting = true;
                     conn.as_mut().graceful_shutdown();
+                    activity.touch();
                 }
             }
         }
