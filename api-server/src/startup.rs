@@ -28,8 +28,8 @@ pub struct Application {
 
 /// How long in-flight requests get to finish after the stop signal.
 const GRACEFUL_TIMEOUT: Duration = Duration::from_secs(30);
-/// A connection on which nothing moved for this long is closed: slow or stuck clients cannot hold
-/// connections (longer than the longest long poll, 60 s).
+/// A connection on which nothing moved for this long, with no request being answered, is closed: slow or stuck
+/// clients cannot hold connections (see `serve`).
 const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(75);
 
 impl Application {
