@@ -16,6 +16,7 @@ mod m20261126_000009_queue_notify;
 mod m20261126_000010_hot_updates;
 mod m20261126_000011_running_count;
 mod m20261126_000012_notify_requeues_only;
+mod m20261127_000013_task_logs_without_fk;
 
 pub struct Migrator;
 
@@ -35,6 +36,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000010_hot_updates::Migration),
             Box::new(m20261126_000011_running_count::Migration),
             Box::new(m20261126_000012_notify_requeues_only::Migration),
+            Box::new(m20261127_000013_task_logs_without_fk::Migration),
         ]
     }
 }

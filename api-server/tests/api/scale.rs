@@ -184,7 +184,22 @@ async fn two_replicas_never_hand_out_a_task_twice() {
     let unique: HashSet<_> = claimed.iter().cloned().collect();
     assert_eq!(unique.len(), claimed.len(), "a task was claimed twice");
     assert_eq!(unique, created, "every task claimed once");
+    // Every entry written under contention belongs to a task (no foreign key checks this on PostgreSQL).
+    let db = Database::connect(&replicas[0].db_url).await.unwrap();
+    let row = db
+        .query_one_raw(Statement::from_string(
+            db.get_database_backend(),
+            ORPHAN_ENTRIES,
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.try_get_by_index::<i64>(0).unwrap(), 0);
 }
+
+/// Counts the log entries whose task is gone.
+const ORPHAN_ENTRIES: &str = "SELECT COUNT(*) FROM task_logs AS l \
+     WHERE NOT EXISTS (SELECT 1 FROM tasks AS t WHERE t.id = l.task_id)";
 
 /// Sets a task's times as if it had been created and finished `days` ago.
 async fn age(db: &impl ConnectionTrait, id: &Value, days: i64) {
@@ -282,6 +297,8 @@ async fn retention_deletes_only_what_is_due(backend: Backend) {
     }
     let logs_after = count("SELECT COUNT(*) FROM task_logs").await;
     assert_eq!(logs_before - logs_after, pruned.log_entries as i64);
+    // No entry outlives its task (on PostgreSQL no foreign key stands behind this: retention deletes them).
+    assert_eq!(count(ORPHAN_ENTRIES).await, 0);
     // The kept tasks keep their logs, and the running one can still report and finish.
     let r = app
         .get(&format!(
