@@ -181,7 +181,7 @@ impl Application {
         // Under systemd (Type=notify): ready once listening with migrations applied. A no-op elsewhere.
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
         crate::serve::serve(
-            self.acceptor,
+            crate::serve::NoDelay(self.acceptor),
             app,
             IDLE_CONNECTION_TIMEOUT,
             async move {
