@@ -1,8 +1,9 @@
 //! Queue benchmark. First the baseline, on the fresh database: the life of a task as three bare SQL
 //! statements (insert; claim, `FOR UPDATE SKIP LOCKED` on PostgreSQL; complete) from as many connections as
 //! workers. Then the real server in-process on 127.0.0.1, driven over HTTP by concurrent workers that create,
-//! claim and complete tasks as fast as they can (the ratio to the baseline is printed), then heartbeat as fast
-//! as they can; a request that does no database work, as the floor; then how long a task takes to reach a
+//! claim and complete tasks as fast as they can (the ratio to the baseline is printed), once as two phases (all
+//! created, then all claimed and completed) and once in the baseline's own shape (each worker creates, claims
+//! and completes in turn), then heartbeat as fast as they can; a request that does no database work, as the floor; then how long a task takes to reach a
 //! claim already waiting for it, on one replica and (PostgreSQL) from one replica to another. Prints
 //! throughput and latency percentiles.
 //!
@@ -13,6 +14,7 @@
 //! BENCH_SEED_FINISHED=1000000 BENCH_SEED_LOGS=5 …    # first fill the database with old finished tasks and logs
 //! BENCH_POOL=20 …                                     # the server's PostgreSQL pool (default: the server's default)
 //! BENCH_BACKLOG_BATCHES=0 …                           # memory check: backlog in batches of 1,000 (default 100)
+//! BENCH_SQL='ALTER TABLE …; …' …                      # what-ifs on the migrated schema, before anything runs
 //! ```
 //!
 //! `BENCH_SERVER_BIN=target/release/api-server` adds the memory check: that binary as a process of its own,
@@ -106,6 +108,14 @@ async fn main() -> anyhow::Result<()> {
     config.database_max_connections =
         env_or("BENCH_POOL", config.database_max_connections as usize) as u32;
     let app = Application::build(config).await?;
+    // What-ifs, applied to the migrated schema before anything runs (say, to measure what an index costs).
+    if let Ok(sql) = std::env::var("BENCH_SQL") {
+        let db = store::connect(&url, 1).await?;
+        for statement in sql.split(';').filter(|s| !s.trim().is_empty()) {
+            db.execute_unprepared(statement).await?;
+        }
+        println!("BENCH_SQL applied: {sql}");
+    }
     // The baseline first, on the fresh database: the same life as bare SQL, `workers` connections. (Run after
     // the service, it would meet the dead rows the service left and flatter the ratio.)
     let raw = raw_cycles(&url, tasks, workers).await?;
@@ -216,6 +226,55 @@ async fn main() -> anyhow::Result<()> {
     assert_eq!(done, tasks, "every task completed once");
     let service_cycle = tasks as f64 / (create_wall + wall).as_secs_f64();
     println!("service create→claim→complete over HTTP: {service_cycle:.0} tasks/s");
+
+    // The same life in the baseline's shape: each worker creates a task, claims one (any: another worker may
+    // have taken its own, so a claim that finds nothing is tried again, as the baseline's is), completes it.
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for w in 0..workers {
+        let (client, base) = (client.clone(), base.clone());
+        let n = tasks / workers + usize::from(w < tasks % workers);
+        handles.push(tokio::spawn(async move {
+            for i in 0..n {
+                let r = client
+                    .post(format!("{base}/api/v1/tasks"))
+                    .json(&json!({"problem_id": format!("cycle-{w}-{i}"), "parameters": {"agent_config": {"model": "m"}}}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 201);
+                let task: Value = loop {
+                    let r = client
+                        .post(format!("{base}/api/v1/workers/bench-{w}/claim"))
+                        .send()
+                        .await
+                        .unwrap();
+                    if r.status() == 200 {
+                        break r.json().await.unwrap();
+                    }
+                    assert_eq!(r.status(), 204);
+                };
+                let c = client
+                    .post(format!(
+                        "{base}/api/v1/workers/bench-{w}/tasks/{}/complete",
+                        task["id"].as_str().unwrap()
+                    ))
+                    .json(&json!({"attempt": task["attempt"], "lease_id": task["lease_id"], "result": {"success": true}}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(c.status(), 200);
+            }
+        }));
+    }
+    for h in handles {
+        h.await?;
+    }
+    let interleaved = tasks as f64 / start.elapsed().as_secs_f64();
+    println!(
+        "service create→claim→complete, each worker in turn (the baseline's shape): {interleaved:.0} tasks/s, {:.0} % of the baseline",
+        interleaved / raw * 100.0
+    );
 
     // Heartbeats from every worker, as fast as they go.
     let seconds = Duration::from_secs(env_or("BENCH_SECONDS", 3) as u64);
