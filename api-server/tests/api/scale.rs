@@ -184,7 +184,8 @@ async fn two_replicas_never_hand_out_a_task_twice() {
     let unique: HashSet<_> = claimed.iter().cloned().collect();
     assert_eq!(unique.len(), claimed.len(), "a task was claimed twice");
     assert_eq!(unique, created, "every task claimed once");
-    // Every entry written under contention belongs to a task (no foreign key checks this on PostgreSQL).
+    // Every entry written under contention belongs to a task: each takes its task id from the row its statement
+    // just inserted or updated (no foreign key checks this on PostgreSQL).
     let db = Database::connect(&replicas[0].db_url).await.unwrap();
     let row = db
         .query_one_raw(Statement::from_string(
@@ -359,6 +360,16 @@ async fn the_reaper_applies_retention(backend: Backend) {
         r.body["status"], "pending",
         "an old pending task is never deleted"
     );
+    // The deleted task's entries went with it (on PostgreSQL no foreign key cascades: retention deletes them).
+    let row = db
+        .query_one_raw(Statement::from_string(
+            db.get_database_backend(),
+            ORPHAN_ENTRIES,
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.try_get_by_index::<i64>(0).unwrap(), 0);
 }
 
 /// `/health` counts tasks exactly whether they finished long ago (the cached base count) or just now (counted
