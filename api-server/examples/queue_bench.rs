@@ -145,13 +145,7 @@ async fn main() -> anyhow::Result<()> {
             let mut lat = Vec::with_capacity(n);
             for i in 0..n {
                 let t = Instant::now();
-                let r = client
-                    .post(format!("{base}/api/v1/tasks"))
-                    .json(&json!({"problem_id": format!("bench-{w}-{i}"), "parameters": {"agent_config": {"model": "m"}}}))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(r.status(), 201);
+                create(&client, &base, &format!("bench-{w}-{i}")).await;
                 lat.push(t.elapsed());
             }
             lat
@@ -192,17 +186,8 @@ async fn main() -> anyhow::Result<()> {
                     return (claims, completes);
                 }
                 let task: Value = r.json().await.unwrap();
-                let id = task["id"].as_str().unwrap().to_owned();
                 let t = Instant::now();
-                let c = client
-                    .post(format!(
-                        "{base}/api/v1/workers/bench-{w}/tasks/{id}/complete"
-                    ))
-                    .json(&json!({"attempt": task["attempt"], "lease_id": task["lease_id"], "result": {"success": true}}))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(c.status(), 200);
+                complete(&client, &base, &format!("bench-{w}"), &task).await;
                 completes.push(t.elapsed());
             }
         }));
@@ -239,13 +224,7 @@ async fn main() -> anyhow::Result<()> {
         handles.push(tokio::spawn(async move {
             let mut empty = 0;
             for i in 0..n {
-                let r = client
-                    .post(format!("{base}/api/v1/tasks"))
-                    .json(&json!({"problem_id": format!("cycle-{w}-{i}"), "parameters": {"agent_config": {"model": "m"}}}))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(r.status(), 201);
+                create(&client, &base, &format!("cycle-{w}-{i}")).await;
                 let mut wait = "";
                 let task: Value = loop {
                     let r = client
@@ -260,16 +239,7 @@ async fn main() -> anyhow::Result<()> {
                     empty += 1;
                     wait = "?wait_seconds=1";
                 };
-                let c = client
-                    .post(format!(
-                        "{base}/api/v1/workers/bench-{w}/tasks/{}/complete",
-                        task["id"].as_str().unwrap()
-                    ))
-                    .json(&json!({"attempt": task["attempt"], "lease_id": task["lease_id"], "result": {"success": true}}))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(c.status(), 200);
+                complete(&client, &base, &format!("bench-{w}"), &task).await;
             }
             empty
         }));
@@ -453,18 +423,34 @@ async fn dispatch_latency(
         let created = Instant::now();
         let (task, answered) = waiting.await.unwrap();
         out.push((answered - sent, created - sent));
-        let c = client
-            .post(format!(
-                "{claim_base}/api/v1/workers/{worker}/tasks/{}/complete",
-                task["id"].as_str().unwrap()
-            ))
-            .json(&json!({"attempt": task["attempt"], "lease_id": task["lease_id"], "result": {"success": true}}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(c.status(), 200);
+        complete(client, claim_base, &worker, &task).await;
     }
     out
+}
+
+/// Creates a task of `problem_id` with the parameters an agent run has; the answer must be 201.
+async fn create(client: &reqwest::Client, base: &str, problem_id: &str) {
+    let r = client
+        .post(format!("{base}/api/v1/tasks"))
+        .json(&json!({"problem_id": problem_id, "parameters": {"agent_config": {"model": "m"}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+}
+
+/// Completes the run `task` (a claim's answer) as its worker; the answer must be 200.
+async fn complete(client: &reqwest::Client, base: &str, worker: &str, task: &Value) {
+    let r = client
+        .post(format!(
+            "{base}/api/v1/workers/{worker}/tasks/{}/complete",
+            task["id"].as_str().unwrap()
+        ))
+        .json(&json!({"attempt": task["attempt"], "lease_id": task["lease_id"], "result": {"success": true}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
 }
 
 /// `tasks` lives of a task as three bare statements (three commits), from `clients` connections at once;

@@ -187,20 +187,22 @@ async fn two_replicas_never_hand_out_a_task_twice() {
     // Every entry written under contention belongs to a task: each takes its task id from the row its statement
     // just inserted or updated (no foreign key checks this on PostgreSQL).
     let db = Database::connect(&replicas[0].db_url).await.unwrap();
+    assert_eq!(orphan_entries(&db).await, 0);
+}
+
+/// How many log entries are left without their task.
+async fn orphan_entries(db: &impl ConnectionTrait) -> i64 {
     let row = db
         .query_one_raw(Statement::from_string(
             db.get_database_backend(),
-            ORPHAN_ENTRIES,
+            "SELECT COUNT(*) FROM task_logs AS l \
+             WHERE NOT EXISTS (SELECT 1 FROM tasks AS t WHERE t.id = l.task_id)",
         ))
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(row.try_get_by_index::<i64>(0).unwrap(), 0);
+    row.try_get_by_index::<i64>(0).unwrap()
 }
-
-/// Counts the log entries whose task is gone.
-const ORPHAN_ENTRIES: &str = "SELECT COUNT(*) FROM task_logs AS l \
-     WHERE NOT EXISTS (SELECT 1 FROM tasks AS t WHERE t.id = l.task_id)";
 
 /// Sets a task's times as if it had been created and finished `days` ago.
 async fn age(db: &impl ConnectionTrait, id: &Value, days: i64) {
@@ -299,7 +301,7 @@ async fn retention_deletes_only_what_is_due(backend: Backend) {
     let logs_after = count("SELECT COUNT(*) FROM task_logs").await;
     assert_eq!(logs_before - logs_after, pruned.log_entries as i64);
     // No entry outlives its task (on PostgreSQL no foreign key stands behind this: retention deletes them).
-    assert_eq!(count(ORPHAN_ENTRIES).await, 0);
+    assert_eq!(orphan_entries(&db).await, 0);
     // The kept tasks keep their logs, and the running one can still report and finish.
     let r = app
         .get(&format!(
@@ -361,15 +363,7 @@ async fn the_reaper_applies_retention(backend: Backend) {
         "an old pending task is never deleted"
     );
     // The deleted task's entries went with it (on PostgreSQL no foreign key cascades: retention deletes them).
-    let row = db
-        .query_one_raw(Statement::from_string(
-            db.get_database_backend(),
-            ORPHAN_ENTRIES,
-        ))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(row.try_get_by_index::<i64>(0).unwrap(), 0);
+    assert_eq!(orphan_entries(&db).await, 0);
 }
 
 /// `/health` counts tasks exactly whether they finished long ago (the cached base count) or just now (counted
