@@ -48,8 +48,9 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 /// Accepts TCP connections with Nagle's algorithm off (`TCP_NODELAY`), as HTTP servers do. With it on, a
 /// small write waits while an earlier small write of the connection is unacknowledged, and a client that delays
 /// its acknowledgements holds it that long (40 ms or more on Linux, 200 ms by default on Windows): the events of
-/// a stream sent close together, an answer whose body goes out in parts. poem's acceptor leaves it on. (On loopback, with this machine's answers written whole,
-/// no difference was measurable; the setting is for real networks.)
+/// a stream sent close together, an answer whose body goes out in parts. poem's acceptor leaves it on. (On
+/// loopback, with this machine's answers written whole, no difference was measurable; the setting is for real
+/// networks.)
 pub struct NoDelay(pub TcpAcceptor);
 
 impl Acceptor for NoDelay {
