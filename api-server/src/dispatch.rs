@@ -23,6 +23,7 @@ use crate::{
     store::{
         StoreError, StoreResult,
         entity::task,
+        hot::Hot,
         queue::{self, Claim, HeartbeatOutcome, LeasePolicy, Outcome, ReapReport, RunRef},
         workers::{self, Registered},
     },
@@ -425,7 +426,7 @@ pub async fn announce(dispatcher: Dispatcher, stop: CancellationToken) {
             "SELECT pg_notify($1, $2)",
             [QUEUE_CHANNEL.into(), dispatcher.replica.to_string().into()],
         );
-        match dispatcher.db.execute_raw(notify).await {
+        match Hot(&dispatcher.db).execute_raw(notify).await {
             Ok(_) if failing => {
                 tracing::info!("announcing new tasks to the other replicas again");
                 failing = false;

@@ -3,6 +3,7 @@
 
 pub mod batches;
 pub mod entity;
+pub mod hot;
 pub mod logs;
 pub mod queue;
 pub mod retention;

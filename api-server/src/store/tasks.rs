@@ -18,6 +18,7 @@ use uuid::Uuid;
 use super::{
     StoreError, StoreResult,
     entity::task,
+    hot::Hot,
     now,
     queue::transition::{self, Change, Entry, Guard},
     script::{self, Script},
@@ -264,7 +265,7 @@ async fn insert_with_entry(
                 sql,
                 values,
             ))
-            .one(db)
+            .one(&Hot(db))
             .await?
             .ok_or_else(|| DbErr::RecordNotInserted);
     }

@@ -8,6 +8,7 @@ mod events;
 mod health;
 mod internal;
 mod metrics;
+mod pool;
 mod reliability;
 mod scale;
 mod security;

@@ -8,6 +8,7 @@ use super::LeasePolicy;
 use crate::store::{
     StoreError, StoreResult, absent_or_offline,
     entity::task,
+    hot::Hot,
     is_postgres, now,
     script::{self, Script},
 };
@@ -87,7 +88,7 @@ async fn claim_pg(
         (at + policy.heartbeat_timeout).into(),
         uuid::Uuid::new_v4().into(),
     ];
-    let Some(row) = db
+    let Some(row) = Hot(db)
         .query_one_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
             sql,

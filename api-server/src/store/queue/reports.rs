@@ -18,6 +18,7 @@ use super::{
 use crate::store::{
     StoreError, StoreResult, absent_or_offline,
     entity::{task, worker},
+    hot::Hot,
     is_postgres, logs, now,
 };
 
@@ -175,7 +176,7 @@ async fn take_workers_pg(
             SELECT * FROM tasks WHERE tasks.worker_id = taken.taken_id AND tasks.status = 'running' \
             OFFSET 0) AS t ON true"
     );
-    let found = db
+    let found = Hot(db)
         .query_all_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
             sql,
@@ -278,7 +279,7 @@ async fn extend_leases(
             values,
         )
     };
-    db.execute_raw(stmt).await?;
+    Hot(db).execute_raw(stmt).await?;
     Ok(())
 }
 
@@ -535,7 +536,7 @@ pub async fn finish(
     };
     // PostgreSQL: one statement, atomic on its own. SQLite: one script, a transaction of its own.
     let changed = if is_postgres(db) {
-        transition::apply_with(db, guard, change, entry, also).await?
+        transition::apply_with(&Hot(db), guard, change, entry, also).await?
     } else {
         transition::apply_as_script(db, guard, change, entry, also).await?
     };
