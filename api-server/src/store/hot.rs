@@ -7,15 +7,18 @@
 //! is done, without the ping. The pool's other users are not starved by it:
 //! - the stash and the statements running from it hold at most [`share`] of the pool's connections, so at least
 //!   a quarter of them (and one) are always left to the rest;
-//! - a connection idle in the stash for [`IDLE_RETURN`] goes back to the pool, and all of them do when the pool
-//!   closes.
+//! - a connection idle in the stash for [`IDLE_RETURN`] goes back to the pool (within twice that), and all of
+//!   them do when the pool closes;
+//! - a connection goes back to the pool after [`HELD_AT_MOST`] in the hot statements' hands, so that sqlx applies
+//!   its own rules to it (its maximum lifetime among them).
 //!
-//! A statement that failed other than with an error PostgreSQL answered, or whose future was dropped half-way
-//! (its client went away), leaves its connection to sqlx, which tests it as it always does.
+//! A statement that failed other than with an error PostgreSQL answered, or with one that ended the session
+//! (severity `FATAL` or `PANIC`: the backend was terminated, the server is shutting down), or whose future was
+//! dropped half-way (its client went away), leaves its connection to sqlx, which tests it as it always does.
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, OnceLock},
+    sync::{Arc, Mutex, OnceLock, Weak},
     time::Duration,
 };
 
@@ -33,10 +36,14 @@ use tokio::{
 /// How long a connection may wait in the stash before it goes back to the pool.
 pub const IDLE_RETURN: Duration = Duration::from_secs(1);
 
-/// How many of a pool's `max` connections the hot statements may hold at once, in use or in their stash: all but
-/// a quarter (at least one); none for a pool of one, whose statements then go to the pool as any other.
+/// How long the hot statements may keep a connection they took from the pool, in use or stashed.
+pub const HELD_AT_MOST: Duration = Duration::from_secs(60);
+
+/// How many of a pool's `max` connections the hot statements may hold at once, in use or in their stash: at most
+/// three quarters, so that at least a quarter (and one) are left to the rest; none for a pool of one, whose
+/// statements then go to the pool as any other.
 pub fn share(max: u32) -> u32 {
-    max - (max / 4).max(1).min(max)
+    max - max.div_ceil(4)
 }
 
 /// The hot statements' side of one pool.
@@ -48,16 +55,24 @@ struct Stash {
 
 #[derive(Default)]
 struct Idle {
-    /// Connections between statements, the one put back last at the end.
-    conns: Vec<(PoolConnection<Postgres>, Instant)>,
+    /// Connections between statements, the one put back last at the end, each with when it was put back.
+    conns: Vec<(Kept, Instant)>,
     /// Whether a task is returning the stale ones to the pool.
     sweeping: bool,
 }
 
+/// A connection the hot statements took from the pool, with when they took it.
+struct Kept {
+    conn: PoolConnection<Postgres>,
+    since: Instant,
+}
+
 /// The pool's [`Stash`], found by the pool's identity: the address of its options, which live as long as the
-/// pool. (An entry holds no connection of a pool that is gone: a connection in a stash keeps its pool alive.)
+/// pool. The map holds stashes weakly: a stash lives while a statement runs from it or a sweeper watches its
+/// connections (which keep their pool, and so the address, alive); one that does not is gone, and a pool that
+/// comes later at the same address gets a new one.
 fn stash_of(pool: &PgPool) -> Option<Arc<Stash>> {
-    static STASHES: OnceLock<Mutex<HashMap<usize, Arc<Stash>>>> = OnceLock::new();
+    static STASHES: OnceLock<Mutex<HashMap<usize, Weak<Stash>>>> = OnceLock::new();
     let share = share(pool.options().get_max_connections());
     if share == 0 {
         return None;
@@ -67,22 +82,21 @@ fn stash_of(pool: &PgPool) -> Option<Arc<Stash>> {
         .get_or_init(Default::default)
         .lock()
         .expect("stashes lock");
-    if let Some(stash) = stashes.get(&key) {
-        return Some(stash.clone());
+    if let Some(stash) = stashes.get(&key).and_then(Weak::upgrade) {
+        return Some(stash);
     }
-    // Forget the stashes nobody uses (no statement runs from them, no sweeper: they hold no connection).
-    stashes.retain(|_, s| Arc::strong_count(s) > 1);
+    stashes.retain(|_, s| s.strong_count() > 0);
     let stash = Arc::new(Stash {
         permits: Arc::new(Semaphore::new(share as usize)),
         state: Mutex::new(Idle::default()),
     });
-    stashes.insert(key, stash.clone());
+    stashes.insert(key, Arc::downgrade(&stash));
     Some(stash)
 }
 
 /// A connection of the stash, in use by one statement.
 struct Taken {
-    conn: PoolConnection<Postgres>,
+    kept: Kept,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -98,31 +112,38 @@ impl Stash {
             .map_err(|_| {
                 DbErr::ConnectionAcquire(sea_orm::error::ConnAcquireErr::ConnectionClosed)
             })?;
-        let kept = self.state.lock().expect("stash lock").conns.pop();
-        let conn = match kept {
-            Some((conn, _)) => conn,
-            None => tokio::time::timeout_at(deadline, pool.acquire())
-                .await
-                .map_err(|_| timed_out())?
-                .map_err(|e| match e {
-                    sqlx::Error::PoolTimedOut => timed_out(),
-                    e => DbErr::Conn(RuntimeErr::SqlxError(Arc::new(e))),
-                })?,
+        let stashed = self.state.lock().expect("stash lock").conns.pop();
+        let kept = match stashed {
+            Some((kept, _)) => kept,
+            None => Kept {
+                conn: tokio::time::timeout_at(deadline, pool.acquire())
+                    .await
+                    .map_err(|_| timed_out())?
+                    .map_err(|e| match e {
+                        sqlx::Error::PoolTimedOut => timed_out(),
+                        sqlx::Error::PoolClosed => DbErr::ConnectionAcquire(
+                            sea_orm::error::ConnAcquireErr::ConnectionClosed,
+                        ),
+                        e => DbErr::Conn(RuntimeErr::SqlxError(Arc::new(e))),
+                    })?,
+                since: Instant::now(),
+            },
         };
         Ok(Taken {
-            conn,
+            kept,
             _permit: permit,
         })
     }
 
-    /// Puts a connection back after a statement that ran to its end (or that PostgreSQL refused), and makes sure
-    /// a sweeper will return it to the pool if nobody takes it soon.
+    /// Puts a connection back after a statement that ran to its end (or that PostgreSQL refused), unless the
+    /// pool closed or the connection has been kept for [`HELD_AT_MOST`], and makes sure a sweeper will return it
+    /// to the pool if nobody takes it soon.
     fn put(self: &Arc<Self>, pool: &PgPool, taken: Taken) {
-        if pool.is_closed() {
+        if pool.is_closed() || taken.kept.since.elapsed() >= HELD_AT_MOST {
             return;
         }
         let mut idle = self.state.lock().expect("stash lock");
-        idle.conns.push((taken.conn, Instant::now()));
+        idle.conns.push((taken.kept, Instant::now()));
         if !idle.sweeping {
             idle.sweeping = true;
             tokio::spawn(sweep(self.clone(), pool.clone()));
@@ -198,19 +219,30 @@ impl Hot<'_> {
         let mut taken = stash.take(pool).await?;
         let values = stmt.values.unwrap_or(sea_orm::Values(Vec::new()));
         let query = sqlx::query_with(sqlx::AssertSqlSafe(stmt.sql), SqlxValues(values));
-        let conn = &mut *taken.conn;
+        let conn = &mut *taken.kept.conn;
         let answer = match op {
             Op::Execute => query.execute(conn).await.map(Out::Execute),
             Op::One => query.fetch_optional(conn).await.map(Out::One),
             Op::All => query.fetch_all(conn).await.map(Out::All),
         };
-        if matches!(&answer, Ok(_) | Err(sqlx::Error::Database(_))) {
+        if answer.as_ref().map_or_else(session_lives, |_| true) {
             stash.put(pool, taken);
         }
         answer.map_err(|e| match op {
             Op::Execute => DbErr::Exec(RuntimeErr::SqlxError(Arc::new(e))),
             Op::One | Op::All => DbErr::Query(RuntimeErr::SqlxError(Arc::new(e))),
         })
+    }
+}
+
+/// Whether the connection is still good after `e`: PostgreSQL answered it, and not with the end of the session.
+fn session_lives(e: &sqlx::Error) -> bool {
+    use sqlx::postgres::{PgDatabaseError, PgSeverity};
+    match e {
+        sqlx::Error::Database(db) => db
+            .try_downcast_ref::<PgDatabaseError>()
+            .is_some_and(|pg| !matches!(pg.severity(), PgSeverity::Fatal | PgSeverity::Panic)),
+        _ => false,
     }
 }
 

@@ -1,6 +1,6 @@
-//! PostgreSQL's hot statements on connections kept between statements (`store::hot`): they leave the pool's
-//! other users their share, give their connections back when idle, never hand on a connection a statement left
-//! half-read, and answer errors as sea-orm does.
+//! PostgreSQL's hot statements on connections kept between statements (`store::hot`): they reuse the connection
+//! the last one put back, leave the pool's other users their share, give their connections back when idle and
+//! when the pool closes, drop a connection whose session ended, and answer errors as sea-orm does.
 
 use std::time::Duration;
 
@@ -30,12 +30,18 @@ async fn answer(conn: &impl ConnectionTrait, sql: &str) -> i32 {
         .expect("an int")
 }
 
+/// The backend serving `conn`'s next statement.
+async fn pid(conn: &impl ConnectionTrait) -> i32 {
+    answer(conn, "SELECT pg_backend_pid()").await
+}
+
 #[test]
 fn the_hot_share_leaves_a_quarter_and_at_least_one() {
     assert_eq!(share(1), 0);
     assert_eq!(share(2), 1);
+    assert_eq!(share(3), 2);
     assert_eq!(share(4), 3);
-    assert_eq!(share(10), 8);
+    assert_eq!(share(10), 7);
     assert_eq!(share(100), 75);
 }
 
@@ -71,9 +77,10 @@ async fn hot_statements_leave_the_other_users_their_share() {
 }
 
 #[tokio::test]
-async fn idle_hot_connections_go_back_to_the_pool() {
+async fn hot_statements_reuse_the_connection_put_back_last_then_give_it_back() {
     let db = pool_of(4).await;
     let pool = db.get_postgres_connection_pool().clone();
+    // Three connections, all used once.
     let hot: Vec<_> = (0..3)
         .map(|_| {
             let db = db.clone();
@@ -83,12 +90,12 @@ async fn idle_hot_connections_go_back_to_the_pool() {
     for h in hot {
         assert_eq!(h.await.unwrap(), 1);
     }
-    // Kept for the next hot statement: out of the pool's idle queue.
-    assert!(
-        pool.num_idle() < pool.size() as usize,
-        "the hot statements kept no connection"
-    );
-    // Then given back after a while without use.
+    // One after another, the statements get the same one (the pool would hand them out in turn).
+    let first = pid(&Hot(&db)).await;
+    for _ in 0..5 {
+        assert_eq!(pid(&Hot(&db)).await, first);
+    }
+    // Left unused, every connection goes back to the pool.
     wait_for(
         "the stash to give its connections back",
         IDLE_RETURN * 5,
@@ -98,24 +105,63 @@ async fn idle_hot_connections_go_back_to_the_pool() {
         },
     )
     .await;
-    // And the pool closes with nothing left out.
-    tokio::time::timeout(Duration::from_secs(10), db.close())
-        .await
-        .expect("the pool closes")
-        .unwrap();
 }
 
 #[tokio::test]
-async fn a_pool_closes_while_the_stash_holds_connections() {
-    let db = pool_of(4).await;
-    assert_eq!(answer(&Hot(&db), "SELECT 3").await, 3);
-    let pool = db.get_postgres_connection_pool().clone();
-    assert!(pool.num_idle() < pool.size() as usize);
-    tokio::time::timeout(Duration::from_secs(10), db.close())
+async fn a_pool_closing_ends_the_stashed_connections_at_once() {
+    let url = fresh_pg_database().await;
+    let db = store::connect(&url, 4).await.expect("connect");
+    let watcher = store::connect(&url, 1).await.expect("connect");
+    let stashed = pid(&Hot(&db)).await;
+    assert_eq!(pid(&Hot(&db)).await, stashed, "the connection was kept");
+    tokio::time::timeout(IDLE_RETURN / 2, db.close())
         .await
         .expect("the pool closes")
         .unwrap();
-    assert!(pool.is_closed());
+    // Its backend ends well before the stash would have given the connection back on its own.
+    wait_for(
+        "the stashed connection's backend to end",
+        IDLE_RETURN / 2,
+        || {
+            let watcher = watcher.clone();
+            async move {
+                let left = answer(
+                    &watcher,
+                    &format!("SELECT count(*)::int FROM pg_stat_activity WHERE pid = {stashed}"),
+                )
+                .await;
+                (left == 0).then_some(())
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_connection_whose_session_ended_is_not_kept() {
+    let db = pool_of(2).await;
+    let doomed = pid(&Hot(&db)).await;
+    // Its backend is terminated between two statements (as by an administrator, or a restart).
+    assert_eq!(
+        answer(&db, &format!("SELECT pg_terminate_backend({doomed})::int")).await,
+        1
+    );
+    wait_for("the backend to end", Duration::from_secs(10), || {
+        let db = db.clone();
+        async move {
+            let left = answer(
+                &db,
+                &format!("SELECT count(*)::int FROM pg_stat_activity WHERE pid = {doomed}"),
+            )
+            .await;
+            (left == 0).then_some(())
+        }
+    })
+    .await;
+    // The statement sent on it fails; the next one runs on a connection that works.
+    assert!(Hot(&db).query_one_raw(stmt("SELECT 1")).await.is_err());
+    let next = pid(&Hot(&db)).await;
+    assert_ne!(next, doomed);
 }
 
 #[tokio::test]
@@ -157,7 +203,14 @@ async fn errors_answer_as_sea_orm_and_keep_the_connection_usable() {
         .await
         .expect_err("division by zero");
     assert!(e.to_string().contains("division by zero"), "{e}");
-    // The one connection the share allows was kept after both refusals, and answers right.
+    // The connection was kept after both refusals (the same backend answers), and answers right.
+    let kept = pid(&Hot(&db)).await;
+    let e = Hot(&db)
+        .query_one_raw(stmt("SELECT 1 / 0"))
+        .await
+        .expect_err("division by zero");
+    assert!(e.to_string().contains("division by zero"), "{e}");
+    assert_eq!(pid(&Hot(&db)).await, kept);
     assert_eq!(answer(&Hot(&db), "SELECT count(*)::int FROM t").await, 1);
     let rows = Hot(&db)
         .query_all_raw(stmt("SELECT generate_series(1, 3)"))
