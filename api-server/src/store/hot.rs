@@ -14,7 +14,9 @@
 //!
 //! A statement that failed other than with an error PostgreSQL answered, or with one that ended the session
 //! (severity `FATAL` or `PANIC`: the backend was terminated, the server is shutting down), or whose future was
-//! dropped half-way (its client went away), leaves its connection to sqlx, which tests it as it always does.
+//! dropped half-way (its client went away), leaves its connection to sqlx, which tests it as it always does. A
+//! connection that died takes the stashed ones back to sqlx with it: after a restart of PostgreSQL one hot
+//! statement fails, not one per stashed connection.
 
 use std::{
     collections::HashMap,
@@ -151,6 +153,14 @@ impl Stash {
     }
 }
 
+impl Stash {
+    /// Gives every stashed connection back to the pool (which tests each as it comes back).
+    fn drain(&self) {
+        let all: Vec<_> = std::mem::take(&mut self.state.lock().expect("stash lock").conns);
+        drop(all);
+    }
+}
+
 /// Returns the stash's connections idle for [`IDLE_RETURN`] to the pool, until none is left; all of them at once
 /// when the pool closes.
 async fn sweep(stash: Arc<Stash>, pool: PgPool) {
@@ -227,6 +237,11 @@ impl Hot<'_> {
         };
         if answer.as_ref().map_or_else(session_lives, |_| true) {
             stash.put(pool, taken);
+        } else {
+            // The connection died (a restart or a failover ends every session at once): the stashed ones are
+            // likely dead too, so they go back to sqlx's test rather than each failing a statement of its own.
+            drop(taken);
+            stash.drain();
         }
         answer.map_err(|e| match op {
             Op::Execute => DbErr::Exec(RuntimeErr::SqlxError(Arc::new(e))),

@@ -181,6 +181,55 @@ async fn a_statement_dropped_half_way_leaves_nothing_for_the_next() {
 }
 
 #[tokio::test]
+async fn when_the_stashed_connections_die_together_one_statement_fails() {
+    let db = pool_of(8).await;
+    // Four connections in the stash.
+    let hot: Vec<_> = (0..4)
+        .map(|_| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                answer(&Hot(&db), "SELECT pg_backend_pid() FROM pg_sleep(0.2)").await
+            })
+        })
+        .collect();
+    let mut doomed = Vec::new();
+    for h in hot {
+        doomed.push(h.await.unwrap());
+    }
+    doomed.sort();
+    doomed.dedup();
+    assert_eq!(doomed.len(), 4, "four connections at once");
+    let list = doomed
+        .iter()
+        .map(i32::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    // Every backend ends at once, as in a restart of PostgreSQL.
+    db.execute_unprepared(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid IN ({list})"
+    ))
+    .await
+    .unwrap();
+    wait_for("the backends to end", Duration::from_secs(10), || {
+        let (db, list) = (db.clone(), list.clone());
+        async move {
+            let left = answer(
+                &db,
+                &format!("SELECT count(*)::int FROM pg_stat_activity WHERE pid IN ({list})"),
+            )
+            .await;
+            (left == 0).then_some(())
+        }
+    })
+    .await;
+    // The first statement meets a dead connection; the ones after it do not.
+    assert!(Hot(&db).query_one_raw(stmt("SELECT 1")).await.is_err());
+    for want in [1, 2, 3] {
+        assert_eq!(answer(&Hot(&db), &format!("SELECT {want}")).await, want);
+    }
+}
+
+#[tokio::test]
 async fn errors_answer_as_sea_orm_and_keep_the_connection_usable() {
     let db = pool_of(2).await;
     db.execute_unprepared("CREATE TABLE t (id int PRIMARY KEY)")
