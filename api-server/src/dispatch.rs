@@ -168,7 +168,10 @@ impl Dispatcher {
     }
 
     /// This process created tasks (their commit is done): wake the claims waiting here, and have [`announce`]
-    /// tell the other replicas.
+    /// tell the other replicas. In this order: tokio keeps the task woken last for this thread, to run once the
+    /// creating request yields, and leaves the others to an idle thread at once. Woken the other way round, the
+    /// claims waited behind the creation's answer: dispatch on one replica took p50 2.20–2.49 ms instead of
+    /// 1.99–2.06 (four interleaved pairs of `queue_bench` runs).
     pub fn created(&self) {
         self.wake();
         self.created.notify_one();
