@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use tokio::task::JoinHandle;
+
 use api_server::store::{
     self,
     hot::{Hot, IDLE_RETURN, share},
@@ -35,6 +37,27 @@ async fn pid(conn: &impl ConnectionTrait) -> i32 {
     answer(conn, "SELECT pg_backend_pid()").await
 }
 
+/// `n` hot statements `sql` started at once, each answering an int.
+fn hot_at_once(db: &DatabaseConnection, n: usize, sql: &'static str) -> Vec<JoinHandle<i32>> {
+    (0..n)
+        .map(|_| {
+            let db = db.clone();
+            tokio::spawn(async move { answer(&Hot(&db), sql).await })
+        })
+        .collect()
+}
+
+/// Waits until none of the backends `pids` (a comma-separated list) is left, asking through `watcher`; fails the
+/// test after `limit`.
+async fn wait_until_ended(watcher: &DatabaseConnection, pids: &str, limit: Duration) {
+    wait_for("the backends to end", limit, || {
+        let watcher = watcher.clone();
+        let sql = format!("SELECT count(*)::int FROM pg_stat_activity WHERE pid IN ({pids})");
+        async move { (answer(&watcher, &sql).await == 0).then_some(()) }
+    })
+    .await;
+}
+
 #[test]
 fn the_hot_share_leaves_a_quarter_and_at_least_one() {
     assert_eq!(share(1), 0);
@@ -49,12 +72,7 @@ fn the_hot_share_leaves_a_quarter_and_at_least_one() {
 async fn hot_statements_leave_the_other_users_their_share() {
     let db = pool_of(4).await;
     // More slow hot statements than the pool has connections.
-    let slow: Vec<_> = (0..6)
-        .map(|_| {
-            let db = db.clone();
-            tokio::spawn(async move { answer(&Hot(&db), "SELECT 1 FROM pg_sleep(5)").await })
-        })
-        .collect();
+    let slow = hot_at_once(&db, 6, "SELECT 1 FROM pg_sleep(5)");
     let pool = db.get_postgres_connection_pool().clone();
     wait_for(
         "the hot statements to take their share",
@@ -81,12 +99,7 @@ async fn hot_statements_reuse_the_connection_put_back_last_then_give_it_back() {
     let db = pool_of(4).await;
     let pool = db.get_postgres_connection_pool().clone();
     // Three connections, all used once.
-    let hot: Vec<_> = (0..3)
-        .map(|_| {
-            let db = db.clone();
-            tokio::spawn(async move { answer(&Hot(&db), "SELECT 1 FROM pg_sleep(0.2)").await })
-        })
-        .collect();
+    let hot = hot_at_once(&db, 3, "SELECT 1 FROM pg_sleep(0.2)");
     for h in hot {
         assert_eq!(h.await.unwrap(), 1);
     }
@@ -119,22 +132,7 @@ async fn a_pool_closing_ends_the_stashed_connections_at_once() {
         .expect("the pool closes")
         .unwrap();
     // Its backend ends well before the stash would have given the connection back on its own.
-    wait_for(
-        "the stashed connection's backend to end",
-        IDLE_RETURN / 2,
-        || {
-            let watcher = watcher.clone();
-            async move {
-                let left = answer(
-                    &watcher,
-                    &format!("SELECT count(*)::int FROM pg_stat_activity WHERE pid = {stashed}"),
-                )
-                .await;
-                (left == 0).then_some(())
-            }
-        },
-    )
-    .await;
+    wait_until_ended(&watcher, &stashed.to_string(), IDLE_RETURN / 2).await;
 }
 
 #[tokio::test]
@@ -146,18 +144,7 @@ async fn a_connection_whose_session_ended_is_not_kept() {
         answer(&db, &format!("SELECT pg_terminate_backend({doomed})::int")).await,
         1
     );
-    wait_for("the backend to end", Duration::from_secs(10), || {
-        let db = db.clone();
-        async move {
-            let left = answer(
-                &db,
-                &format!("SELECT count(*)::int FROM pg_stat_activity WHERE pid = {doomed}"),
-            )
-            .await;
-            (left == 0).then_some(())
-        }
-    })
-    .await;
+    wait_until_ended(&db, &doomed.to_string(), Duration::from_secs(10)).await;
     // The statement sent on it fails; the next one runs on a connection that works.
     assert!(Hot(&db).query_one_raw(stmt("SELECT 1")).await.is_err());
     let next = pid(&Hot(&db)).await;
@@ -184,14 +171,7 @@ async fn a_statement_dropped_half_way_leaves_nothing_for_the_next() {
 async fn when_the_stashed_connections_die_together_one_statement_fails() {
     let db = pool_of(8).await;
     // Four connections in the stash.
-    let hot: Vec<_> = (0..4)
-        .map(|_| {
-            let db = db.clone();
-            tokio::spawn(async move {
-                answer(&Hot(&db), "SELECT pg_backend_pid() FROM pg_sleep(0.2)").await
-            })
-        })
-        .collect();
+    let hot = hot_at_once(&db, 4, "SELECT pg_backend_pid() FROM pg_sleep(0.2)");
     let mut doomed = Vec::new();
     for h in hot {
         doomed.push(h.await.unwrap());
@@ -210,18 +190,7 @@ async fn when_the_stashed_connections_die_together_one_statement_fails() {
     ))
     .await
     .unwrap();
-    wait_for("the backends to end", Duration::from_secs(10), || {
-        let (db, list) = (db.clone(), list.clone());
-        async move {
-            let left = answer(
-                &db,
-                &format!("SELECT count(*)::int FROM pg_stat_activity WHERE pid IN ({list})"),
-            )
-            .await;
-            (left == 0).then_some(())
-        }
-    })
-    .await;
+    wait_until_ended(&db, &list, Duration::from_secs(10)).await;
     // The first statement meets a dead connection; the ones after it do not.
     assert!(Hot(&db).query_one_raw(stmt("SELECT 1")).await.is_err());
     for want in [1, 2, 3] {
