@@ -151,9 +151,7 @@ impl Stash {
             tokio::spawn(sweep(self.clone(), pool.clone()));
         }
     }
-}
 
-impl Stash {
     /// Gives every stashed connection back to the pool (which tests each as it comes back).
     fn drain(&self) {
         let all: Vec<_> = std::mem::take(&mut self.state.lock().expect("stash lock").conns);
@@ -223,8 +221,8 @@ impl Hot<'_> {
         stash_of(pool).map(|stash| (pool, stash))
     }
 
-    /// Runs `stmt` on a connection of `stash`, and puts the connection back unless the statement failed with an
-    /// error that PostgreSQL did not answer.
+    /// Runs `stmt` on a connection of `stash`, and puts the connection back unless it died (see
+    /// [`session_lives`]), in which case the whole stash goes back to the pool.
     async fn run(pool: &PgPool, stash: Arc<Stash>, stmt: Statement, op: Op) -> Result<Out, DbErr> {
         let mut taken = stash.take(pool).await?;
         let values = stmt.values.unwrap_or(sea_orm::Values(Vec::new()));
