@@ -1,12 +1,12 @@
 //! Queue benchmark. First the baseline, on the fresh database: the life of a task as three bare SQL
 //! statements (insert; claim, `FOR UPDATE SKIP LOCKED` on PostgreSQL; complete) from as many clients as
 //! workers, each holding a connection of its own on PostgreSQL as pgbench's do (on SQLite they pass the one
-//! connection on, as the service's scripts do). Then the real server in-process on 127.0.0.1, driven over HTTP by concurrent workers that create,
-//! claim and complete tasks as fast as they can (the ratio to the baseline is printed), once as two phases (all
-//! created, then all claimed and completed) and once in the baseline's own shape (each worker creates, claims
-//! and completes in turn), then heartbeat as fast as they can; a request that does no database work, as the floor; then how long a task takes to reach a
-//! claim already waiting for it, on one replica and (PostgreSQL) from one replica to another. Prints
-//! throughput and latency percentiles.
+//! connection on, as the service's scripts do). Then the real server in-process on 127.0.0.1, driven over HTTP
+//! by concurrent workers that create, claim and complete tasks as fast as they can (the ratio to the baseline
+//! is printed), once as two phases (all created, then all claimed and completed) and once in the baseline's own
+//! shape (each worker creates, claims and completes in turn), then heartbeat as fast as they can; a request
+//! that does no database work, as the floor; then how long a task takes to reach a claim already waiting for
+//! it, on one replica and (PostgreSQL) from one replica to another. Prints throughput and latency percentiles.
 //!
 //! ```text
 //! cargo run --release -p api-server --example queue_bench                          # SQLite (temp file)

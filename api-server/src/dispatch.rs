@@ -419,8 +419,8 @@ const ANNOUNCE_GAP: Duration = Duration::from_millis(5);
 
 /// Tells the other replicas (PostgreSQL) of the tasks this process created, once their commit is done: a
 /// `NOTIFY` on a connection of the pool, one at a time and at most one per [`ANNOUNCE_GAP`], each covering
-/// every creation signalled before it started. (A `NOTIFY` inside the creating transaction would serialize the commits of all creations on the
-/// database's notification lock.) A creation whose announcement is lost — the process stopped just after
+/// every creation signalled before it started. (A `NOTIFY` inside the creating transaction would serialize the
+/// commits of all creations on the database's notification lock.) A creation whose announcement is lost — the process stopped just after
 /// the commit, or the database was unreachable — is found by the other replicas' claims at their next poll.
 pub async fn announce(dispatcher: Dispatcher, stop: CancellationToken) {
     use sea_orm::{ConnectionTrait, DbBackend, Statement};
