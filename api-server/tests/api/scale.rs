@@ -47,16 +47,21 @@ async fn two_slow_replicas() -> (TestApp, Arc<TestApp>) {
 async fn claim_waiting(
     b: &Arc<TestApp>,
 ) -> tokio::task::JoinHandle<(crate::helpers::Reply, Instant)> {
+    claim_waiting_as(b, "far-1").await
+}
+
+/// [`claim_waiting`] for `worker` on `app`.
+async fn claim_waiting_as(
+    app: &Arc<TestApp>,
+    worker: &str,
+) -> tokio::task::JoinHandle<(crate::helpers::Reply, Instant)> {
     let waiting = {
-        let b = b.clone();
+        let (app, url) = (
+            app.clone(),
+            app.url(&format!("/api/v1/workers/{worker}/claim?wait_seconds=25")),
+        );
         tokio::spawn(async move {
-            let r = b
-                .send(
-                    b.client
-                        .post(b.url("/api/v1/workers/far-1/claim?wait_seconds=25"))
-                        .json(&Value::Null),
-                )
-                .await;
+            let r = app.send(app.client.post(url).json(&Value::Null)).await;
             (r, Instant::now())
         })
     };
@@ -95,6 +100,34 @@ async fn a_task_created_on_one_replica_wakes_a_claim_waiting_on_another() {
         let claimed = woken_with(waiting, &task, created_at).await;
         finish(&b, "far-1", &claimed).await;
     }
+}
+
+/// Claims waiting on the creating replica itself hold its announcement back a moment (they were woken first),
+/// never for good: when they cannot take the task (other problems here), the claim waiting on the other
+/// replica is still woken, well before a poll tick.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_waiting_on_the_creating_replica_do_not_keep_the_others_from_hearing() {
+    let (a, b) = two_slow_replicas().await;
+    let a = Arc::new(a);
+    a.register(
+        "near-1",
+        json!({"max_parallel_tasks": 1, "supported_problems": ["other-*"]}),
+    )
+    .await;
+    let near = claim_waiting_as(&a, "near-1").await;
+    for round in 0..3 {
+        let waiting = claim_waiting(&b).await;
+        let created_at = Instant::now();
+        let task = a
+            .create_task(
+                json!({"problem_id": format!("misconfig_app_hotel_res-detection-{round}")}),
+            )
+            .await;
+        let claimed = woken_with(waiting, &task, created_at).await;
+        finish(&b, "far-1", &claimed).await;
+    }
+    assert!(!near.is_finished(), "near-1 takes none of these problems");
+    near.abort();
 }
 
 /// A task put back to `pending` through one replica (its worker releases it) wakes a claim waiting on another:
