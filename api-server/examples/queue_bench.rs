@@ -6,7 +6,8 @@
 //! is printed), once as two phases (all created, then all claimed and completed) and once in the baseline's own
 //! shape (each worker creates, claims and completes in turn), then heartbeat as fast as they can; a request
 //! that does no database work, as the floor; then how long a task takes to reach a claim already waiting for
-//! it, on one replica and (PostgreSQL) from one replica to another. Prints throughput and latency percentiles.
+//! it, on one replica and (PostgreSQL) from one replica to another, alone and with a claim for other problems
+//! waiting on the first. Prints throughput and latency percentiles.
 //!
 //! ```text
 //! cargo run --release -p api-server --example queue_bench                          # SQLite (temp file)
@@ -326,6 +327,32 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let across = dispatch_latency(&client, &base, &base_b, rounds).await;
         report_dispatch("replica A → B", across);
+        // The same while a claim for other problems waits on A: A's announcement then waits for its own claims
+        // to look first (`LOCAL_FIRST`), as it does wherever workers long-poll on every replica.
+        let elsewhere = format!("elsewhere-{}", uuid::Uuid::new_v4().simple());
+        let r = client
+            .post(format!("{base}/api/v1/workers/register"))
+            .json(&json!({"worker_id": elsewhere, "backend_type": "kind",
+                          "capabilities": {"supported_problems": ["elsewhere-*"]}}))
+            .send()
+            .await?;
+        assert!(r.status().is_success());
+        let waiting_on_a = {
+            let (client, url) = (
+                client.clone(),
+                format!("{base}/api/v1/workers/{elsewhere}/claim?wait_seconds=60"),
+            );
+            tokio::spawn(async move {
+                loop {
+                    let r = client.post(&url).send().await.unwrap();
+                    assert_eq!(r.status(), 204, "no task is for this worker");
+                }
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let across = dispatch_latency(&client, &base, &base_b, rounds).await;
+        report_dispatch("A → B, others waiting on A", across);
+        waiting_on_a.abort();
     }
     Ok(())
 }

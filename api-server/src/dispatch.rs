@@ -6,7 +6,7 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex, Weak,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -58,8 +58,12 @@ pub struct Dispatcher {
     heartbeats: Heartbeats,
     /// Signalled when this process created tasks, for [`announce`] to tell the other replicas.
     created: Arc<Notify>,
-    /// Set with `created` when claims were waiting here: [`announce`] then lets them go first.
-    local_first: Arc<AtomicBool>,
+    /// Set with `created` when claims were waiting here, to the wake-up generation that creation began:
+    /// [`announce`] then lets them look first (0: nothing to wait for).
+    local_first: Arc<AtomicU64>,
+    /// The latest wake-up generation a look at the queue was made in, once it answered; and its signal.
+    looked: Arc<AtomicU64>,
+    looked_signal: Arc<Notify>,
     /// This process among the replicas: the payload of its announcements, which its own listener skips.
     replica: Arc<str>,
 }
@@ -121,6 +125,8 @@ impl Dispatcher {
             looks: Arc::default(),
             created: Arc::new(Notify::new()),
             local_first: Arc::default(),
+            looked: Arc::default(),
+            looked_signal: Arc::new(Notify::new()),
             replica: Uuid::new_v4().simple().to_string().into(),
         }
     }
@@ -166,21 +172,42 @@ impl Dispatcher {
     /// A task became claimable: wake the claims waiting in this process. (A task put back to `pending` is
     /// also announced to every replica by the database, this one included: see [`listen`].)
     pub fn wake(&self) {
-        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.wake_generation();
+    }
+
+    /// [`Dispatcher::wake`], answering the generation it began.
+    fn wake_generation(&self) -> u64 {
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         self.queue_changed.notify_waiters();
+        generation
     }
 
     /// This process created tasks (their commit is done): wake the claims waiting here, and have [`announce`]
-    /// tell the other replicas. In this order: tokio keeps the task woken last for this thread, to run once the
+    /// tell the other replicas (once one of the claims woken here has looked, if any were waiting: see
+    /// [`LOCAL_FIRST`]). In this order: tokio keeps the task woken last for this thread, to run once the
     /// creating request yields, and leaves the others to an idle thread at once. Woken the other way round, the
     /// claims waited behind the creation's answer: dispatch on one replica took p50 2.20–2.49 ms instead of
     /// 1.99–2.06 (four interleaved pairs of `queue_bench` runs).
     pub fn created(&self) {
-        if !self.waiting.lock().expect("waiting lock").is_empty() {
-            self.local_first.store(true, Ordering::SeqCst);
+        let waited = !self.waiting.lock().expect("waiting lock").is_empty();
+        let generation = self.wake_generation();
+        if waited {
+            self.local_first.store(generation, Ordering::SeqCst);
         }
-        self.wake();
         self.created.notify_one();
+    }
+
+    /// Until a look at the queue made in wake-up generation `generation` or later has answered.
+    async fn looked_since(&self, generation: u64) {
+        loop {
+            let signal = self.looked_signal.notified();
+            tokio::pin!(signal);
+            signal.as_mut().enable();
+            if self.looked.load(Ordering::SeqCst) >= generation {
+                return;
+            }
+            signal.await;
+        }
     }
 
     /// The look slot of a worker, shared by its claims in this process while any lives.
@@ -229,6 +256,8 @@ impl Dispatcher {
         }
         // Boxed: a claim waiting between looks keeps only the box's pointer, not room for the query's state.
         let found = Box::pin(queue::claim(&self.db, worker_id, &self.lease)).await;
+        self.looked.fetch_max(generation, Ordering::SeqCst);
+        self.looked_signal.notify_waiters();
         *last = match &found {
             Ok(Claim::Empty { free_slots }) => Some(EmptyLook {
                 generation,
@@ -420,22 +449,26 @@ pub async fn listen(url: String, dispatcher: Dispatcher, stop: CancellationToken
 /// At most one announcement of new tasks per this gap: the creations signalled meanwhile are covered by the next
 /// one. Each `NOTIFY` wakes every replica's listener, this one's included: under a stream of creations they came
 /// to about one per three creations, and PostgreSQL spent about a tenth more per task for them. The gap bounds
-/// them to 200/s, for at most 5 ms more before another replica hears of a task.
+/// them to 200/s, for at most 5 ms more before another replica hears of a task (plus [`LOCAL_FIRST`]).
 const ANNOUNCE_GAP: Duration = Duration::from_millis(5);
 
-/// How long an announcement waits when claims were waiting in the creating process: they were woken at once and
-/// will likely take the task, so the other replicas hear of it a millisecond later (they may still be needed:
-/// the claims here may not match the task, or be at capacity) rather than have the `NOTIFY`, and every
-/// replica's listener it wakes, compete with those claims for the machine. Dispatch on one replica took p50
-/// 1.95–2.27 ms instead of 2.21–2.76, and from replica A to B 2.17–2.62 ms as before (2.34–2.70; four
-/// interleaved pairs of `queue_bench` runs).
-const LOCAL_FIRST: Duration = Duration::from_millis(1);
+/// How long, at most, an announcement waits when claims were waiting in the creating process: they were woken at
+/// once and will likely take the task, so the announcement goes out once one of them has looked at the queue
+/// (a claim's statement, ~0.5 ms), rather than have the `NOTIFY`, and every replica's listener it wakes,
+/// compete with those claims for the machine. The other replicas may still be needed: the claims here may not
+/// match the task, or be at capacity. (The bound counts only if no look answers, e.g. the database fails; tokio
+/// rounds it up to the next millisecond.) It helps a little: in four interleaved pairs of `queue_bench` runs,
+/// dispatch on one replica took p50 1.98–2.32 ms instead of 2.20–2.57 (in four more, in a noisier hour,
+/// 2.24–2.59 against 2.08–2.71); from replica A to a claim on B while a claim for other problems waits on A,
+/// 2.61–3.24 ms against 2.58–3.16 (a fixed 1 ms wait had cost that path 2–2.5 ms).
+const LOCAL_FIRST: Duration = Duration::from_millis(2);
 
 /// Tells the other replicas (PostgreSQL) of the tasks this process created, once their commit is done: a
 /// `NOTIFY` on a connection of the pool, one at a time and at most one per [`ANNOUNCE_GAP`] (after a wait of
-/// [`LOCAL_FIRST`] when claims waited here), each covering every creation signalled before it started. (A `NOTIFY` inside the creating transaction would serialize the
-/// commits of all creations on the database's notification lock.) A creation whose announcement is lost — the process stopped just after
-/// the commit, or the database was unreachable — is found by the other replicas' claims at their next poll.
+/// [`LOCAL_FIRST`] when claims waited here), each covering every creation signalled before it started. (A
+/// `NOTIFY` inside the creating transaction would serialize the commits of all creations on the database's
+/// notification lock.) A creation whose announcement is lost — the process stopped just after the commit, or
+/// the database was unreachable — is found by the other replicas' claims at their next poll.
 pub async fn announce(dispatcher: Dispatcher, stop: CancellationToken) {
     use sea_orm::{ConnectionTrait, DbBackend, Statement};
     let mut failing = false;
@@ -444,9 +477,11 @@ pub async fn announce(dispatcher: Dispatcher, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = dispatcher.created.notified() => {}
         }
-        if dispatcher.local_first.swap(false, Ordering::SeqCst) {
+        let woken = dispatcher.local_first.swap(0, Ordering::SeqCst);
+        if woken > 0 {
             tokio::select! {
                 _ = stop.cancelled() => return,
+                _ = dispatcher.looked_since(woken) => {}
                 _ = tokio::time::sleep(LOCAL_FIRST) => {}
             }
         }
