@@ -352,6 +352,10 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let across = dispatch_latency(&client, &base, &base_b, rounds).await;
         report_dispatch("A → B, others waiting on A", across);
+        assert!(
+            !waiting_on_a.is_finished(),
+            "the claim on A stopped waiting"
+        );
         waiting_on_a.abort();
     }
     Ok(())

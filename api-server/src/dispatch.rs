@@ -61,9 +61,8 @@ pub struct Dispatcher {
     /// Set with `created` when claims were waiting here, to the wake-up generation that creation began:
     /// [`announce`] then lets them look first (0: nothing to wait for).
     local_first: Arc<AtomicU64>,
-    /// The latest wake-up generation a look at the queue was made in, once it answered; and its signal.
-    looked: Arc<AtomicU64>,
-    looked_signal: Arc<Notify>,
+    /// The generations of the looks at the queue that answered.
+    looked: Arc<Looked>,
     /// This process among the replicas: the payload of its announcements, which its own listener skips.
     replica: Arc<str>,
 }
@@ -83,6 +82,37 @@ struct EmptyLook {
 
 /// Per-worker look slots are swept of dead entries when the map reaches this size.
 const SWEEP_LOOKS_AT: usize = 1024;
+
+/// The latest wake-up generation a look at the queue was made in (see [`Dispatcher::look`]), once it answered,
+/// and a signal for whoever waits for one.
+#[derive(Default)]
+struct Looked {
+    generation: AtomicU64,
+    signal: Notify,
+}
+
+impl Looked {
+    /// A look made in `generation` answered.
+    fn answered(&self, generation: u64) {
+        if self.generation.fetch_max(generation, Ordering::SeqCst) < generation {
+            self.signal.notify_waiters();
+        }
+    }
+
+    /// Until a look made in `generation` or later has answered (one made before, the task it is waited for
+    /// may not have existed yet).
+    async fn since(&self, generation: u64) {
+        loop {
+            let signal = self.signal.notified();
+            tokio::pin!(signal);
+            signal.as_mut().enable();
+            if self.generation.load(Ordering::SeqCst) >= generation {
+                return;
+            }
+            signal.await;
+        }
+    }
+}
 
 /// One waiting claim, counted while it lives (a claim whose client went away is dropped, and uncounted).
 struct Waiting {
@@ -126,7 +156,6 @@ impl Dispatcher {
             created: Arc::new(Notify::new()),
             local_first: Arc::default(),
             looked: Arc::default(),
-            looked_signal: Arc::new(Notify::new()),
             replica: Uuid::new_v4().simple().to_string().into(),
         }
     }
@@ -183,8 +212,8 @@ impl Dispatcher {
     }
 
     /// This process created tasks (their commit is done): wake the claims waiting here, and have [`announce`]
-    /// tell the other replicas (once one of the claims woken here has looked, if any were waiting: see
-    /// [`LOCAL_FIRST`]). In this order: tokio keeps the task woken last for this thread, to run once the
+    /// tell the other replicas (if claims were waiting here, once a look begun after this wake-up has answered:
+    /// see [`LOCAL_FIRST`]). In this order: tokio keeps the task woken last for this thread, to run once the
     /// creating request yields, and leaves the others to an idle thread at once. Woken the other way round, the
     /// claims waited behind the creation's answer: dispatch on one replica took p50 2.20–2.49 ms instead of
     /// 1.99–2.06 (four interleaved pairs of `queue_bench` runs).
@@ -192,22 +221,9 @@ impl Dispatcher {
         let waited = !self.waiting.lock().expect("waiting lock").is_empty();
         let generation = self.wake_generation();
         if waited {
-            self.local_first.store(generation, Ordering::SeqCst);
+            self.local_first.fetch_max(generation, Ordering::SeqCst);
         }
         self.created.notify_one();
-    }
-
-    /// Until a look at the queue made in wake-up generation `generation` or later has answered.
-    async fn looked_since(&self, generation: u64) {
-        loop {
-            let signal = self.looked_signal.notified();
-            tokio::pin!(signal);
-            signal.as_mut().enable();
-            if self.looked.load(Ordering::SeqCst) >= generation {
-                return;
-            }
-            signal.await;
-        }
     }
 
     /// The look slot of a worker, shared by its claims in this process while any lives.
@@ -256,8 +272,7 @@ impl Dispatcher {
         }
         // Boxed: a claim waiting between looks keeps only the box's pointer, not room for the query's state.
         let found = Box::pin(queue::claim(&self.db, worker_id, &self.lease)).await;
-        self.looked.fetch_max(generation, Ordering::SeqCst);
-        self.looked_signal.notify_waiters();
+        self.looked.answered(generation);
         *last = match &found {
             Ok(Claim::Empty { free_slots }) => Some(EmptyLook {
                 generation,
@@ -453,19 +468,21 @@ pub async fn listen(url: String, dispatcher: Dispatcher, stop: CancellationToken
 const ANNOUNCE_GAP: Duration = Duration::from_millis(5);
 
 /// How long, at most, an announcement waits when claims were waiting in the creating process: they were woken at
-/// once and will likely take the task, so the announcement goes out once one of them has looked at the queue
-/// (a claim's statement, ~0.5 ms), rather than have the `NOTIFY`, and every replica's listener it wakes,
-/// compete with those claims for the machine. The other replicas may still be needed: the claims here may not
-/// match the task, or be at capacity. (The bound counts only if no look answers, e.g. the database fails; tokio
-/// rounds it up to the next millisecond.) It helps a little: in four interleaved pairs of `queue_bench` runs,
-/// dispatch on one replica took p50 1.98–2.32 ms instead of 2.20–2.57 (in four more, in a noisier hour,
-/// 2.24–2.59 against 2.08–2.71); from replica A to a claim on B while a claim for other problems waits on A,
-/// 2.61–3.24 ms against 2.58–3.16 (a fixed 1 ms wait had cost that path 2–2.5 ms).
-const LOCAL_FIRST: Duration = Duration::from_millis(2);
+/// once and will likely take the task, so the announcement goes out once a look at the queue begun after the
+/// wake-up has answered (a claim's statement, ~0.5 ms), rather than have the `NOTIFY`, and every replica's
+/// listener it wakes, compete with those claims for the machine. The other replicas may still be needed: the
+/// claims here may not match the task, or be at capacity. The bound applies when no such look answers within
+/// it (a look that scans a backlog of other problems, a busy pool, a database that hangs); tokio rounds it up
+/// to the next millisecond, so it is 1–2 ms. Interleaved pairs of `queue_bench` runs, with the wait against
+/// without it: on one replica, p50 1.98–2.32 ms against 2.20–2.57 in four pairs, and 2.24–2.59 against
+/// 2.08–2.71 (inconclusive) in four more in a noisier hour; from replica A to a claim on B while a claim for
+/// other problems waits on A, 2.61–3.24 against 2.58–3.16 and 2.79–3.07 against 2.59–2.76 (a few tenths of a
+/// millisecond more). A fixed 1 ms wait had cost that path 2–2.5 ms.
+const LOCAL_FIRST: Duration = Duration::from_millis(1);
 
 /// Tells the other replicas (PostgreSQL) of the tasks this process created, once their commit is done: a
-/// `NOTIFY` on a connection of the pool, one at a time and at most one per [`ANNOUNCE_GAP`] (after a wait of
-/// [`LOCAL_FIRST`] when claims waited here), each covering every creation signalled before it started. (A
+/// `NOTIFY` on a connection of the pool, one at a time and at most one per [`ANNOUNCE_GAP`] (when claims waited
+/// here, after one of their looks, or [`LOCAL_FIRST`]), each covering every creation signalled before it started. (A
 /// `NOTIFY` inside the creating transaction would serialize the commits of all creations on the database's
 /// notification lock.) A creation whose announcement is lost — the process stopped just after the commit, or
 /// the database was unreachable — is found by the other replicas' claims at their next poll.
@@ -481,7 +498,7 @@ pub async fn announce(dispatcher: Dispatcher, stop: CancellationToken) {
         if woken > 0 {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = dispatcher.looked_since(woken) => {}
+                _ = dispatcher.looked.since(woken) => {}
                 _ = tokio::time::sleep(LOCAL_FIRST) => {}
             }
         }
@@ -506,5 +523,39 @@ pub async fn announce(dispatcher: Dispatcher, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(ANNOUNCE_GAP) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{sync::Arc, time::Duration};
+
+    use super::Looked;
+
+    /// A wait for the looks of wake-up generation 2 holds through a look of generation 1 (begun before that
+    /// wake-up: the new task may not have existed for it) and ends with one of generation 2 or later.
+    #[tokio::test]
+    async fn a_wait_for_a_look_ends_only_with_one_begun_after_its_wake_up() {
+        let looked = Arc::new(Looked::default());
+        let waiting = tokio::spawn({
+            let looked = looked.clone();
+            async move { looked.since(2).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        looked.answered(1);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            !waiting.is_finished(),
+            "a look from before the wake-up does not count"
+        );
+        looked.answered(3);
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("a later look ends the wait")
+            .unwrap();
+        // One has answered already: no wait at all.
+        tokio::time::timeout(Duration::from_secs(5), looked.since(3))
+            .await
+            .expect("answers at once");
     }
 }
