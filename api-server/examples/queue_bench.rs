@@ -168,12 +168,7 @@ async fn main() -> anyhow::Result<()> {
     report("create", lat, create_wall);
 
     for w in 0..workers {
-        let r = client
-            .post(format!("{base}/api/v1/workers/register"))
-            .json(&json!({"worker_id": format!("bench-{w}"), "backend_type": "kind"}))
-            .send()
-            .await?;
-        assert!(r.status().is_success());
+        register(&client, &base, &format!("bench-{w}"), json!({})).await;
     }
 
     // Claim and complete until the queue is empty.
@@ -330,13 +325,13 @@ async fn main() -> anyhow::Result<()> {
         // The same while a claim for other problems waits on A: A's announcement then waits for its own claims
         // to look first (`LOCAL_FIRST`), as it does wherever workers long-poll on every replica.
         let elsewhere = format!("elsewhere-{}", uuid::Uuid::new_v4().simple());
-        let r = client
-            .post(format!("{base}/api/v1/workers/register"))
-            .json(&json!({"worker_id": elsewhere, "backend_type": "kind",
-                          "capabilities": {"supported_problems": ["elsewhere-*"]}}))
-            .send()
-            .await?;
-        assert!(r.status().is_success());
+        register(
+            &client,
+            &base,
+            &elsewhere,
+            json!({"supported_problems": ["elsewhere-*"]}),
+        )
+        .await;
         let waiting_on_a = {
             let (client, url) = (
                 client.clone(),
@@ -429,15 +424,14 @@ async fn dispatch_latency(
     rounds: usize,
 ) -> Vec<(Duration, Duration)> {
     let worker = format!("dispatch-{}", uuid::Uuid::new_v4().simple());
-    let r = client
-        .post(format!("{claim_base}/api/v1/workers/register"))
-        // Only these rounds' tasks.
-        .json(&json!({"worker_id": worker, "backend_type": "kind",
-                      "capabilities": {"supported_problems": ["dispatch-*"]}}))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
+    // Only these rounds' tasks.
+    register(
+        client,
+        claim_base,
+        &worker,
+        json!({"supported_problems": ["dispatch-*"]}),
+    )
+    .await;
     let mut out = Vec::new();
     for i in 0..rounds {
         let waiting = {
@@ -466,6 +460,17 @@ async fn dispatch_latency(
         complete(client, claim_base, &worker, &task).await;
     }
     out
+}
+
+/// Registers `worker` on `base` with `capabilities`; the answer must be a success.
+async fn register(client: &reqwest::Client, base: &str, worker: &str, capabilities: Value) {
+    let r = client
+        .post(format!("{base}/api/v1/workers/register"))
+        .json(&json!({"worker_id": worker, "backend_type": "kind", "capabilities": capabilities}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
 }
 
 /// Creates a task of `problem_id` with the parameters an agent run has; the answer must be 201.
@@ -736,13 +741,13 @@ async fn memory_check(bin: &str, url: &str) -> anyhow::Result<()> {
     println!("server RSS with {backlog} pending tasks: {:.0} MiB", rss());
     // Four workers of 250 slots (the most a worker may have), each with its claims waiting.
     for w in 0..4 {
-        let r = client
-            .post(format!("{base}/api/v1/workers/register"))
-            .json(&json!({"worker_id": format!("waiting-{w}"), "backend_type": "kind",
-                          "capabilities": {"max_parallel_tasks": 250, "supported_problems": ["elsewhere-*"]}}))
-            .send()
-            .await?;
-        assert!(r.status().is_success(), "{}", r.text().await?);
+        register(
+            &client,
+            &base,
+            &format!("waiting-{w}"),
+            json!({"max_parallel_tasks": 250, "supported_problems": ["elsewhere-*"]}),
+        )
+        .await;
     }
     let mut polls = Vec::new();
     for i in 0..1000 {

@@ -473,20 +473,21 @@ const ANNOUNCE_GAP: Duration = Duration::from_millis(5);
 /// listener it wakes, compete with those claims for the machine. The other replicas may still be needed: the
 /// claims here may not match the task, or be at capacity. The bound applies when no such look answers within
 /// it (a look that scans a backlog of other problems, a busy pool, a database that hangs); tokio rounds it up
-/// to the next millisecond, so it is 2–3 ms, well above a look on a busy machine (with a 1 ms bound, dispatch on
-/// one replica came out no better than without the wait in three interleaved runs). With this one, in four pairs
-/// in a slow hour: 2.02–2.60 ms against 2.26–2.85 on one replica, and 2.78–3.57 against 2.74–3.16 from A to B. Interleaved pairs of `queue_bench` runs, with the wait against
-/// without it: on one replica, p50 1.98–2.32 ms against 2.20–2.57 in four pairs, and 2.24–2.59 against
-/// 2.08–2.71 (inconclusive) in four more in a noisier hour; from replica A to a claim on B while a claim for
-/// other problems waits on A, 2.61–3.24 against 2.58–3.16 and 2.79–3.07 against 2.59–2.76 (a few tenths of a
-/// millisecond more). A fixed 1 ms wait had cost that path 2–2.5 ms.
+/// to the next millisecond, so it is 2–3 ms, well above a look on a busy machine.
+///
+/// Interleaved pairs of `queue_bench` runs, p50 with the wait against without it. On one replica: 1.98–2.32 ms
+/// against 2.20–2.57 (four pairs); 2.24–2.59 against 2.08–2.71 in a noisier hour (four, inconclusive); with
+/// this bound, 2.02–2.60 against 2.26–2.85 in a slow hour (four; with a 1 ms bound, no better than without in
+/// three). From replica A to a claim on B while a claim for other problems waits on A, a few tenths of a
+/// millisecond more: 2.61–3.24 against 2.58–3.16, 2.79–3.07 against 2.59–2.76, 2.78–3.57 against 2.74–3.16. A
+/// fixed 1 ms wait instead had cost that path 2–2.5 ms.
 const LOCAL_FIRST: Duration = Duration::from_millis(2);
 
 /// Tells the other replicas (PostgreSQL) of the tasks this process created, once their commit is done: a
 /// `NOTIFY` on a connection of the pool, one at a time and at most one per [`ANNOUNCE_GAP`] (when claims waited
-/// here, after one of their looks, or [`LOCAL_FIRST`]), each covering every creation signalled before it started. (A
-/// `NOTIFY` inside the creating transaction would serialize the commits of all creations on the database's
-/// notification lock.) A creation whose announcement is lost — the process stopped just after the commit, or
+/// here, after one of their looks, or [`LOCAL_FIRST`]), each covering every creation signalled before it
+/// started. (A `NOTIFY` inside the creating transaction would serialize the commits of all creations on the
+/// database's notification lock.) A creation whose announcement is lost — the process stopped just after the commit, or
 /// the database was unreachable — is found by the other replicas' claims at their next poll.
 pub async fn announce(dispatcher: Dispatcher, stop: CancellationToken) {
     use sea_orm::{ConnectionTrait, DbBackend, Statement};

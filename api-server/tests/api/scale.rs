@@ -89,8 +89,13 @@ async fn woken_with(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_created_on_one_replica_wakes_a_claim_waiting_on_another() {
     let (a, b) = two_slow_replicas().await;
+    each_created_on_a_wakes_b(&a, &b).await;
+}
+
+/// Three rounds of: `far-1` waits on `b`, a task is created through `a`, and the claim gets it, woken.
+async fn each_created_on_a_wakes_b(a: &TestApp, b: &Arc<TestApp>) {
     for round in 0..3 {
-        let waiting = claim_waiting(&b).await;
+        let waiting = claim_waiting(b).await;
         let created_at = Instant::now();
         let task = a
             .create_task(
@@ -98,7 +103,7 @@ async fn a_task_created_on_one_replica_wakes_a_claim_waiting_on_another() {
             )
             .await;
         let claimed = woken_with(waiting, &task, created_at).await;
-        finish(&b, "far-1", &claimed).await;
+        finish(b, "far-1", &claimed).await;
     }
 }
 
@@ -115,17 +120,7 @@ async fn claims_waiting_on_the_creating_replica_do_not_keep_the_others_from_hear
     )
     .await;
     let near = claim_waiting_as(&a, "near-1").await;
-    for round in 0..3 {
-        let waiting = claim_waiting(&b).await;
-        let created_at = Instant::now();
-        let task = a
-            .create_task(
-                json!({"problem_id": format!("misconfig_app_hotel_res-detection-{round}")}),
-            )
-            .await;
-        let claimed = woken_with(waiting, &task, created_at).await;
-        finish(&b, "far-1", &claimed).await;
-    }
+    each_created_on_a_wakes_b(&a, &b).await;
     assert!(!near.is_finished(), "near-1 takes none of these problems");
     near.abort();
 }
