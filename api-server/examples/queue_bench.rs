@@ -4,10 +4,12 @@
 //! connection on, as the service's scripts do). Then the real server in-process on 127.0.0.1, driven over HTTP
 //! by concurrent workers that create, claim and complete tasks as fast as they can (the ratio to the baseline
 //! is printed), once as two phases (all created, then all claimed and completed) and once in the baseline's own
-//! shape (each worker creates, claims and completes in turn), then heartbeat as fast as they can; a request
-//! that does no database work, as the floor; then how long a task takes to reach a claim already waiting for
-//! it, on one replica and (PostgreSQL) from one replica to another, alone and with a claim for other problems
-//! waiting on the first. Prints throughput and latency percentiles.
+//! shape (each worker creates, claims and completes in turn), and once more in that shape without HTTP (each
+//! worker calls what the handlers call, as the internal workers do), with the CPU time per task of PostgreSQL's
+//! processes (when they run on this machine) and of this process after each; then heartbeat as fast as they
+//! can; a request that does no database work, as the floor; then how long a task takes to reach a claim already
+//! waiting for it, on one replica and (PostgreSQL) from one replica to another, alone and with a claim for other
+//! problems waiting on the first. Prints throughput and latency percentiles.
 //!
 //! ```text
 //! cargo run --release -p api-server --example queue_bench                          # SQLite (temp file)
@@ -29,19 +31,33 @@
 
 use std::time::{Duration, Instant};
 
-use api_server::{Application, Config, store};
+use api_server::{
+    Application, Config,
+    state::AppState,
+    store::{
+        self,
+        queue::{Outcome, RunRef},
+    },
+};
 use sea_orm::{
     ConnectionTrait, DatabaseBackend,
     sqlx::{self, Postgres, pool::PoolConnection},
 };
 use sea_query_sqlx::SqlxValues;
 use serde_json::{Value, json};
+use task_executor_shared::{api::CreateTaskRequest, params};
+use tokio_util::sync::CancellationToken;
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// The part `i` of `parts` takes of `total`: as even as can be, the first ones taking one more.
+fn share(total: usize, parts: usize, i: usize) -> usize {
+    total / parts + usize::from(i < total % parts)
 }
 
 fn pct(sorted: &[Duration], p: f64) -> f64 {
@@ -68,19 +84,112 @@ fn peak_rss_mib() -> f64 {
     status_mib("self", "VmHWM:")
 }
 
+/// CPU time used so far, in seconds: by PostgreSQL's processes when it runs on this machine (its postmaster
+/// and every process it started, those that ended included), and by this process.
+#[derive(Clone, Copy)]
+struct CpuUse {
+    postgres: Option<f64>,
+    this: f64,
+}
+
+/// Reads [`CpuUse`]: what the two cores went to, per task, in each phase.
+struct CpuClock {
+    /// PostgreSQL's postmaster, found as the parent of one of its backends (none: SQLite, or a server elsewhere).
+    postmaster: Option<String>,
+    /// SQLite runs inside this process: its work is this process's.
+    sqlite: bool,
+}
+
+impl CpuClock {
+    async fn new(url: &str) -> CpuClock {
+        let mut postmaster = None;
+        if url.starts_with("postgres")
+            && let Ok(db) = store::connect(url, 1).await
+        {
+            let backend: Option<i32> = db
+                .query_one_raw(sea_orm::Statement::from_string(
+                    DatabaseBackend::Postgres,
+                    "SELECT pg_backend_pid() AS pid",
+                ))
+                .await
+                .ok()
+                .flatten()
+                .and_then(|row| row.try_get("", "pid").ok());
+            postmaster = backend.and_then(|pid| status_field(&pid.to_string(), "PPid:"));
+            let _ = db.close().await;
+        }
+        CpuClock {
+            postmaster,
+            sqlite: url.starts_with("sqlite"),
+        }
+    }
+
+    fn now(&self) -> CpuUse {
+        let postgres = self.postmaster.as_deref().and_then(|pm| {
+            // The postmaster's own time and its ended children's (reaped: `cutime`, `cstime`), plus its live
+            // children's.
+            let own = stat_ticks(pm)?;
+            let mut ticks = own[0] + own[1] + own[2] + own[3];
+            for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+                let pid = entry.file_name().to_string_lossy().into_owned();
+                if pid.bytes().all(|b| b.is_ascii_digit())
+                    && status_field(&pid, "PPid:").as_deref() == Some(pm)
+                    && let Some(t) = stat_ticks(&pid)
+                {
+                    ticks += t[0] + t[1];
+                }
+            }
+            Some(ticks / CLOCK_TICKS)
+        });
+        let this = stat_ticks("self").map_or(0.0, |t| (t[0] + t[1]) / CLOCK_TICKS);
+        CpuUse { postgres, this }
+    }
+
+    /// Prints the CPU time per task since `before`: PostgreSQL's (when known) and this process's (`this_is`).
+    fn per_task(&self, phase: &str, before: CpuUse, tasks: usize, this_is: &str) {
+        let after = self.now();
+        let ms = |a: f64, b: f64| (a - b) * 1000.0 / tasks as f64;
+        let postgres = match (after.postgres, before.postgres) {
+            (Some(a), Some(b)) => format!("PostgreSQL {:.3} ms, ", ms(a, b)),
+            _ => String::new(),
+        };
+        let sqlite = if self.sqlite {
+            " (SQLite's work included)"
+        } else {
+            ""
+        };
+        println!(
+            "  CPU per task, {phase}: {postgres}{this_is}{sqlite} {:.3} ms",
+            ms(after.this, before.this)
+        );
+    }
+}
+
+/// The kernel's unit of CPU time in `/proc/{pid}/stat` (`USER_HZ`, 100 on Linux).
+const CLOCK_TICKS: f64 = 100.0;
+
+/// `utime`, `stime`, `cutime` and `cstime` of `/proc/{pid}/stat`, in clock ticks.
+fn stat_ticks(pid: &str) -> Option<[f64; 4]> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name, which is in parentheses and may hold spaces: state is field 3, utime 14.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let tick = |i: usize| fields.get(i - 3)?.parse::<f64>().ok();
+    Some([tick(14)?, tick(15)?, tick(16)?, tick(17)?])
+}
+
+/// A field of `/proc/{pid}/status`, as written (`PPid:` → the parent's pid).
+fn status_field(pid: &str, field: &str) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(field).map(|v| v.trim().to_owned()))
+}
+
 /// A memory figure of `/proc/{pid}/status` (`VmRSS:`, `VmHWM:`), in MiB (0 when unreadable).
 fn status_mib(pid: &str, field: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with(field)).and_then(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|kb| kb.parse::<f64>().ok())
-            })
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
+    status_field(pid, field)
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 #[tokio::main]
@@ -126,9 +235,13 @@ async fn main() -> anyhow::Result<()> {
     }
     // The baseline first, on the fresh database: the same life as bare SQL, `workers` connections. (Run after
     // the service, it would meet the dead rows the service left and flatter the ratio.)
+    let cpu = CpuClock::new(&url).await;
+    let before = cpu.now();
     let raw = raw_cycles(&url, tasks, workers).await?;
     println!("raw SQL insert→claim→complete: {raw:.0} cycles/s");
+    cpu.per_task("the baseline", before, tasks, "its clients");
     let base = format!("http://127.0.0.1:{}", app.port());
+    let state = app.state().clone();
     tokio::spawn(app.run_until_stopped(std::future::pending()));
     let client = reqwest::Client::builder()
         .no_proxy()
@@ -144,12 +257,12 @@ async fn main() -> anyhow::Result<()> {
     );
 
     // Creation, from `workers` concurrent clients.
-    settle(&url).await?;
+    let before = settle(&url, &cpu).await?;
     let start = Instant::now();
     let mut handles = Vec::new();
     for w in 0..workers {
         let (client, base) = (client.clone(), base.clone());
-        let n = tasks / workers + usize::from(w < tasks % workers);
+        let n = share(tasks, workers, w);
         handles.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(n);
             for i in 0..n {
@@ -215,17 +328,23 @@ async fn main() -> anyhow::Result<()> {
     assert_eq!(done, tasks, "every task completed once");
     let service_cycle = tasks as f64 / (create_wall + wall).as_secs_f64();
     println!("service create→claim→complete over HTTP: {service_cycle:.0} tasks/s");
+    cpu.per_task(
+        "the two phases",
+        before,
+        tasks,
+        "the server and its HTTP clients",
+    );
 
     // The same life in the baseline's shape: each worker creates a task, claims one (any: another worker may
     // have taken its own, so a claim that finds nothing is tried again, as the baseline's is), completes it.
     // It runs after the two phases, over the rows they left (the baseline met an empty table). A retry waits
     // (long poll): a claim that found nothing is not asked again before the next wake-up or poll tick.
-    settle(&url).await?;
+    let before = settle(&url, &cpu).await?;
     let start = Instant::now();
     let mut handles = Vec::new();
     for w in 0..workers {
         let (client, base) = (client.clone(), base.clone());
-        let n = tasks / workers + usize::from(w < tasks % workers);
+        let n = share(tasks, workers, w);
         handles.push(tokio::spawn(async move {
             let mut empty = 0;
             for i in 0..n {
@@ -257,6 +376,30 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "service create→claim→complete, each worker in turn (the baseline's shape): {interleaved:.0} tasks/s, {:.0} % of the baseline ({empty} claims found nothing first)",
         interleaved / raw * 100.0
+    );
+    cpu.per_task(
+        "the baseline's shape",
+        before,
+        tasks,
+        "the server and its HTTP clients",
+    );
+
+    // The same life once more, in the same shape, without HTTP: each worker calls what the handlers call (the
+    // creation with its admission check, the dispatcher's claim and end of a run), as the server's internal
+    // workers do. Against the baseline, what the service's statements cost; against the phase above, what
+    // HTTP costs on top.
+    let before = settle(&url, &cpu).await?;
+    let direct = direct_cycles(&state, tasks, workers).await?;
+    println!(
+        "service create→claim→complete without HTTP (the handlers' calls, the baseline's shape): {direct:.0} tasks/s, {:.0} % of the baseline; over HTTP {:.0} % of it",
+        direct / raw * 100.0,
+        interleaved / direct * 100.0
+    );
+    cpu.per_task(
+        "without HTTP",
+        before,
+        tasks,
+        "the server's calls and their callers",
     );
 
     // Heartbeats from every worker, as fast as they go.
@@ -498,6 +641,62 @@ async fn complete(client: &reqwest::Client, base: &str, worker: &str, task: &Val
     assert_eq!(r.status(), 200);
 }
 
+/// `tasks` lives of a task through the calls the handlers make, without HTTP, from `workers` concurrent
+/// callers (the registered workers `bench-{w}`), each creating, claiming (any task; a claim that found nothing
+/// is tried again) and completing in turn, as [`raw_cycles`]' clients do; tasks per second.
+async fn direct_cycles(state: &AppState, tasks: usize, workers: usize) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for w in 0..workers {
+        let state = state.clone();
+        let n = share(tasks, workers, w);
+        handles.push(tokio::spawn(async move {
+            let worker = format!("bench-{w}");
+            let never = CancellationToken::new();
+            for i in 0..n {
+                let req: CreateTaskRequest = serde_json::from_value(
+                    json!({"problem_id": format!("direct-{w}-{i}"), "parameters": {"agent_config": {"model": "m"}}}),
+                )
+                .unwrap();
+                let parameters =
+                    params::effective(&req.parameters, state.config.param_defaults()).unwrap();
+                let (_, created) = store::tasks::create(
+                    &state.db,
+                    store::tasks::NewTask {
+                        problem_id: req.problem_id.into_inner(),
+                        parameters,
+                        priority: req.priority,
+                        idempotency: None,
+                        created_by: None,
+                        admission: state.admission.clone(),
+                    },
+                )
+                .await
+                .unwrap();
+                assert!(matches!(created, store::tasks::Created::New));
+                state.dispatcher.created();
+                let task = loop {
+                    let wait = Duration::from_secs(1);
+                    if let Some(t) = state.dispatcher.claim(&worker, wait, &never).await.unwrap() {
+                        break t;
+                    }
+                };
+                let run = RunRef::reported(&worker, task.attempt, task.lease_id.unwrap());
+                let result = [("success".to_owned(), json!(true))].into_iter().collect();
+                state
+                    .dispatcher
+                    .finish(task.id, run, Outcome::Completed(result))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for h in handles {
+        h.await?;
+    }
+    Ok(tasks as f64 / start.elapsed().as_secs_f64())
+}
+
 /// `tasks` lives of a task as three bare statements (three commits), from `clients` connections at once;
 /// cycles per second.
 async fn raw_cycles(url: &str, tasks: usize, clients: usize) -> anyhow::Result<f64> {
@@ -528,7 +727,7 @@ async fn raw_cycles(url: &str, tasks: usize, clients: usize) -> anyhow::Result<f
     let mut handles = Vec::new();
     for c in 0..clients {
         let db = db.clone();
-        let n = tasks / clients + usize::from(c < tasks % clients);
+        let n = share(tasks, clients, c);
         handles.push(tokio::spawn(async move {
             // The statements go to the database as pgbench's would: on PostgreSQL each client holds a connection
             // of its own; on SQLite they share the one connection, passed from one client to the next as the
@@ -590,15 +789,16 @@ async fn raw_cycles(url: &str, tasks: usize, clients: usize) -> anyhow::Result<f
 
 /// Before a phase on PostgreSQL: vacuums the queue's tables, so that the phase meets them as autovacuum leaves
 /// them between bursts, not with the dead row versions and index entries the phases before it left (which the
-/// baseline, on a fresh table, never meets). The rows those phases finished stay.
-async fn settle(url: &str) -> anyhow::Result<()> {
+/// baseline, on a fresh table, never meets). The rows those phases finished stay. Answers the CPU count the
+/// phase starts from, read once the vacuum is done.
+async fn settle(url: &str, cpu: &CpuClock) -> anyhow::Result<CpuUse> {
     if url.starts_with("postgres") {
         let db = store::connect(url, 1).await?;
         db.execute_unprepared("VACUUM (ANALYZE) tasks, task_logs, workers")
             .await?;
         db.close().await?;
     }
-    Ok(())
+    Ok(cpu.now())
 }
 
 /// Runs one statement of the baseline, in a transaction of its own: on the connection `held` (PostgreSQL), or

@@ -135,6 +135,11 @@ impl Application {
         self.port
     }
 
+    /// What the handlers share: the database, the dispatcher (what internal workers call), the caps.
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
     /// Serves until `shutdown` resolves, then lets in-flight requests finish.
     pub async fn run_until_stopped(
         self,
