@@ -24,7 +24,7 @@
 //! `BENCH_SERVER_BIN=target/release/api-server` adds the memory check: that binary as a process of its own,
 //! with a backlog of 100,000 pending tasks and 1,000 claims long-polling for others, and its resident memory.
 //!
-//! On PostgreSQL each of the service's phases starts after a `VACUUM` of the queue's tables (see [`settle`]).
+//! On PostgreSQL each of the service's phases starts after a `VACUUM` of the queue's tables (see [`start_phase`]).
 //!
 //! It also times `/health` and `/metrics`, which read the whole queue's figures: with a seeded database, that
 //! and the latencies against an empty one's are the flat-cost check.
@@ -115,7 +115,17 @@ impl CpuClock {
                 .ok()
                 .flatten()
                 .and_then(|row| row.try_get("", "pid").ok());
-            postmaster = backend.and_then(|pid| status_field(&pid.to_string(), "PPid:"));
+            // Only when that pid is a PostgreSQL process here, and its parent too: a server on another host
+            // or in a container of its own numbers its processes apart from this machine's.
+            let postgres = |pid: &str| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|comm| comm.trim() == "postgres")
+            };
+            postmaster = backend
+                .map(|pid| pid.to_string())
+                .filter(|pid| postgres(pid))
+                .and_then(|pid| status_field(&pid, "PPid:"))
+                .filter(|pm| postgres(pm));
             let _ = db.close().await;
         }
         CpuClock {
@@ -127,19 +137,24 @@ impl CpuClock {
     fn now(&self) -> CpuUse {
         let postgres = self.postmaster.as_deref().and_then(|pm| {
             // The postmaster's own time and its ended children's (reaped: `cutime`, `cstime`), plus its live
-            // children's.
-            let own = stat_ticks(pm)?;
-            let mut ticks = own[0] + own[1] + own[2] + own[3];
-            for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-                let pid = entry.file_name().to_string_lossy().into_owned();
-                if pid.bytes().all(|b| b.is_ascii_digit())
-                    && status_field(&pid, "PPid:").as_deref() == Some(pm)
-                    && let Some(t) = stat_ticks(&pid)
-                {
-                    ticks += t[0] + t[1];
+            // children's. A child reaped during the scan would be in neither: the scan is taken again then.
+            for _ in 0..10 {
+                let own = stat_ticks(pm)?;
+                let mut ticks = own[0] + own[1] + own[2] + own[3];
+                for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+                    let pid = entry.file_name().to_string_lossy().into_owned();
+                    if pid.bytes().all(|b| b.is_ascii_digit())
+                        && status_field(&pid, "PPid:").as_deref() == Some(pm)
+                        && let Some(t) = stat_ticks(&pid)
+                    {
+                        ticks += t[0] + t[1];
+                    }
+                }
+                if stat_ticks(pm)?[2..] == own[2..] {
+                    return Some(ticks / CLOCK_TICKS);
                 }
             }
-            Some(ticks / CLOCK_TICKS)
+            None
         });
         let this = stat_ticks("self").map_or(0.0, |t| (t[0] + t[1]) / CLOCK_TICKS);
         CpuUse { postgres, this }
@@ -257,7 +272,7 @@ async fn main() -> anyhow::Result<()> {
     );
 
     // Creation, from `workers` concurrent clients.
-    let before = settle(&url, &cpu).await?;
+    let before = start_phase(&url, &cpu).await?;
     let start = Instant::now();
     let mut handles = Vec::new();
     for w in 0..workers {
@@ -339,7 +354,7 @@ async fn main() -> anyhow::Result<()> {
     // have taken its own, so a claim that finds nothing is tried again, as the baseline's is), completes it.
     // It runs after the two phases, over the rows they left (the baseline met an empty table). A retry waits
     // (long poll): a claim that found nothing is not asked again before the next wake-up or poll tick.
-    let before = settle(&url, &cpu).await?;
+    let before = start_phase(&url, &cpu).await?;
     let start = Instant::now();
     let mut handles = Vec::new();
     for w in 0..workers {
@@ -386,12 +401,12 @@ async fn main() -> anyhow::Result<()> {
 
     // The same life once more, in the same shape, without HTTP: each worker calls what the handlers call (the
     // creation with its admission check, the dispatcher's claim and end of a run), as the server's internal
-    // workers do. Against the baseline, what the service's statements cost; against the phase above, what
-    // HTTP costs on top.
-    let before = settle(&url, &cpu).await?;
-    let direct = direct_cycles(&state, tasks, workers).await?;
+    // workers do (the handlers' metrics too). Against the baseline, what the service's statements cost; against
+    // the phase above, what HTTP costs on top. It runs last, over the rows the phases before it left.
+    let before = start_phase(&url, &cpu).await?;
+    let (direct, empty) = direct_cycles(&state, tasks, workers).await?;
     println!(
-        "service create→claim→complete without HTTP (the handlers' calls, the baseline's shape): {direct:.0} tasks/s, {:.0} % of the baseline; over HTTP {:.0} % of it",
+        "service create→claim→complete without HTTP (the handlers' calls, the baseline's shape): {direct:.0} tasks/s, {:.0} % of the baseline ({empty} claims found nothing first); over HTTP {:.0} % of it",
         direct / raw * 100.0,
         interleaved / direct * 100.0
     );
@@ -643,8 +658,13 @@ async fn complete(client: &reqwest::Client, base: &str, worker: &str, task: &Val
 
 /// `tasks` lives of a task through the calls the handlers make, without HTTP, from `workers` concurrent
 /// callers (the registered workers `bench-{w}`), each creating, claiming (any task; a claim that found nothing
-/// is tried again) and completing in turn, as [`raw_cycles`]' clients do; tasks per second.
-async fn direct_cycles(state: &AppState, tasks: usize, workers: usize) -> anyhow::Result<f64> {
+/// is tried again, as a long poll) and completing in turn, as the HTTP phase in the baseline's shape does;
+/// tasks per second, and how many claims found nothing first.
+async fn direct_cycles(
+    state: &AppState,
+    tasks: usize,
+    workers: usize,
+) -> anyhow::Result<(f64, usize)> {
     let start = Instant::now();
     let mut handles = Vec::new();
     for w in 0..workers {
@@ -653,6 +673,7 @@ async fn direct_cycles(state: &AppState, tasks: usize, workers: usize) -> anyhow
         handles.push(tokio::spawn(async move {
             let worker = format!("bench-{w}");
             let never = CancellationToken::new();
+            let mut empty = 0;
             for i in 0..n {
                 let req: CreateTaskRequest = serde_json::from_value(
                     json!({"problem_id": format!("direct-{w}-{i}"), "parameters": {"agent_config": {"model": "m"}}}),
@@ -674,12 +695,17 @@ async fn direct_cycles(state: &AppState, tasks: usize, workers: usize) -> anyhow
                 .await
                 .unwrap();
                 assert!(matches!(created, store::tasks::Created::New));
+                state.metrics.task_created();
                 state.dispatcher.created();
+                // As over HTTP: the first claim does not wait; one that found nothing is tried again as a long
+                // poll.
+                let mut wait = Duration::ZERO;
                 let task = loop {
-                    let wait = Duration::from_secs(1);
                     if let Some(t) = state.dispatcher.claim(&worker, wait, &never).await.unwrap() {
                         break t;
                     }
+                    empty += 1;
+                    wait = Duration::from_secs(1);
                 };
                 let run = RunRef::reported(&worker, task.attempt, task.lease_id.unwrap());
                 let result = [("success".to_owned(), json!(true))].into_iter().collect();
@@ -689,12 +715,14 @@ async fn direct_cycles(state: &AppState, tasks: usize, workers: usize) -> anyhow
                     .await
                     .unwrap();
             }
+            empty
         }));
     }
+    let mut empty = 0;
     for h in handles {
-        h.await?;
+        empty += h.await?;
     }
-    Ok(tasks as f64 / start.elapsed().as_secs_f64())
+    Ok((tasks as f64 / start.elapsed().as_secs_f64(), empty))
 }
 
 /// `tasks` lives of a task as three bare statements (three commits), from `clients` connections at once;
@@ -789,9 +817,9 @@ async fn raw_cycles(url: &str, tasks: usize, clients: usize) -> anyhow::Result<f
 
 /// Before a phase on PostgreSQL: vacuums the queue's tables, so that the phase meets them as autovacuum leaves
 /// them between bursts, not with the dead row versions and index entries the phases before it left (which the
-/// baseline, on a fresh table, never meets). The rows those phases finished stay. Answers the CPU count the
-/// phase starts from, read once the vacuum is done.
-async fn settle(url: &str, cpu: &CpuClock) -> anyhow::Result<CpuUse> {
+/// baseline, on a fresh table, never meets). The rows those phases finished stay. Then reads the CPU count the
+/// phase starts from.
+async fn start_phase(url: &str, cpu: &CpuClock) -> anyhow::Result<CpuUse> {
     if url.starts_with("postgres") {
         let db = store::connect(url, 1).await?;
         db.execute_unprepared("VACUUM (ANALYZE) tasks, task_logs, workers")

@@ -1,6 +1,6 @@
 -- Run once by run.sh before the scripts: 64 workers `pgb-1` … `pgb-64` (one slot each, every problem), and two
 -- functions for batched4.sql: the service's claim for several workers in turn, and its end of a run for
--- several runs, each in one statement (one transaction, one commit).
+-- several runs, each call one statement (one transaction, one commit) for all of them.
 INSERT INTO workers (id, backend_type, status, max_parallel_tasks, supported_problems, last_heartbeat, registered_at)
 SELECT 'pgb-' || g, 'pgbench', 'idle', 1, '[]', now(), now() FROM generate_series(1, 64) g
 ON CONFLICT (id) DO NOTHING;
