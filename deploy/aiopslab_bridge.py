@@ -168,7 +168,7 @@ def log(level, message, **context):
 class ChatAgent:
     """An OpenAI-compatible chat-completions agent (any server speaking that API)."""
 
-    def __init__(self, model, temperature=0.7, max_tokens=1024, **_):
+    def __init__(self, model, temperature=0.7, max_tokens=1024):
         self.model = model
         self.temperature = temperature
         self.max_tokens = max_tokens
@@ -246,9 +246,27 @@ def registered_agents():
     return agents
 
 
+def taken_keys(cls, config):
+    """The keys of `config` that `cls`'s constructor takes, and (sorted) the ones it does not."""
+    try:
+        params = inspect.signature(cls).parameters.values()
+    except (TypeError, ValueError):
+        return config, []
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return config, []
+    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return {k: v for k, v in config.items() if k in names}, sorted(k for k in config if k not in names)
+
+
+# Keys of agent_config the bridge itself reads: which agent, and the name AIOpsLab records the run under.
+BRIDGE_KEYS = ("agent", "name")
+
+
 def build_agent(agent_config):
-    config = dict(agent_config or {})
-    name = config.pop("agent", None)
+    """The agent a task's agent_config names, and the keys of it the agent does not take (logged as a
+    warning and kept in the result: AIOpsLab's GPTAgent, say, takes no `model`)."""
+    config = {k: v for k, v in (agent_config or {}).items() if k not in BRIDGE_KEYS}
+    name = (agent_config or {}).get("agent")
     if name is not None:
         agents = registered_agents()
         if not isinstance(name, str) or name not in agents:
@@ -258,16 +276,18 @@ def build_agent(agent_config):
                 "AIOPSLAB_AGENTS=name=module:Class,...")
         module_name, _, class_name = agents[name].partition(":")
         cls = getattr(importlib.import_module(module_name), class_name)
-        try:
-            return cls(**config)
-        except TypeError:
-            return cls()
-    if not os.environ.get("OPENAI_API_KEY"):
-        raise SystemExit("the built-in chat agent needs OPENAI_API_KEY in the runner's environment "
-                         "(or name a registered agent in agent_config.agent)")
-    if "model" not in config:
-        raise SystemExit("agent_config.model is required for the built-in chat agent")
-    return ChatAgent(**config)
+    else:
+        if not os.environ.get("OPENAI_API_KEY"):
+            raise SystemExit("the built-in chat agent needs OPENAI_API_KEY in the runner's environment "
+                             "(or name a registered agent in agent_config.agent)")
+        if "model" not in config:
+            raise SystemExit("agent_config.model is required for the built-in chat agent")
+        name, cls = "chat", ChatAgent
+    taken, ignored = taken_keys(cls, config)
+    if ignored:
+        log("warning", f"agent {name} ({cls.__module__}.{cls.__name__}) does not take "
+            f"{', '.join(ignored)}: ignored, it runs with its own settings", ignored=ignored)
+    return cls(**taken), ignored
 
 
 # The agent's trajectory kept in the result, at most (the whole session stays in AIOpsLab's results directory).
@@ -346,7 +366,8 @@ def main():
     if "--check" in sys.argv[1:]:
         return 0
 
-    agent = StepReporter(build_agent(params.get("agent_config")))
+    built, ignored = build_agent(params.get("agent_config"))
+    agent = StepReporter(built)
     log("info", f"AIOpsLab run of {problem_id} on kind cluster {cluster or '(default)'}",
         cluster=cluster, max_steps=max_steps)
     orch = Orchestrator()
@@ -382,7 +403,7 @@ def main():
     summary = ", ".join(f"{k}: {v}" for k, v in results.items() if k in (
         "Detection Accuracy", "Localization Accuracy", "TTD", "TTL", "TTA", "TTM", "success"))
     emit({"event": "result", "success": success, "output": f"{problem_id}: {summary or 'no results'}",
-          "metrics": metrics, **session_link(orch),
+          "metrics": metrics, **session_link(orch), **({"ignored_agent_config": ignored} if ignored else {}),
           "history": capped_history((session or {}).get("history"))})
     return 0
 

@@ -35,6 +35,7 @@ fn args(kind: RunnerKind) -> RunnerArgs {
             "looper=fake_agent:Looper".to_owned(),
             "sleeper=fake_agent:Sleeper".to_owned(),
             "chatty=fake_agent:Chatty".to_owned(),
+            "fixed=fake_agent:FixedModel".to_owned(),
         ],
         runner_env_passthrough: Vec::new(),
         runner_kill_grace_seconds: Some(1),
@@ -466,6 +467,49 @@ async fn aiopslab_bridge_runs_a_problem_against_the_fake_package() {
         error.contains("exited with status 1") && error.contains("not found"),
         "{error}"
     );
+}
+
+/// An agent configuration's keys that the named agent does not take (AIOpsLab's `GPTAgent()` takes none) are
+/// named in a warning and in the result, never dropped without a word; `agent` and `name` are the bridge's.
+#[tokio::test]
+async fn aiopslab_bridge_names_the_agent_config_keys_an_agent_does_not_take() {
+    let a = args(RunnerKind::Aiopslab);
+    let config =
+        json!({"agent": "fixed", "name": "fixed-run", "model": "gpt-4o-mini", "temperature": 0.2});
+    let r = run(&a, &spec("p-detection-1", json!({"agent_config": config}))).await;
+    let RunOutcome::Completed { result } = &r.outcome else {
+        panic!("{:?} {:?}", r.outcome, messages(&r))
+    };
+    assert_eq!(
+        result["ignored_agent_config"],
+        json!(["model", "temperature"])
+    );
+    let warning = r
+        .logs
+        .iter()
+        .find(|e| e.level == LogLevel::Warning && e.message.contains("does not take"))
+        .unwrap_or_else(|| panic!("a warning: {:?}", messages(&r)));
+    assert!(
+        warning
+            .message
+            .contains("agent fixed (fake_agent.FixedModel) does not take model, temperature"),
+        "{}",
+        warning.message
+    );
+    // An agent that takes what it is given: no warning, nothing ignored.
+    let r = run(
+        &a,
+        &spec(
+            "p-detection-1",
+            json!({"agent_config": {"agent": "scripted", "answer": "Yes"}}),
+        ),
+    )
+    .await;
+    let RunOutcome::Completed { result } = &r.outcome else {
+        panic!("{:?}", r.outcome)
+    };
+    assert!(result.get("ignored_agent_config").is_none(), "{result:?}");
+    assert!(!r.logs.iter().any(|e| e.message.contains("does not take")));
 }
 
 /// A task names an agent the worker's operator registered, never code: a `module:Class` (here one that
