@@ -100,6 +100,7 @@ impl ApiError {
         ApiError::Forbidden(body(kind, detail))
     }
     pub fn validation(detail: impl Into<String>) -> Self {
+        let detail = task_executor_shared::validate::clip(&detail.into());
         ApiError::Validation(body("validation_error", detail))
     }
     /// The status and the `detail` of the error (what the dashboard shows).

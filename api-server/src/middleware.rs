@@ -26,7 +26,6 @@ use crate::{
     error::{REQUEST_ID, body, request_id},
     metrics::Metrics,
     ratelimit::RateLimiter,
-    routes::AllowTable,
 };
 
 /// What the edge needs.
@@ -162,14 +161,18 @@ fn classify(err: &poem::Error) -> (StatusCode, &'static str, String) {
         return (
             StatusCode::UNPROCESSABLE_ENTITY,
             "validation_error",
-            e.reason.clone(),
+            task_executor_shared::validate::plain_reason(&e.reason),
         );
     }
     if let Some(e) = err.downcast_ref::<ParseParamError>() {
         return (
             StatusCode::UNPROCESSABLE_ENTITY,
             "validation_error",
-            format!("parameter `{}`: {}", e.name, e.reason),
+            format!(
+                "parameter `{}`: {}",
+                e.name,
+                task_executor_shared::validate::plain_reason(&e.reason)
+            ),
         );
     }
     if let Some(e) = err.downcast_ref::<ParsePathError>() {
@@ -385,6 +388,49 @@ pub async fn edge<E: Endpoint>(
         started.elapsed().as_secs_f64(),
     );
     Ok(resp)
+}
+
+/// The methods each path of the API answers, read from its own OpenAPI document: what a 405 lists in its
+/// `Allow` header.
+pub struct AllowTable {
+    /// Path templates split in segments (`{…}` matches any one segment), with their methods.
+    paths: Vec<(Vec<String>, String)>,
+}
+
+impl AllowTable {
+    pub fn from_spec(spec: &str) -> AllowTable {
+        let doc: serde_json::Value = serde_json::from_str(spec).unwrap_or_default();
+        let mut paths = Vec::new();
+        if let Some(map) = doc.get("paths").and_then(|p| p.as_object()) {
+            for (path, ops) in map {
+                let mut methods: Vec<String> = ops
+                    .as_object()
+                    .map(|o| o.keys().map(|m| m.to_ascii_uppercase()).collect())
+                    .unwrap_or_default();
+                methods.sort();
+                let segments = path.split('/').map(str::to_owned).collect();
+                paths.push((segments, methods.join(", ")));
+            }
+        }
+        AllowTable { paths }
+    }
+
+    /// The `Allow` value of a request path, when it is one of the API's.
+    pub fn allowed(&self, path: &str) -> Option<&str> {
+        let segments: Vec<&str> = path.split('/').collect();
+        self.paths
+            .iter()
+            .filter(|(template, _)| {
+                template.len() == segments.len()
+                    && template
+                        .iter()
+                        .zip(&segments)
+                        .all(|(t, s)| t == s || (t.starts_with('{') && t.ends_with('}')))
+            })
+            // A literal segment beats a parameter (`/workers/internal/status` over `/workers/{id}/…`).
+            .max_by_key(|(template, _)| template.iter().filter(|t| !t.starts_with('{')).count())
+            .map(|(_, methods)| methods.as_str())
+    }
 }
 
 #[cfg(test)]

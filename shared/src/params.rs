@@ -51,8 +51,12 @@ pub fn effective(given: &JsonObject, defaults: Defaults) -> Result<Value, String
             Some(v) => match v.as_i64() {
                 Some(n) if (lo..=hi).contains(&n) => {}
                 _ => {
+                    let got = match v {
+                        Value::Number(n) => n.to_string(),
+                        other => crate::validate::json_kind(other).to_owned(),
+                    };
                     return Err(format!(
-                        "parameters.{key} must be an integer from {lo} to {hi}, got {v}"
+                        "parameters.{key} must be an integer from {lo} to {hi}, got {got}"
                     ));
                 }
             },

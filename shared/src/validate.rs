@@ -147,3 +147,86 @@ mod tests {
         assert!(problem_glob("").is_err());
     }
 }
+
+/// A JSON value's kind, as an error message names it ("a string"): never the value itself, which may be long.
+pub fn json_kind(v: &serde_json::Value) -> &'static str {
+    use serde_json::Value;
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// The longest `detail` a validation error carries, in bytes.
+pub const MAX_DETAIL: usize = 400;
+
+/// `s`, cut to at most `MAX_DETAIL` bytes (at a character boundary) with an ellipsis.
+pub fn clip(s: &str) -> String {
+    if s.len() <= MAX_DETAIL {
+        return s.to_owned();
+    }
+    let mut end = MAX_DETAIL - '…'.len_utf8();
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// A parse error's message as a client should read it: without poem-openapi's `failed to parse "T": `
+/// prefixes, naming the kind of a mismatched value rather than quoting it (it may be the whole body), and at
+/// most `MAX_DETAIL` bytes.
+pub fn plain_reason(reason: &str) -> String {
+    let mut r = reason;
+    while let Some((_, after)) = r
+        .strip_prefix("failed to parse \"")
+        .and_then(|rest| rest.split_once("\": "))
+    {
+        r = after;
+    }
+    const FOUND: &str = ", found ";
+    if r.starts_with("Expected input type")
+        && let Some(i) = r.find(FOUND)
+    {
+        let value = &r[i + FOUND.len()..];
+        let mut values = serde_json::Deserializer::from_str(value).into_iter::<serde_json::Value>();
+        if let Some(Ok(v)) = values.next() {
+            let rest = &value[values.byte_offset()..];
+            return clip(&format!("{}{}{rest}", &r[..i + FOUND.len()], json_kind(&v)));
+        }
+    }
+    clip(r)
+}
+
+#[cfg(test)]
+mod reason_tests {
+    use super::*;
+
+    #[test]
+    fn a_reason_names_the_kind_not_the_value() {
+        let long = "x".repeat(5000);
+        let reason = format!(
+            "Expected input type \"integer_int32\", found \"{long}\". (occurred while parsing \"WorkerCapabilities\")"
+        );
+        assert_eq!(
+            plain_reason(&reason),
+            "Expected input type \"integer_int32\", found a string. (occurred while parsing \"WorkerCapabilities\")"
+        );
+        assert_eq!(
+            plain_reason(
+                "failed to parse \"A\": failed to parse \"B\": field `name` verification failed. minLength(1)"
+            ),
+            "field `name` verification failed. minLength(1)"
+        );
+        assert!(plain_reason(&long).len() <= MAX_DETAIL);
+    }
+
+    #[test]
+    fn clip_keeps_a_character_whole() {
+        let c = clip(&"é".repeat(MAX_DETAIL));
+        assert!(c.len() <= MAX_DETAIL && c.ends_with('…'));
+    }
+}

@@ -16,7 +16,7 @@ use task_executor_shared::{
 };
 use uuid::Uuid;
 
-use super::ApiTags;
+use super::{ApiTags, body::Checked};
 use crate::{
     auth::{Auth, Read, Submit},
     error::{self, ApiError},
@@ -73,8 +73,8 @@ impl poem::IntoResponse for ExportResponse {
 
 impl ApiResponse for ExportResponse {
     fn meta() -> MetaResponses {
-        let binary =
-            || MetaSchemaRef::Inline(Box::new(MetaSchema::new_with_format("string", "binary")));
+        // Text, not `binary`: generated clients then hand back the body as a string whatever the format.
+        let text = || MetaSchemaRef::Inline(Box::new(MetaSchema::new("string")));
         MetaResponses {
             responses: vec![MetaResponse {
                 description: "One row per task, oldest first, as `format` says: `text/csv` (a header line, then \
@@ -86,11 +86,11 @@ impl ApiResponse for ExportResponse {
                 content: vec![
                     MetaMediaType {
                         content_type: "text/csv",
-                        schema: binary(),
+                        schema: text(),
                     },
                     MetaMediaType {
                         content_type: "application/x-ndjson",
-                        schema: binary(),
+                        schema: text(),
                     },
                     MetaMediaType {
                         content_type: "application/json",
@@ -204,20 +204,22 @@ impl BatchesApi {
             validator(min_length = 1, max_length = 255, pattern = r"^[\x21-\x7e]+$")
         )]
         idempotency_key: Header<Option<String>>,
-        body: Json<CreateBatchRequest>,
+        body: Json<Checked<CreateBatchRequest>>,
         raw: &poem::Request,
     ) -> Result<CreateBatchResponse, ApiError> {
         let idempotency_key = idempotency::key(idempotency_key.0, raw)?;
-        let req = body.0;
+        let req = body.0.0;
         // Larger than a batch may be: the request describes more than the server takes at once (a JSON
         // Schema cannot bound the product of three sizes, so it is not a validation error of the body).
         let specs = expand(&req)
             .map_err(|e| ApiError::PayloadTooLarge(error::body("batch_too_large", e)))?;
         let defaults = self.state.config.param_defaults();
         let mut tasks = Vec::with_capacity(specs.len());
+        // A matrix's tasks share its `parameters`: an error there is the matrix's, not one task's.
+        let matrix = matches!(req, CreateBatchRequest::Matrix(_));
         for (i, t) in specs.into_iter().enumerate() {
             let parameters = params::effective(&t.parameters, defaults).map_err(|e| {
-                ApiError::validation(format!("tasks[{i}] ({}): {e}", t.problem_id.as_str()))
+                ApiError::validation(if matrix { e } else { format!("tasks[{i}].{e}") })
             })?;
             tasks.push(NewBatchTask {
                 problem_id: t.problem_id.into_inner(),

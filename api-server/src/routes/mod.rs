@@ -2,6 +2,8 @@
 //! and the edge middleware. Handlers parse, call the store or the dispatcher, and map the result.
 
 pub mod batches;
+pub mod body;
+pub mod document;
 pub mod events;
 pub mod health;
 pub mod internal;
@@ -10,7 +12,7 @@ pub mod workers;
 
 use std::sync::Arc;
 
-use poem::{Endpoint, EndpointExt, IntoResponse, Route};
+use poem::{Endpoint, EndpointExt, IntoResponse, Route, web::Html};
 use poem_openapi::{OpenApiService, Tags};
 
 use crate::{middleware, state::AppState};
@@ -71,15 +73,26 @@ pub fn api_service(state: &AppState) -> OpenApiService<Apis, ()> {
 /// `/`), behind the edge middleware.
 pub fn app(state: &AppState) -> impl Endpoint + 'static {
     let api = api_service(state);
+    let generated = api.spec();
+    let document = document::plain(&generated);
     let edge = Arc::new(middleware::Edge {
         metrics: state.metrics.clone(),
-        allow: AllowTable::from_spec(&api.spec()),
+        allow: middleware::AllowTable::from_spec(&document),
         body_timeout: std::time::Duration::from_secs(state.config.request_body_timeout_seconds),
         auth: state.auth.clone(),
         limiter: state.limiter.clone(),
     });
-    let ui = api.swagger_ui();
-    let spec = api.spec_endpoint();
+    // Swagger UI embeds the document it shows: the served one takes the place of poem-openapi's.
+    let docs_page = api.swagger_ui_html().replacen(&generated, &document, 1);
+    let docs = Route::new().at(
+        "/",
+        poem::endpoint::make_sync(move |_| Html(docs_page.clone())),
+    );
+    let spec = poem::endpoint::make_sync(move |_| {
+        poem::Response::builder()
+            .content_type("application/json")
+            .body(document.clone())
+    });
     // `/` (which the API's nest at the root would answer 404) leads to the dashboard.
     let api = api.around(|ep, req| async move {
         if req.uri().path() == "/" && matches!(req.method().as_str(), "GET" | "HEAD") {
@@ -89,55 +102,12 @@ pub fn app(state: &AppState) -> impl Endpoint + 'static {
     });
     Route::new()
         .nest("/ui", crate::ui::routes(state))
-        .nest("/docs", ui)
+        .nest("/docs", docs)
         .at(
             "/ws/tasks/:task_id",
             poem::get(events::ws_task).data(state.clone()),
         )
-        .at("/openapi.json", spec)
+        .at("/openapi.json", poem::get(spec))
         .nest("/", api)
         .around(move |ep, req| middleware::edge(ep, req, edge.clone()))
-}
-
-/// The methods each path of the API answers, read from its own OpenAPI document: what a 405 lists in its
-/// `Allow` header.
-pub struct AllowTable {
-    /// Path templates split in segments (`{…}` matches any one segment), with their methods.
-    paths: Vec<(Vec<String>, String)>,
-}
-
-impl AllowTable {
-    pub fn from_spec(spec: &str) -> AllowTable {
-        let doc: serde_json::Value = serde_json::from_str(spec).unwrap_or_default();
-        let mut paths = Vec::new();
-        if let Some(map) = doc.get("paths").and_then(|p| p.as_object()) {
-            for (path, ops) in map {
-                let mut methods: Vec<String> = ops
-                    .as_object()
-                    .map(|o| o.keys().map(|m| m.to_ascii_uppercase()).collect())
-                    .unwrap_or_default();
-                methods.sort();
-                let segments = path.split('/').map(str::to_owned).collect();
-                paths.push((segments, methods.join(", ")));
-            }
-        }
-        AllowTable { paths }
-    }
-
-    /// The `Allow` value of a request path, when it is one of the API's.
-    pub fn allowed(&self, path: &str) -> Option<&str> {
-        let segments: Vec<&str> = path.split('/').collect();
-        self.paths
-            .iter()
-            .filter(|(template, _)| {
-                template.len() == segments.len()
-                    && template
-                        .iter()
-                        .zip(&segments)
-                        .all(|(t, s)| t == s || (t.starts_with('{') && t.ends_with('}')))
-            })
-            // A literal segment beats a parameter (`/workers/internal/status` over `/workers/{id}/…`).
-            .max_by_key(|(template, _)| template.iter().filter(|t| !t.starts_with('{')).count())
-            .map(|(_, methods)| methods.as_str())
-    }
 }

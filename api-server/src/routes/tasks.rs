@@ -12,7 +12,7 @@ use task_executor_shared::{
 };
 use uuid::Uuid;
 
-use super::ApiTags;
+use super::{ApiTags, body::Checked};
 use crate::auth::{Auth, Read, Submit};
 use crate::{
     error::ApiError,
@@ -64,11 +64,11 @@ impl TasksApi {
             validator(min_length = 1, max_length = 255, pattern = r"^[\x21-\x7e]+$")
         )]
         idempotency_key: Header<Option<String>>,
-        body: Json<CreateTaskRequest>,
+        body: Json<Checked<CreateTaskRequest>>,
         raw: &poem::Request,
     ) -> Result<CreateResponse, ApiError> {
         let idempotency_key = idempotency::key(idempotency_key.0, raw)?;
-        let req = body.0;
+        let req = body.0.0;
         let parameters = params::effective(&req.parameters, self.state.config.param_defaults())
             .map_err(ApiError::validation)?;
         let idempotency = idempotency_key.map(|k| (k, idempotency::fingerprint(&req)));
