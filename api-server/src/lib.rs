@@ -16,6 +16,7 @@ pub mod reaper;
 pub mod results;
 pub mod routes;
 pub mod serve;
+pub mod service;
 pub mod startup;
 pub mod state;
 pub mod store;

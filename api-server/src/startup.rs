@@ -114,7 +114,6 @@ impl Application {
             auth,
             admission: config.admission(),
             config: Arc::new(config),
-            ui: Arc::default(),
             counts: Arc::default(),
         };
         Ok(Application {

@@ -27,6 +27,4 @@ pub struct AppState {
     pub counts: Arc<crate::store::stats::StatusCounts>,
     /// The caps on new tasks, with the counts the requests of this process share.
     pub admission: crate::store::tasks::Admission,
-    /// What the dashboard reuses between viewers.
-    pub ui: Arc<crate::ui::Cache>,
 }

@@ -33,6 +33,9 @@ use crate::{
     },
 };
 
+/// The most internal workers one server runs.
+pub const MAX_INTERNAL_WORKERS: usize = 64;
+
 /// How long an internal worker's claim waits for a task before it looks again.
 const CLAIM_WAIT: Duration = Duration::from_secs(30);
 

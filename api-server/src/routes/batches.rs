@@ -330,7 +330,7 @@ impl BatchesApi {
         batch_id: Path<String>,
     ) -> Result<Json<CancelBatchResponse>, ApiError> {
         let id = batch_uuid(&batch_id.0)?;
-        let cancelled = cancel(&self.state, id).await?;
+        let cancelled = crate::service::cancel_batch(&self.state, id).await?;
         Ok(Json(CancelBatchResponse { id, cancelled }))
     }
 
@@ -422,12 +422,4 @@ impl BatchesApi {
             results::stats(&self.state.db, &filter, group_by.0).await?,
         ))
     }
-}
-
-/// Cancels a batch's unfinished tasks; how many: what `POST /api/v1/batches/{id}/cancel` and the dashboard's
-/// Cancel button do.
-pub(crate) async fn cancel(state: &AppState, id: Uuid) -> Result<i64, ApiError> {
-    let cancelled = batches::cancel(&state.db, id).await?;
-    tracing::info!(batch_id = %id, cancelled, "batch cancelled");
-    Ok(cancelled)
 }

@@ -8,9 +8,6 @@ use super::ApiTags;
 use crate::auth::{Admin, Auth, Read};
 use crate::{error::ApiError, state::AppState, supervisor::SupervisorError};
 
-/// The most internal workers one server runs.
-pub const MAX_INTERNAL_WORKERS: usize = 64;
-
 pub struct InternalWorkersApi {
     pub state: AppState,
 }

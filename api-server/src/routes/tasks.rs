@@ -162,7 +162,7 @@ impl TasksApi {
         _auth: Auth<Submit>,
         task_id: Path<Uuid>,
     ) -> Result<Json<CancelResponse>, ApiError> {
-        let task = cancel(&self.state, task_id.0).await?;
+        let task = crate::service::cancel_task(&self.state, task_id.0).await?;
         Ok(Json(CancelResponse {
             message: "Task cancelled successfully".to_owned(),
             task_id: task.id,
@@ -200,15 +200,4 @@ impl TasksApi {
         let rows = logs::list(&self.state.db, task_id.0, level.0, limit.0, offset.0).await?;
         Ok(Json(rows.into_iter().map(Into::into).collect()))
     }
-}
-
-/// Cancels a task: what `POST /api/v1/tasks/{id}/cancel` and the dashboard's Cancel button do.
-pub(crate) async fn cancel(
-    state: &AppState,
-    id: Uuid,
-) -> Result<crate::store::entity::task::Model, ApiError> {
-    let task = tasks::cancel(&state.db, id).await?;
-    tracing::info!(task_id = %task.id, "task cancelled");
-    state.metrics.task_finished(&task);
-    Ok(task)
 }

@@ -298,6 +298,7 @@ pub fn routes(state: &AppState) -> impl Endpoint + 'static {
         .at("/assets/app.js", poem::get(app_js))
         .at("/assets/app.css", poem::get(app_css))
         .data(state.clone())
+        .data(Arc::new(Cache::default()))
         .catch_error(|_: poem::error::NotFoundError| async { not_found_response() })
         .after(|res| async move {
             let mut resp = match res {
@@ -359,7 +360,7 @@ fn app_css() -> Response {
 /// What the dashboard reuses between viewers: the overview's figures (counts over the whole table), read at
 /// most every 750 ms however many browsers watch it.
 #[derive(Default)]
-pub struct Cache {
+struct Cache {
     overview: tokio::sync::Mutex<Option<(std::time::Instant, Arc<pages::OverviewData>)>>,
 }
 
@@ -385,12 +386,12 @@ impl Cache {
 }
 
 #[poem::handler]
-async fn overview(req: &Request, state: Data<&AppState>) -> Response {
+async fn overview(req: &Request, state: Data<&AppState>, cache: Data<&Arc<Cache>>) -> Response {
     let v = match viewer(req) {
         Ok(v) => v,
         Err(r) => return *r,
     };
-    let data = try_page!(state.ui.overview(&state).await, v);
+    let data = try_page!(cache.overview(&state).await, v);
     render(req, &v, pages::overview(&data))
 }
 
@@ -633,10 +634,8 @@ async fn cancel(
     let cancelled = async {
         let id = path_id(raw_id, noun)?;
         match what {
-            Cancel::Task => crate::routes::tasks::cancel(state, id).await.map(|_| ())?,
-            Cancel::Batch => crate::routes::batches::cancel(state, id)
-                .await
-                .map(|_| ())?,
+            Cancel::Task => crate::service::cancel_task(state, id).await.map(|_| ())?,
+            Cancel::Batch => crate::service::cancel_batch(state, id).await.map(|_| ())?,
         }
         Ok::<_, ApiError>(id)
     };
@@ -672,12 +671,12 @@ async fn internal_action(
                 .as_deref()
                 .map(str::trim)
                 .and_then(|n| n.parse::<usize>().ok())
-                .filter(|n| *n <= crate::routes::internal::MAX_INTERNAL_WORKERS);
+                .filter(|n| *n <= crate::supervisor::MAX_INTERNAL_WORKERS);
             let Some(n) = n else {
                 return error_page(
                     ApiError::validation(format!(
                         "the number of internal workers is a whole number from 0 to {}",
-                        crate::routes::internal::MAX_INTERNAL_WORKERS
+                        crate::supervisor::MAX_INTERNAL_WORKERS
                     )),
                     Some(&v),
                 );

@@ -806,7 +806,7 @@ pub fn workers(d: &WorkersData, v: &Viewer, notice: Option<&str>) -> Page {
                 form method="post" action="/ui/workers/internal/scale" class="inline" {
                     (csrf_field(v))
                     label { "Internal workers "
-                        input type="number" name="num_workers" min="0" max=(crate::routes::internal::MAX_INTERNAL_WORKERS) value=(active) required size="3";
+                        input type="number" name="num_workers" min="0" max=(crate::supervisor::MAX_INTERNAL_WORKERS) value=(active) required size="3";
                     }
                     button type="submit" { "Scale" }
                 }
