@@ -1,8 +1,15 @@
 //! The fingerprint of a create request, for idempotent creation (`Idempotency-Key`).
 
+use poem::{IntoResponse, Request, RequestBody};
+use poem_openapi::{
+    ApiExtractor, ApiExtractorType, ExtractParamOptions,
+    registry::{MetaParamIn, MetaSchema, MetaSchemaRef},
+};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use task_executor_shared::api::CreateTaskRequest;
+
+use crate::error::ApiError;
 
 /// A hash of the request as the client sent it, independent of key order.
 pub fn fingerprint(req: &CreateTaskRequest) -> String {
@@ -15,19 +22,52 @@ pub fn fingerprint(req: &CreateTaskRequest) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The `Idempotency-Key` of a create request, checked: a key that is not visible ASCII never reaches the
-/// typed header (it is not text), so its presence in the raw request is refused rather than ignored — the
-/// client asked for a protection it would silently not get.
-pub fn key(
-    typed: Option<String>,
-    raw: &poem::Request,
-) -> Result<Option<String>, crate::error::ApiError> {
-    if typed.is_none() && raw.headers().contains_key("idempotency-key") {
-        return Err(crate::error::ApiError::validation(
-            "Idempotency-Key must be 1-255 visible ASCII characters",
-        ));
+/// The `Idempotency-Key` header of a create request (1-255 visible ASCII characters), as an extractor: a key
+/// that is present but not visible ASCII is refused (422) rather than ignored, since the client asked for a
+/// protection it would silently not get.
+pub struct IdempotencyKey(pub Option<String>);
+
+const HEADER: &str = "Idempotency-Key";
+
+impl<'a> ApiExtractor<'a> for IdempotencyKey {
+    const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::Parameter];
+    type ParamType = String;
+    type ParamRawType = String;
+
+    fn param_in() -> Option<MetaParamIn> {
+        Some(MetaParamIn::Header)
     }
-    Ok(typed)
+
+    fn param_schema_ref() -> Option<MetaSchemaRef> {
+        Some(MetaSchemaRef::Inline(Box::new(MetaSchema {
+            min_length: Some(1),
+            max_length: Some(255),
+            pattern: Some(r"^[\x21-\x7e]+$".to_owned()),
+            ..MetaSchema::new("string")
+        })))
+    }
+
+    async fn from_request(
+        request: &'a Request,
+        _body: &mut RequestBody,
+        _opts: ExtractParamOptions<String>,
+    ) -> poem::Result<Self> {
+        let Some(value) = request.headers().get(HEADER) else {
+            return Ok(IdempotencyKey(None));
+        };
+        match value.to_str() {
+            Ok(k)
+                if (1..=255).contains(&k.len())
+                    && k.bytes().all(|b| (0x21..=0x7e).contains(&b)) =>
+            {
+                Ok(IdempotencyKey(Some(k.to_owned())))
+            }
+            _ => Err(poem::Error::from_response(
+                ApiError::validation("Idempotency-Key must be 1-255 visible ASCII characters")
+                    .into_response(),
+            )),
+        }
+    }
 }
 
 /// A hash of any request body as the client sent it, independent of key order.

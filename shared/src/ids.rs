@@ -12,6 +12,51 @@ use serde_json::Value;
 
 use crate::validate;
 
+/// poem-openapi's traits for a newtype over a `String` that parses only from a JSON string (`$parse` checks
+/// it) and is documented by `$schema`.
+macro_rules! string_type {
+    ($name:ident, $schema:expr, $parse:expr) => {
+        impl Type for $name {
+            const IS_REQUIRED: bool = true;
+            type RawValueType = Self;
+            type RawElementValueType = Self;
+
+            fn name() -> Cow<'static, str> {
+                "string".into()
+            }
+
+            fn schema_ref() -> MetaSchemaRef {
+                MetaSchemaRef::Inline(Box::new($schema))
+            }
+
+            fn as_raw_value(&self) -> Option<&Self::RawValueType> {
+                Some(self)
+            }
+
+            fn raw_element_iter<'a>(
+                &'a self,
+            ) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
+                Box::new(self.as_raw_value().into_iter())
+            }
+        }
+
+        impl ParseFromJSON for $name {
+            fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
+                match value {
+                    Some(Value::String(s)) => ($parse)(s),
+                    other => Err(ParseError::expected_type(other.unwrap_or_default())),
+                }
+            }
+        }
+
+        impl ToJSON for $name {
+            fn to_json(&self) -> Option<Value> {
+                Some(Value::String(self.0.clone()))
+            }
+        }
+    };
+}
+
 macro_rules! checked_id {
     ($(#[$doc:meta])* $name:ident, $check:path, $pattern:expr, $max:expr, $example:expr) => {
         $(#[$doc])*
@@ -54,52 +99,21 @@ macro_rules! checked_id {
             }
         }
 
-        impl Type for $name {
-            const IS_REQUIRED: bool = true;
-            type RawValueType = Self;
-            type RawElementValueType = Self;
-
-            fn name() -> Cow<'static, str> {
-                "string".into()
-            }
-
-            fn schema_ref() -> MetaSchemaRef {
-                MetaSchemaRef::Inline(Box::new(MetaSchema {
-                    min_length: Some(1),
-                    max_length: Some($max),
-                    pattern: Some($pattern.to_owned()),
-                    example: Some(Value::String($example.to_owned())),
-                    ..MetaSchema::new("string")
-                }))
-            }
-
-            fn as_raw_value(&self) -> Option<&Self::RawValueType> {
-                Some(self)
-            }
-
-            fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
-                Box::new(self.as_raw_value().into_iter())
-            }
-        }
-
-        impl ParseFromJSON for $name {
-            fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
-                match value {
-                    Some(Value::String(s)) => $name::parse(s).map_err(ParseError::custom),
-                    other => Err(ParseError::expected_type(other.unwrap_or_default())),
-                }
-            }
-        }
+        string_type!(
+            $name,
+            MetaSchema {
+                min_length: Some(1),
+                max_length: Some($max),
+                pattern: Some($pattern.to_owned()),
+                example: Some(Value::String($example.to_owned())),
+                ..MetaSchema::new("string")
+            },
+            |s: String| $name::parse(s).map_err(ParseError::custom)
+        );
 
         impl ParseFromParameter for $name {
             fn parse_from_parameter(value: &str) -> ParseResult<Self> {
                 $name::parse(value).map_err(ParseError::custom)
-            }
-        }
-
-        impl ToJSON for $name {
-            fn to_json(&self) -> Option<Value> {
-                Some(Value::String(self.0.clone()))
             }
         }
     };
@@ -209,44 +223,11 @@ impl PartialEq<&str> for Text {
     }
 }
 
-impl Type for Text {
-    const IS_REQUIRED: bool = true;
-    type RawValueType = Self;
-    type RawElementValueType = Self;
-
-    fn name() -> Cow<'static, str> {
-        "string".into()
-    }
-
-    fn schema_ref() -> MetaSchemaRef {
-        MetaSchemaRef::Inline(Box::new(MetaSchema::new("string")))
-    }
-
-    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
-        Some(self)
-    }
-
-    fn raw_element_iter<'a>(
-        &'a self,
-    ) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
-        Box::new(self.as_raw_value().into_iter())
-    }
-}
-
-impl ParseFromJSON for Text {
-    fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
-        match value {
-            Some(Value::String(s)) => Ok(Text(s)),
-            other => Err(ParseError::expected_type(other.unwrap_or_default())),
-        }
-    }
-}
-
-impl ToJSON for Text {
-    fn to_json(&self) -> Option<Value> {
-        Some(Value::String(self.0.clone()))
-    }
-}
+string_type!(
+    Text,
+    MetaSchema::new("string"),
+    |s: String| -> ParseResult<Text> { Ok(Text(s)) }
+);
 
 #[cfg(test)]
 mod tests {

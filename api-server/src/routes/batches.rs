@@ -4,7 +4,7 @@
 use poem::Body;
 use poem_openapi::{
     ApiResponse, OpenApi,
-    param::{Header, Path, Query},
+    param::{Path, Query},
     payload::Json,
     registry::{MetaMediaType, MetaResponse, MetaResponses, MetaSchema, MetaSchemaRef, Registry},
 };
@@ -20,7 +20,7 @@ use super::{ApiTags, body::Checked};
 use crate::{
     auth::{Auth, Read, Submit},
     error::{self, ApiError},
-    idempotency,
+    idempotency::{self, IdempotencyKey},
     results::{self, Format, GroupBy, Stats},
     state::AppState,
     store::{
@@ -199,15 +199,10 @@ impl BatchesApi {
         &self,
         auth: Auth<Submit>,
         /// A client-chosen key (1-255 visible characters) that makes the creation safe to retry.
-        #[oai(
-            name = "Idempotency-Key",
-            validator(min_length = 1, max_length = 255, pattern = r"^[\x21-\x7e]+$")
-        )]
-        idempotency_key: Header<Option<String>>,
+        #[oai(name = "Idempotency-Key")]
+        idempotency_key: IdempotencyKey,
         body: Json<Checked<CreateBatchRequest>>,
-        raw: &poem::Request,
     ) -> Result<CreateBatchResponse, ApiError> {
-        let idempotency_key = idempotency::key(idempotency_key.0, raw)?;
         let req = body.0.0;
         // Larger than a batch may be: the request describes more than the server takes at once (a JSON
         // Schema cannot bound the product of three sizes, so it is not a validation error of the body).
@@ -227,7 +222,9 @@ impl BatchesApi {
                 priority: t.priority,
             });
         }
-        let idempotency = idempotency_key.map(|k| (k, idempotency::fingerprint_of(&req)));
+        let idempotency = idempotency_key
+            .0
+            .map(|k| (k, idempotency::fingerprint_of(&req)));
         let (b, ids, created) = batches::create(
             &self.state.db,
             NewBatch {

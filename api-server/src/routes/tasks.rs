@@ -2,7 +2,7 @@
 
 use poem_openapi::{
     ApiResponse, OpenApi,
-    param::{Header, Path, Query},
+    param::{Path, Query},
     payload::Json,
 };
 use task_executor_shared::{
@@ -16,7 +16,7 @@ use super::{ApiTags, body::Checked};
 use crate::auth::{Auth, Read, Submit};
 use crate::{
     error::ApiError,
-    idempotency,
+    idempotency::{self, IdempotencyKey},
     state::AppState,
     store::{
         logs,
@@ -59,19 +59,16 @@ impl TasksApi {
         &self,
         auth: Auth<Submit>,
         /// A client-chosen key (1-255 visible characters) that makes the creation safe to retry.
-        #[oai(
-            name = "Idempotency-Key",
-            validator(min_length = 1, max_length = 255, pattern = r"^[\x21-\x7e]+$")
-        )]
-        idempotency_key: Header<Option<String>>,
+        #[oai(name = "Idempotency-Key")]
+        idempotency_key: IdempotencyKey,
         body: Json<Checked<CreateTaskRequest>>,
-        raw: &poem::Request,
     ) -> Result<CreateResponse, ApiError> {
-        let idempotency_key = idempotency::key(idempotency_key.0, raw)?;
         let req = body.0.0;
         let parameters = params::effective(&req.parameters, self.state.config.param_defaults())
             .map_err(ApiError::validation)?;
-        let idempotency = idempotency_key.map(|k| (k, idempotency::fingerprint(&req)));
+        let idempotency = idempotency_key
+            .0
+            .map(|k| (k, idempotency::fingerprint(&req)));
         let (task, created) = tasks::create(
             &self.state.db,
             NewTask {

@@ -534,13 +534,7 @@ pub async fn finish(
         tally: true,
         note_dropped: true,
     };
-    // PostgreSQL: one statement, atomic on its own. SQLite: one script, a transaction of its own.
-    let changed = if is_postgres(db) {
-        transition::apply_with(&Hot(db), guard, change, entry, also).await?
-    } else {
-        transition::apply_as_script(db, guard, change, entry, also).await?
-    };
-    match changed {
+    match transition::apply_alone(db, guard, change, entry, also).await? {
         Some(t) => Ok(t),
         None => Err(refusal(db, task_id, run).await),
     }

@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use crate::store::{
     entity::{task, worker},
+    hot::Hot,
     logs::append_log,
     now,
     script::{self, Script},
@@ -138,7 +139,7 @@ pub async fn apply(
 
 /// [`apply`], with what `also` asks for written too: on PostgreSQL in the same statement, so that the end of
 /// a run needs no transaction of its own; on SQLite in the caller's transaction (a caller without one may use
-/// [`apply_as_script`]).
+/// [`apply_alone`]).
 pub async fn apply_with(
     conn: &impl ConnectionTrait,
     guard: Guard<'_>,
@@ -254,17 +255,20 @@ fn guarded_update(
     q
 }
 
-/// [`apply_with`] on SQLite as a transaction of its own, in one script (one hand-off to SQLite's thread): the
-/// guarded update; the entries, inserted from the updated row only if the update changed it (`changes()`, the
-/// rows the statement before changed), in one `INSERT` in their order; the worker's counter, only if entries
-/// were inserted; the commit.
-pub async fn apply_as_script(
+/// [`apply_with`] as a transaction of its own. On PostgreSQL that is its one statement. On SQLite it is one
+/// script (one hand-off to SQLite's thread): the guarded update; the entries, inserted from the updated row
+/// only if the update changed it (`changes()`, the rows the statement before changed), in one `INSERT` in
+/// their order; the worker's counter, only if entries were inserted; the commit.
+pub async fn apply_alone(
     db: &DatabaseConnection,
     guard: Guard<'_>,
     change: Change,
     entry: Entry,
     also: Also,
 ) -> Result<Option<task::Model>, DbErr> {
+    if db.get_database_backend() == DbBackend::Postgres {
+        return apply_with(&Hot(db), guard, change, entry, also).await;
+    }
     let at: DateTime<Utc> = now();
     let target = change.target();
     let task_id = match guard {
