@@ -6,7 +6,7 @@
 #   deploy/token.sh worker HOST   add a `worker` token for the daemons of HOST (worker ids HOST-*) and print
 #                                 it: put it in HOST's /etc/task-executor/worker.token (mode 0600)
 #   deploy/token.sh NAME ROLE     add a token of ROLE (read, submit, admin) and print it
-# Tokens can also live in the database instead: `api-server token create|list|revoke` (see the README).
+# Tokens can also live in the database instead: `api-server token create|list|revoke` (see docs/operating.md).
 # To revoke a token of this file, delete its line.
 set -euo pipefail
 dir=${TASK_EXECUTOR_ETC:-/etc/task-executor}

@@ -60,6 +60,24 @@ fn share(total: usize, parts: usize, i: usize) -> usize {
     total / parts + usize::from(i < total % parts)
 }
 
+/// Runs `phase(w, n)` for each of `parts` workers at once, worker `w` with its share `n` of `total`, and
+/// gathers what each returns.
+async fn each_worker<T, F, Fut>(parts: usize, total: usize, phase: F) -> anyhow::Result<Vec<T>>
+where
+    F: Fn(usize, usize) -> Fut,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let handles: Vec<_> = (0..parts)
+        .map(|w| tokio::spawn(phase(w, share(total, parts, w))))
+        .collect();
+    let mut out = Vec::with_capacity(parts);
+    for h in handles {
+        out.push(h.await?);
+    }
+    Ok(out)
+}
+
 fn pct(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -274,11 +292,9 @@ async fn main() -> anyhow::Result<()> {
     // Creation, from `workers` concurrent clients.
     let before = start_phase(&url, &cpu).await?;
     let start = Instant::now();
-    let mut handles = Vec::new();
-    for w in 0..workers {
+    let lat = each_worker(workers, tasks, |w, n| {
         let (client, base) = (client.clone(), base.clone());
-        let n = share(tasks, workers, w);
-        handles.push(tokio::spawn(async move {
+        async move {
             let mut lat = Vec::with_capacity(n);
             for i in 0..n {
                 let t = Instant::now();
@@ -286,12 +302,10 @@ async fn main() -> anyhow::Result<()> {
                 lat.push(t.elapsed());
             }
             lat
-        }));
-    }
-    let mut lat = Vec::new();
-    for h in handles {
-        lat.extend(h.await?);
-    }
+        }
+    })
+    .await?
+    .concat();
     let create_wall = start.elapsed();
     report("create", lat, create_wall);
 
@@ -301,10 +315,9 @@ async fn main() -> anyhow::Result<()> {
 
     // Claim and complete until the queue is empty.
     let start = Instant::now();
-    let mut handles = Vec::new();
-    for w in 0..workers {
+    let runs = each_worker(workers, tasks, |w, _| {
         let (client, base) = (client.clone(), base.clone());
-        handles.push(tokio::spawn(async move {
+        async move {
             let (mut claims, mut completes) = (Vec::new(), Vec::new());
             loop {
                 let t = Instant::now();
@@ -322,11 +335,11 @@ async fn main() -> anyhow::Result<()> {
                 complete(&client, &base, &format!("bench-{w}"), &task).await;
                 completes.push(t.elapsed());
             }
-        }));
-    }
+        }
+    })
+    .await?;
     let (mut claims, mut completes) = (Vec::new(), Vec::new());
-    for h in handles {
-        let (c, d) = h.await?;
+    for (c, d) in runs {
         claims.extend(c);
         completes.extend(d);
     }
@@ -356,11 +369,9 @@ async fn main() -> anyhow::Result<()> {
     // (long poll): a claim that found nothing is not asked again before the next wake-up or poll tick.
     let before = start_phase(&url, &cpu).await?;
     let start = Instant::now();
-    let mut handles = Vec::new();
-    for w in 0..workers {
+    let empties = each_worker(workers, tasks, |w, n| {
         let (client, base) = (client.clone(), base.clone());
-        let n = share(tasks, workers, w);
-        handles.push(tokio::spawn(async move {
+        async move {
             let mut empty = 0;
             for i in 0..n {
                 create(&client, &base, &format!("cycle-{w}-{i}")).await;
@@ -381,12 +392,10 @@ async fn main() -> anyhow::Result<()> {
                 complete(&client, &base, &format!("bench-{w}"), &task).await;
             }
             empty
-        }));
-    }
-    let mut empty = 0;
-    for h in handles {
-        empty += h.await?;
-    }
+        }
+    })
+    .await?;
+    let empty: usize = empties.iter().sum();
     let interleaved = tasks as f64 / start.elapsed().as_secs_f64();
     println!(
         "service create→claim→complete, each worker in turn (the baseline's shape): {interleaved:.0} tasks/s, {:.0} % of the baseline ({empty} claims found nothing first)",
@@ -666,11 +675,9 @@ async fn direct_cycles(
     workers: usize,
 ) -> anyhow::Result<(f64, usize)> {
     let start = Instant::now();
-    let mut handles = Vec::new();
-    for w in 0..workers {
+    let empties = each_worker(workers, tasks, |w, n| {
         let state = state.clone();
-        let n = share(tasks, workers, w);
-        handles.push(tokio::spawn(async move {
+        async move {
             let worker = format!("bench-{w}");
             let never = CancellationToken::new();
             let mut empty = 0;
@@ -716,12 +723,10 @@ async fn direct_cycles(
                     .unwrap();
             }
             empty
-        }));
-    }
-    let mut empty = 0;
-    for h in handles {
-        empty += h.await?;
-    }
+        }
+    })
+    .await?;
+    let empty: usize = empties.iter().sum();
     Ok((tasks as f64 / start.elapsed().as_secs_f64(), empty))
 }
 
@@ -752,11 +757,9 @@ async fn raw_cycles(url: &str, tasks: usize, clients: usize) -> anyhow::Result<f
         )
     };
     let start = Instant::now();
-    let mut handles = Vec::new();
-    for c in 0..clients {
+    each_worker(clients, tasks, |c, n| {
         let db = db.clone();
-        let n = share(tasks, clients, c);
-        handles.push(tokio::spawn(async move {
+        async move {
             // The statements go to the database as pgbench's would: on PostgreSQL each client holds a connection
             // of its own; on SQLite they share the one connection, passed from one client to the next as the
             // service's scripts pass it (store::script). Neither pays sqlx's test of a connection going back to
@@ -807,11 +810,9 @@ async fn raw_cycles(url: &str, tasks: usize, clients: usize) -> anyhow::Result<f
                 )
                 .await;
             }
-        }));
-    }
-    for h in handles {
-        h.await?;
-    }
+        }
+    })
+    .await?;
     Ok(tasks as f64 / start.elapsed().as_secs_f64())
 }
 

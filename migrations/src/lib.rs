@@ -4,6 +4,8 @@
 
 pub use sea_orm_migration::prelude::*;
 
+mod steps;
+
 mod m20261126_000001_create_tables;
 mod m20261126_000002_task_leases;
 mod m20261126_000003_worker_instances;

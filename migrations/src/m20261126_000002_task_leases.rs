@@ -4,6 +4,8 @@
 
 use sea_orm_migration::prelude::*;
 
+use crate::steps::{add_column, drop_column};
+
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
@@ -17,40 +19,26 @@ enum Tasks {
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        // One column per statement: SQLite alters one column at a time.
-        manager
-            .alter_table(
-                Table::alter()
-                    .table(Tasks::Table)
-                    .add_column(ColumnDef::new(Tasks::LeaseId).uuid().null())
-                    .to_owned(),
-            )
-            .await?;
-        manager
-            .alter_table(
-                Table::alter()
-                    .table(Tasks::Table)
-                    .add_column(
-                        ColumnDef::new(Tasks::UncountedRequeues)
-                            .integer()
-                            .not_null()
-                            .default(0),
-                    )
-                    .to_owned(),
-            )
-            .await
+        add_column(
+            manager,
+            Tasks::Table,
+            ColumnDef::new(Tasks::LeaseId).uuid().null(),
+        )
+        .await?;
+        add_column(
+            manager,
+            Tasks::Table,
+            ColumnDef::new(Tasks::UncountedRequeues)
+                .integer()
+                .not_null()
+                .default(0),
+        )
+        .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         for col in [Tasks::UncountedRequeues, Tasks::LeaseId] {
-            manager
-                .alter_table(
-                    Table::alter()
-                        .table(Tasks::Table)
-                        .drop_column(col)
-                        .to_owned(),
-                )
-                .await?;
+            drop_column(manager, Tasks::Table, col).await?;
         }
         Ok(())
     }

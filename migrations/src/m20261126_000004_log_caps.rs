@@ -3,6 +3,8 @@
 
 use sea_orm_migration::prelude::*;
 
+use crate::steps::{add_column, drop_column};
+
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
@@ -17,28 +19,19 @@ enum Tasks {
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         for col in [Tasks::LogEntries, Tasks::LogDropped] {
-            manager
-                .alter_table(
-                    Table::alter()
-                        .table(Tasks::Table)
-                        .add_column(ColumnDef::new(col).big_integer().not_null().default(0))
-                        .to_owned(),
-                )
-                .await?;
+            let column = ColumnDef::new(col)
+                .big_integer()
+                .not_null()
+                .default(0)
+                .take();
+            add_column(manager, Tasks::Table, column).await?;
         }
         Ok(())
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         for col in [Tasks::LogDropped, Tasks::LogEntries] {
-            manager
-                .alter_table(
-                    Table::alter()
-                        .table(Tasks::Table)
-                        .drop_column(col)
-                        .to_owned(),
-                )
-                .await?;
+            drop_column(manager, Tasks::Table, col).await?;
         }
         Ok(())
     }

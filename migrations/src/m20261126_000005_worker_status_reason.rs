@@ -3,6 +3,8 @@
 
 use sea_orm_migration::prelude::*;
 
+use crate::steps::{add_column, drop_column};
+
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
@@ -15,24 +17,11 @@ enum Workers {
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .alter_table(
-                Table::alter()
-                    .table(Workers::Table)
-                    .add_column(ColumnDef::new(Workers::StatusReason).text().null())
-                    .to_owned(),
-            )
-            .await
+        let column = ColumnDef::new(Workers::StatusReason).text().null().take();
+        add_column(manager, Workers::Table, column).await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .alter_table(
-                Table::alter()
-                    .table(Workers::Table)
-                    .drop_column(Workers::StatusReason)
-                    .to_owned(),
-            )
-            .await
+        drop_column(manager, Workers::Table, Workers::StatusReason).await
     }
 }

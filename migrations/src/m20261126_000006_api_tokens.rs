@@ -3,6 +3,8 @@
 
 use sea_orm_migration::prelude::*;
 
+use crate::steps::{add_column, create_table, drop_column, drop_table, run_sql, string_key};
+
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
@@ -25,70 +27,49 @@ enum Tasks {
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .create_table(
-                Table::create()
-                    .table(ApiTokens::Table)
-                    .col(
-                        ColumnDef::new(ApiTokens::Name)
-                            .string_len(64)
-                            .not_null()
-                            .primary_key(),
-                    )
-                    .col(ColumnDef::new(ApiTokens::Role).string_len(16).not_null())
-                    .col(
-                        ColumnDef::new(ApiTokens::WorkerPattern)
-                            .string_len(128)
-                            .null(),
-                    )
-                    .col(
-                        ColumnDef::new(ApiTokens::TokenHash)
-                            .string_len(64)
-                            .not_null()
-                            .unique_key(),
-                    )
-                    .col(
-                        ColumnDef::new(ApiTokens::CreatedAt)
-                            .timestamp_with_time_zone()
-                            .not_null(),
-                    )
-                    .to_owned(),
-            )
-            .await?;
-        manager
-            .alter_table(
-                Table::alter()
-                    .table(Tasks::Table)
-                    .add_column(ColumnDef::new(Tasks::CreatedBy).string_len(64).null())
-                    .to_owned(),
-            )
-            .await?;
+        create_table(
+            manager,
+            Table::create()
+                .table(ApiTokens::Table)
+                .col(string_key(ApiTokens::Name, 64))
+                .col(ColumnDef::new(ApiTokens::Role).string_len(16).not_null())
+                .col(
+                    ColumnDef::new(ApiTokens::WorkerPattern)
+                        .string_len(128)
+                        .null(),
+                )
+                .col(
+                    ColumnDef::new(ApiTokens::TokenHash)
+                        .string_len(64)
+                        .not_null()
+                        .unique_key(),
+                )
+                .col(
+                    ColumnDef::new(ApiTokens::CreatedAt)
+                        .timestamp_with_time_zone()
+                        .not_null(),
+                ),
+        )
+        .await?;
+        let created_by = ColumnDef::new(Tasks::CreatedBy)
+            .string_len(64)
+            .null()
+            .take();
+        add_column(manager, Tasks::Table, created_by).await?;
         // The active tasks of one token (MAX_ACTIVE_TASKS_PER_TOKEN), counted at each create.
-        manager
-            .get_connection()
-            .execute_unprepared(
+        run_sql(
+            manager,
+            &[
                 "CREATE INDEX idx_tasks_created_by_active ON tasks (created_by, status) \
-                 WHERE created_by IS NOT NULL AND status IN ('pending', 'running')",
-            )
-            .await?;
-        Ok(())
+               WHERE created_by IS NOT NULL AND status IN ('pending', 'running')",
+            ],
+        )
+        .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .get_connection()
-            .execute_unprepared("DROP INDEX idx_tasks_created_by_active")
-            .await?;
-        manager
-            .alter_table(
-                Table::alter()
-                    .table(Tasks::Table)
-                    .drop_column(Tasks::CreatedBy)
-                    .to_owned(),
-            )
-            .await?;
-        manager
-            .drop_table(Table::drop().table(ApiTokens::Table).to_owned())
-            .await
+        run_sql(manager, &["DROP INDEX idx_tasks_created_by_active"]).await?;
+        drop_column(manager, Tasks::Table, Tasks::CreatedBy).await?;
+        drop_table(manager, ApiTokens::Table).await
     }
 }

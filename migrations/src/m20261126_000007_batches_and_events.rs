@@ -4,6 +4,8 @@
 
 use sea_orm_migration::prelude::*;
 
+use crate::steps::{add_column, create_table, drop_column, drop_table, run_sql, uuid_key};
+
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
@@ -34,46 +36,41 @@ enum TaskLogs {
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .create_table(
-                Table::create()
-                    .table(Batches::Table)
-                    .col(ColumnDef::new(Batches::Id).uuid().not_null().primary_key())
-                    .col(ColumnDef::new(Batches::Name).string_len(255).null())
-                    .col(ColumnDef::new(Batches::CreatedBy).string_len(64).null())
-                    .col(
-                        ColumnDef::new(Batches::CreatedAt)
-                            .timestamp_with_time_zone()
-                            .not_null(),
-                    )
-                    .col(
-                        ColumnDef::new(Batches::IdempotencyKey)
-                            .string_len(255)
-                            .null(),
-                    )
-                    .col(ColumnDef::new(Batches::RequestHash).string_len(64).null())
-                    .col(ColumnDef::new(Batches::TaskCount).integer().not_null())
-                    .to_owned(),
-            )
-            .await?;
-        manager
-            .alter_table(
-                Table::alter()
-                    .table(Tasks::Table)
-                    .add_column(ColumnDef::new(Tasks::BatchId).uuid().null())
-                    .to_owned(),
-            )
-            .await?;
-        manager
-            .alter_table(
-                Table::alter()
-                    .table(TaskLogs::Table)
-                    .add_column(ColumnDef::new(TaskLogs::Status).string_len(16).null())
-                    .to_owned(),
-            )
-            .await?;
-        let db = manager.get_connection();
-        for sql in [
+        create_table(
+            manager,
+            Table::create()
+                .table(Batches::Table)
+                .col(uuid_key(Batches::Id))
+                .col(ColumnDef::new(Batches::Name).string_len(255).null())
+                .col(ColumnDef::new(Batches::CreatedBy).string_len(64).null())
+                .col(
+                    ColumnDef::new(Batches::CreatedAt)
+                        .timestamp_with_time_zone()
+                        .not_null(),
+                )
+                .col(
+                    ColumnDef::new(Batches::IdempotencyKey)
+                        .string_len(255)
+                        .null(),
+                )
+                .col(ColumnDef::new(Batches::RequestHash).string_len(64).null())
+                .col(ColumnDef::new(Batches::TaskCount).integer().not_null()),
+        )
+        .await?;
+        add_column(
+            manager,
+            Tasks::Table,
+            ColumnDef::new(Tasks::BatchId).uuid().null(),
+        )
+        .await?;
+        let status = ColumnDef::new(TaskLogs::Status)
+            .string_len(16)
+            .null()
+            .take();
+        add_column(manager, TaskLogs::Table, status).await?;
+        run_sql(
+            manager,
+            &[
             // Idempotency keys are each token's own (a key another token used is not a conflict, and does
             // not reveal what that token made); NULL keys do not collide.
             "DROP INDEX idx_tasks_idempotency_key",
@@ -85,44 +82,25 @@ impl MigrationTrait for Migration {
             "CREATE INDEX idx_task_logs_task_id ON task_logs (task_id, id)",
             // The stream of every task's state changes (GET /api/v1/events), in order.
             "CREATE INDEX idx_task_logs_status_events ON task_logs (id) WHERE status IS NOT NULL",
-        ] {
-            db.execute_unprepared(sql).await?;
-        }
-        Ok(())
+            ],
+        )
+        .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        let db = manager.get_connection();
-        db.execute_unprepared("DROP INDEX idx_tasks_idempotency_key")
-            .await?;
-        db.execute_unprepared(
-            "CREATE UNIQUE INDEX idx_tasks_idempotency_key ON tasks (idempotency_key)",
+        run_sql(
+            manager,
+            &[
+                "DROP INDEX idx_tasks_idempotency_key",
+                "CREATE UNIQUE INDEX idx_tasks_idempotency_key ON tasks (idempotency_key)",
+                "DROP INDEX idx_task_logs_status_events",
+                "DROP INDEX idx_task_logs_task_id",
+                "DROP INDEX idx_tasks_batch_status",
+            ],
         )
         .await?;
-        db.execute_unprepared("DROP INDEX idx_task_logs_status_events")
-            .await?;
-        db.execute_unprepared("DROP INDEX idx_task_logs_task_id")
-            .await?;
-        db.execute_unprepared("DROP INDEX idx_tasks_batch_status")
-            .await?;
-        manager
-            .alter_table(
-                Table::alter()
-                    .table(TaskLogs::Table)
-                    .drop_column(TaskLogs::Status)
-                    .to_owned(),
-            )
-            .await?;
-        manager
-            .alter_table(
-                Table::alter()
-                    .table(Tasks::Table)
-                    .drop_column(Tasks::BatchId)
-                    .to_owned(),
-            )
-            .await?;
-        manager
-            .drop_table(Table::drop().table(Batches::Table).to_owned())
-            .await
+        drop_column(manager, TaskLogs::Table, TaskLogs::Status).await?;
+        drop_column(manager, Tasks::Table, Tasks::BatchId).await?;
+        drop_table(manager, Batches::Table).await
     }
 }

@@ -3,26 +3,22 @@
 
 use sea_orm_migration::prelude::*;
 
+use crate::steps::run_sql;
+
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .get_connection()
-            .execute_unprepared(
-                "CREATE INDEX idx_tasks_completed ON tasks (completed_at) WHERE completed_at IS NOT NULL",
-            )
-            .await?;
-        Ok(())
+        run_sql(
+            manager,
+            &["CREATE INDEX idx_tasks_completed ON tasks (completed_at) WHERE completed_at IS NOT NULL"],
+        )
+        .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .get_connection()
-            .execute_unprepared("DROP INDEX idx_tasks_completed")
-            .await?;
-        Ok(())
+        run_sql(manager, &["DROP INDEX idx_tasks_completed"]).await
     }
 }

@@ -4,7 +4,9 @@
 //! completions (the other updates of `tasks`) notify nobody; PostgreSQL folds identical notifications of one
 //! transaction into one, so a batch of 10,000 tasks is one wake-up, sent at commit.
 
-use sea_orm_migration::{prelude::*, sea_orm::DatabaseBackend};
+use sea_orm_migration::prelude::*;
+
+use crate::steps::postgres_sql;
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
@@ -12,32 +14,26 @@ pub struct Migration;
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        if manager.get_database_backend() != DatabaseBackend::Postgres {
-            return Ok(());
-        }
-        let db = manager.get_connection();
-        db.execute_unprepared(
-            "CREATE OR REPLACE FUNCTION task_executor_queue_notify() RETURNS trigger LANGUAGE plpgsql AS $$ \
-             BEGIN PERFORM pg_notify('task_executor_queue', ''); RETURN NULL; END $$",
+        postgres_sql(
+            manager,
+            &[
+                "CREATE OR REPLACE FUNCTION task_executor_queue_notify() RETURNS trigger LANGUAGE plpgsql AS $$ \
+                 BEGIN PERFORM pg_notify('task_executor_queue', ''); RETURN NULL; END $$",
+                "CREATE TRIGGER tasks_queue_notify AFTER INSERT OR UPDATE OF status ON tasks FOR EACH ROW \
+                 WHEN (NEW.status = 'pending') EXECUTE FUNCTION task_executor_queue_notify()",
+            ],
         )
-        .await?;
-        db.execute_unprepared(
-            "CREATE TRIGGER tasks_queue_notify AFTER INSERT OR UPDATE OF status ON tasks FOR EACH ROW \
-             WHEN (NEW.status = 'pending') EXECUTE FUNCTION task_executor_queue_notify()",
-        )
-        .await?;
-        Ok(())
+        .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        if manager.get_database_backend() != DatabaseBackend::Postgres {
-            return Ok(());
-        }
-        let db = manager.get_connection();
-        db.execute_unprepared("DROP TRIGGER IF EXISTS tasks_queue_notify ON tasks")
-            .await?;
-        db.execute_unprepared("DROP FUNCTION IF EXISTS task_executor_queue_notify()")
-            .await?;
-        Ok(())
+        postgres_sql(
+            manager,
+            &[
+                "DROP TRIGGER IF EXISTS tasks_queue_notify ON tasks",
+                "DROP FUNCTION IF EXISTS task_executor_queue_notify()",
+            ],
+        )
+        .await
     }
 }

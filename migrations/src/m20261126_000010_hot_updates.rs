@@ -10,7 +10,9 @@
 //!   extended at each heartbeat, its count of log entries at each batch of logs), which change no indexed
 //!   column, stay on their page. Pages written before keep their old fill until rewritten.
 
-use sea_orm_migration::{prelude::*, sea_orm::DatabaseBackend};
+use sea_orm_migration::prelude::*;
+
+use crate::steps::{postgres_sql, run_sql};
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
@@ -18,28 +20,31 @@ pub struct Migration;
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        let db = manager.get_connection();
-        db.execute_unprepared("DROP INDEX IF EXISTS idx_workers_heartbeat")
-            .await?;
-        if manager.get_database_backend() == DatabaseBackend::Postgres {
-            db.execute_unprepared("ALTER TABLE workers SET (fillfactor = 50)")
-                .await?;
-            db.execute_unprepared("ALTER TABLE tasks SET (fillfactor = 85)")
-                .await?;
-        }
+        run_sql(manager, &["DROP INDEX IF EXISTS idx_workers_heartbeat"]).await?;
+        postgres_sql(
+            manager,
+            &[
+                "ALTER TABLE workers SET (fillfactor = 50)",
+                "ALTER TABLE tasks SET (fillfactor = 85)",
+            ],
+        )
+        .await?;
         Ok(())
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        let db = manager.get_connection();
-        if manager.get_database_backend() == DatabaseBackend::Postgres {
-            db.execute_unprepared("ALTER TABLE workers RESET (fillfactor)")
-                .await?;
-            db.execute_unprepared("ALTER TABLE tasks RESET (fillfactor)")
-                .await?;
-        }
-        db.execute_unprepared("CREATE INDEX idx_workers_heartbeat ON workers (last_heartbeat)")
-            .await?;
-        Ok(())
+        postgres_sql(
+            manager,
+            &[
+                "ALTER TABLE workers RESET (fillfactor)",
+                "ALTER TABLE tasks RESET (fillfactor)",
+            ],
+        )
+        .await?;
+        run_sql(
+            manager,
+            &["CREATE INDEX idx_workers_heartbeat ON workers (last_heartbeat)"],
+        )
+        .await
     }
 }

@@ -5,7 +5,9 @@
 //! (`dispatch::announce`); the trigger keeps telling every replica of the tasks put back to `pending` (requeues:
 //! rare, and written by any replica's recovery).
 
-use sea_orm_migration::{prelude::*, sea_orm::DatabaseBackend};
+use sea_orm_migration::prelude::*;
+
+use crate::steps::postgres_sql;
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
@@ -23,16 +25,16 @@ impl MigrationTrait for Migration {
 
 /// The trigger of migration 9, firing on `events` only.
 async fn recreate(manager: &SchemaManager<'_>, events: &str) -> Result<(), DbErr> {
-    if manager.get_database_backend() != DatabaseBackend::Postgres {
-        return Ok(());
-    }
-    let db = manager.get_connection();
-    db.execute_unprepared("DROP TRIGGER IF EXISTS tasks_queue_notify ON tasks")
-        .await?;
-    db.execute_unprepared(&format!(
+    let create = format!(
         "CREATE TRIGGER tasks_queue_notify AFTER {events} ON tasks FOR EACH ROW \
          WHEN (NEW.status = 'pending') EXECUTE FUNCTION task_executor_queue_notify()"
-    ))
-    .await?;
-    Ok(())
+    );
+    postgres_sql(
+        manager,
+        &[
+            "DROP TRIGGER IF EXISTS tasks_queue_notify ON tasks",
+            &create,
+        ],
+    )
+    .await
 }

@@ -1,7 +1,7 @@
 //! The sizes a worker keeps what it reports within, so that the server never refuses a report (a refused
 //! outcome would lose the run, and a lost run comes back: it would loop), and the cleaning of text that
 //! PostgreSQL cannot store (NUL). The worker applies them to everything a runner produced before it is sent;
-//! the README lists them with what happens at each.
+//! docs/runner-protocol.md lists them with what happens at each.
 
 use serde_json::{Map, Value, json};
 

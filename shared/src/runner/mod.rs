@@ -2,7 +2,7 @@
 //! Used by the API server's internal workers and by the worker daemon, so both behave the same.
 //!
 //! - `aiopslab`: the Python bridge shipped in `deploy/aiopslab_bridge.py`, which drives AIOpsLab.
-//! - `exec`: any program (`RUNNER_COMMAND`) speaking the runner protocol (see the README).
+//! - `exec`: any program (`RUNNER_COMMAND`) speaking the runner protocol (see docs/runner-protocol.md).
 //! - `simulate`: a built-in simulation for trying the service, tests and benchmarks; it runs nothing real.
 //!
 //! The engine streams log entries to a channel as they happen; the caller ships them in batches and, once
@@ -55,7 +55,7 @@ pub struct RunnerArgs {
 
     /// For `exec`: the program to run for each task, with its arguments, split like a shell would (quotes
     /// keep spaces). It is the operator's, never a task's; the task is given in the runner's environment
-    /// (see the README's runner protocol).
+    /// (see docs/runner-protocol.md).
     #[arg(global = true, long, env = "RUNNER_COMMAND")]
     pub runner_command: Option<String>,
 
