@@ -156,6 +156,15 @@ def clean_leftovers(cluster):
     m.unlink()
 
 
+# Where the run is, so that a failure says whose it is (the runner protocol's `failure` event): before the
+# agent acts, the infrastructure's (cluster, deployment, fault injection); once the agent loop runs, the agent's.
+STAGE = {"name": "setup", "kind": "infrastructure"}
+
+
+def enter(name, kind):
+    STAGE.update(name=name, kind=kind)
+
+
 def emit(obj):
     sys.stdout.write(json.dumps(obj, default=str) + "\n")
     sys.stdout.flush()
@@ -215,6 +224,8 @@ class StepReporter:
         return None
 
     async def get_action(self, state):
+        if self.steps == 0:
+            enter("agent loop", "agent")
         action = self.inner.get_action(state)
         if inspect.isawaitable(action):
             action = await action
@@ -366,6 +377,7 @@ def main():
     if "--check" in sys.argv[1:]:
         return 0
 
+    enter("agent configuration", "agent")
     built, ignored = build_agent(params.get("agent_config"))
     agent = StepReporter(built)
     log("info", f"AIOpsLab run of {problem_id} on kind cluster {cluster or '(default)'}",
@@ -375,6 +387,7 @@ def main():
     mark = marker(cluster)
     mark.parent.mkdir(parents=True, exist_ok=True)
     mark.write_text(json.dumps({"problem_id": problem_id, "task_id": os.environ.get("TASK_ID")}))
+    enter("problem initialisation (deployment, fault injection)", "infrastructure")
     try:
         problem_desc, instructions, apis = orch.init_problem(problem_id)
         agent.init_context(problem_desc, instructions, apis)
@@ -409,11 +422,17 @@ def main():
 
 
 if __name__ == "__main__":
+    def failed(why):
+        emit({"event": "failure", "kind": STAGE["kind"], "message": f"{STAGE['name']}: {why}", "stage": STAGE["name"]})
+
     try:
         sys.exit(main())
-    except SystemExit:
+    except SystemExit as e:
+        if isinstance(e.code, str):  # a refusal with its reason (an agent not registered, a key missing)
+            failed(e.code)
         raise
     except Exception as e:  # noqa: BLE001 - report any failure of the run, then fail
+        failed(e)
         log("critical", f"the AIOpsLab run failed: {e}")
         traceback.print_exc()
         sys.exit(1)

@@ -367,10 +367,16 @@ impl Dispatcher {
         outcome: Outcome,
     ) -> StoreResult<task::Model> {
         let worker_id = run.worker_id;
-        let t = queue::finish(&self.db, task_id, run, outcome).await?;
+        let t = queue::finish(&self.db, task_id, run, outcome, &self.lease).await?;
         self.forget_look(worker_id);
-        tracing::info!(task_id = %t.id, worker_id = %worker_id, status = %t.status, "task finished");
-        self.metrics.task_finished(&t);
+        if t.status == task_executor_shared::TaskStatus::Pending {
+            tracing::warn!(task_id = %t.id, worker_id = %worker_id, "infrastructure failure: task requeued");
+            self.metrics.tasks_requeued(1, "infrastructure_failure");
+            self.wake();
+        } else {
+            tracing::info!(task_id = %t.id, worker_id = %worker_id, status = %t.status, "task finished");
+            self.metrics.task_finished(&t);
+        }
         Ok(t)
     }
 

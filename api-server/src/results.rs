@@ -7,7 +7,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 use sea_orm::DatabaseConnection;
 use serde_json::{Map, Value, json};
-use task_executor_shared::TaskStatus;
+use task_executor_shared::{FailureKind, TaskStatus};
 
 use crate::store::{
     StoreResult,
@@ -26,6 +26,7 @@ pub const COLUMNS: &[&str] = &[
     "problem_family",
     "task_type",
     "status",
+    "failure_kind",
     "attempt",
     "worker_id",
     "agent",
@@ -139,6 +140,10 @@ pub fn row(t: &task::Model) -> Map<String, Value> {
     put("problem_family", json!(family));
     put("task_type", json!(task_type));
     put("status", json!(t.status));
+    put(
+        "failure_kind",
+        json!(FailureKind::of(t.status, t.result.as_ref())),
+    );
     put("attempt", json!(t.attempt));
     put("worker_id", json!(t.worker_id));
     put("agent", json!(agent_of(t)));
@@ -405,7 +410,10 @@ pub struct GroupStats {
     pub finished: i64,
     /// Finished tasks whose result says `success: true`.
     pub succeeded: i64,
-    /// `succeeded / finished`; null while none has finished.
+    /// Finished tasks that failed for the infrastructure's sake (`failure_kind: infrastructure`).
+    pub infrastructure_failures: i64,
+    /// `succeeded / finished`, without the infrastructure failures unless `include_infrastructure` was
+    /// asked; null while there are none to count.
     #[oai(nullable)]
     pub success_rate: Option<f64>,
     /// Run durations (seconds) of finished tasks.
@@ -425,6 +433,7 @@ struct Acc {
     runs: i64,
     finished: i64,
     succeeded: i64,
+    infrastructure: i64,
     durations: Vec<f64>,
     steps: Vec<f64>,
 }
@@ -434,6 +443,7 @@ pub async fn stats(
     db: &DatabaseConnection,
     filter: &ListFilter,
     by: GroupBy,
+    include_infrastructure: bool,
 ) -> StoreResult<Stats> {
     let mut groups: BTreeMap<Option<String>, Acc> = BTreeMap::new();
     let mut after = None;
@@ -446,6 +456,10 @@ pub async fn stats(
                 a.finished += 1;
                 if success_of(t) == Some(true) && t.status == TaskStatus::Completed {
                     a.succeeded += 1;
+                }
+                if FailureKind::of(t.status, t.result.as_ref()) == Some(FailureKind::Infrastructure)
+                {
+                    a.infrastructure += 1;
                 }
                 a.durations.extend(duration_of(t));
                 a.steps.extend(steps_of(t));
@@ -460,14 +474,22 @@ pub async fn stats(
         group_by: by,
         groups: groups
             .into_iter()
-            .map(|(key, a)| GroupStats {
-                key,
-                runs: a.runs,
-                finished: a.finished,
-                succeeded: a.succeeded,
-                success_rate: (a.finished > 0).then(|| a.succeeded as f64 / a.finished as f64),
-                duration_seconds: summarize(a.durations),
-                steps: summarize(a.steps),
+            .map(|(key, a)| {
+                let counted = if include_infrastructure {
+                    a.finished
+                } else {
+                    a.finished - a.infrastructure
+                };
+                GroupStats {
+                    key,
+                    runs: a.runs,
+                    finished: a.finished,
+                    succeeded: a.succeeded,
+                    infrastructure_failures: a.infrastructure,
+                    success_rate: (counted > 0).then(|| a.succeeded as f64 / counted as f64),
+                    duration_seconds: summarize(a.durations),
+                    steps: summarize(a.steps),
+                }
             })
             .collect(),
     })

@@ -145,14 +145,7 @@ impl Queue for LocalQueue {
     }
 
     async fn fail(&self, task_id: Uuid, req: &FailTaskRequest) -> Result<Task, QueueError> {
-        let outcome = Outcome::Failed {
-            status: req
-                .status
-                .map(Into::into)
-                .unwrap_or(task_executor_shared::TaskStatus::Failed),
-            error: req.error.to_string(),
-            result: req.result.clone(),
-        };
+        let outcome = Outcome::from(req);
         self.dispatcher
             .finish(task_id, self.run(req.attempt, req.lease_id), outcome)
             .await

@@ -9,7 +9,8 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::{
-    InstanceId, LogLevel, ProblemGlob, ProblemId, TaskStatus, Text, WorkerId, WorkerStatus,
+    FailureKind, InstanceId, LogLevel, ProblemGlob, ProblemId, TaskStatus, Text, WorkerId,
+    WorkerStatus,
 };
 
 /// A free-form JSON object.
@@ -81,6 +82,10 @@ pub struct Task {
     #[oai(nullable)]
     #[serde(default)]
     pub batch_id: Option<Uuid>,
+    /// Why it ended as it did, once finished: `none`, `agent`, `infrastructure`, `timeout` or `cancelled`.
+    #[oai(nullable)]
+    #[serde(default)]
+    pub failure_kind: Option<FailureKind>,
 }
 
 /// A task just claimed by a worker: the task, and the lease id of this run, which every report about the run
@@ -110,6 +115,10 @@ pub struct TaskSummary {
     #[oai(nullable)]
     #[serde(default)]
     pub batch_id: Option<Uuid>,
+    /// Why it ended as it did, once finished.
+    #[oai(nullable)]
+    #[serde(default)]
+    pub failure_kind: Option<FailureKind>,
 }
 
 /// Answer to a cancel.
@@ -315,6 +324,13 @@ pub struct FailTaskRequest {
     /// Whatever partial result the runner produced; `error` is added to it.
     #[oai(nullable)]
     pub result: Option<JsonObject>,
+    /// Whose failure it is: `agent` (the agent was running: its answer, its code, its steps) or
+    /// `infrastructure` (the run failed before the agent could act: cluster, deployment, fault injection).
+    /// An infrastructure failure goes back to the queue while the task has attempts left
+    /// (`TASK_MAX_ATTEMPTS`); without it, the failure counts against the agent.
+    #[oai(nullable)]
+    #[serde(default)]
+    pub failure_kind: Option<FailureKind>,
 }
 
 /// A run given back by a worker that stops: the task goes back to the queue without using an attempt.

@@ -54,6 +54,44 @@ state_enum! {
     }
 }
 
+state_enum! {
+    /// Why a finished task ended as it did, so that a benchmark counts against an agent only what the agent
+    /// did: `none` (it succeeded), `agent` (the run finished and the agent was wrong, or it failed or ran out
+    /// of steps once the agent was running), `infrastructure` (the cluster, the application's deployment, the
+    /// fault injection or the runner failed before the agent could act, or the worker was lost), `timeout`,
+    /// `cancelled`.
+    pub enum FailureKind {
+        None,
+        Agent,
+        Infrastructure,
+        Timeout,
+        Cancelled,
+    }
+}
+
+impl FailureKind {
+    /// The kind of a task in `status` with `result`; `None` while it is not finished. A failed run is the
+    /// infrastructure's when its worker said so, or when the server failed it itself (a worker lost, a run
+    /// never reported): `result.failure_kind`. Otherwise it counts against the agent, which is the cautious
+    /// reading for a benchmark.
+    pub fn of(status: TaskStatus, result: Option<&serde_json::Value>) -> Option<FailureKind> {
+        let field = |k: &str| result.and_then(|r| r.get(k));
+        Some(match status {
+            TaskStatus::Pending | TaskStatus::Running => return None,
+            TaskStatus::Completed if field("success").and_then(|v| v.as_bool()) == Some(true) => {
+                FailureKind::None
+            }
+            TaskStatus::Completed => FailureKind::Agent,
+            TaskStatus::Failed => match field("failure_kind").and_then(|v| v.as_str()) {
+                Some("infrastructure") => FailureKind::Infrastructure,
+                _ => FailureKind::Agent,
+            },
+            TaskStatus::Timeout => FailureKind::Timeout,
+            TaskStatus::Cancelled => FailureKind::Cancelled,
+        })
+    }
+}
+
 impl TaskStatus {
     /// A terminal task never changes again.
     pub fn is_terminal(self) -> bool {

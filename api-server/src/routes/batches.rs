@@ -395,8 +395,9 @@ impl BatchesApi {
     /// Statistics
     ///
     /// Per group (`problem_id`, `problem_family`, `task_type`, `agent` or `model`): runs, finished,
-    /// succeeded, success rate, and the mean, median and 90th percentile of duration and steps of finished
-    /// runs. Optionally only one batch's tasks, or one problem's.
+    /// succeeded, infrastructure failures, success rate (infrastructure failures left out unless
+    /// `include_infrastructure=true`), and the mean, median and 90th percentile of duration and steps of
+    /// finished runs. Optionally only one batch's tasks, or one problem's.
     #[oai(path = "/stats", method = "get", operation_id = "stats")]
     async fn stats(
         &self,
@@ -409,6 +410,10 @@ impl BatchesApi {
         /// What to group by (default `problem_id`).
         #[oai(default = "default_group_by")]
         group_by: Query<GroupBy>,
+        /// Count infrastructure failures in the success rate too (default: left out, since the agent never
+        /// acted in them).
+        #[oai(default)]
+        include_infrastructure: Query<bool>,
     ) -> Result<Json<Stats>, ApiError> {
         let filter = ListFilter {
             batch_id: batch_id.0,
@@ -416,7 +421,13 @@ impl BatchesApi {
             ..Default::default()
         };
         Ok(Json(
-            results::stats(&self.state.db, &filter, group_by.0).await?,
+            results::stats(
+                &self.state.db,
+                &filter,
+                group_by.0,
+                include_infrastructure.0,
+            )
+            .await?,
         ))
     }
 }

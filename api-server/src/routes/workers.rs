@@ -9,7 +9,7 @@ use poem_openapi::{
     payload::Json,
 };
 use task_executor_shared::{
-    WorkerId, WorkerStatus,
+    FailureKind, WorkerId, WorkerStatus,
     api::{
         ClaimedTask, CompleteTaskRequest, FailTaskRequest, HeartbeatRequest, HeartbeatResponse,
         RegisterWorkerRequest, RegisterWorkerResponse, ReleaseTaskRequest, ReportLogsRequest,
@@ -277,15 +277,14 @@ impl WorkersApi {
     ) -> Result<Json<Task>, ApiError> {
         auth.may_act_as(worker_id.0.as_str())?;
         let req = body.0;
-        let status = req
-            .status
-            .map(Into::into)
-            .unwrap_or(task_executor_shared::TaskStatus::Failed);
-        let outcome = Outcome::Failed {
-            status,
-            error: req.error.into(),
-            result: req.result,
-        };
+        if let Some(k) = req.failure_kind
+            && !matches!(k, FailureKind::Agent | FailureKind::Infrastructure)
+        {
+            return Err(ApiError::validation(format!(
+                "failure_kind: `{k}` is not a kind a worker reports (agent or infrastructure)"
+            )));
+        }
+        let outcome = Outcome::from(&req);
         let run = RunRef::reported(worker_id.0.as_str(), req.attempt, req.lease_id);
         let t = self
             .state

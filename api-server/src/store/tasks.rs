@@ -12,7 +12,7 @@ use std::{
 };
 
 use serde_json::{Value, json};
-use task_executor_shared::{LogLevel, TaskStatus, api};
+use task_executor_shared::{FailureKind, LogLevel, TaskStatus, api};
 use uuid::Uuid;
 
 use super::{
@@ -504,6 +504,7 @@ fn as_object(v: &Value) -> api::JsonObject {
 impl From<task::Model> for api::Task {
     fn from(m: task::Model) -> Self {
         api::Task {
+            failure_kind: FailureKind::of(m.status, m.result.as_ref()),
             status: m.status,
             parameters: as_object(&m.parameters),
             id: m.id,
@@ -526,6 +527,7 @@ impl From<task::Model> for api::Task {
 impl From<task::Model> for api::TaskSummary {
     fn from(m: task::Model) -> Self {
         api::TaskSummary {
+            failure_kind: FailureKind::of(m.status, m.result.as_ref()),
             status: m.status,
             id: m.id,
             problem_id: m.problem_id,

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, Duration, Utc};
 use maud::{DOCTYPE, Markup, html};
 use serde_json::Value;
-use task_executor_shared::{LogLevel, Role, TaskStatus, WorkerStatus, api};
+use task_executor_shared::{FailureKind, LogLevel, Role, TaskStatus, WorkerStatus, api};
 use uuid::Uuid;
 
 use super::{BATCHES_PER_PAGE, TASKS_PER_PAGE, Viewer, charts};
@@ -588,6 +588,9 @@ pub fn task(d: &TaskData, v: &Viewer, level: Option<LogLevel>, notice: Option<&s
             dt { "Problem" } dd { a href={ "/ui/tasks?problem_id=" (super::urlencode(&t.problem_id)) } { (t.problem_id) } }
             dt { "Priority" } dd { (t.priority) }
             dt { "Attempt" } dd { (t.attempt) }
+            @if let Some(k) = FailureKind::of(t.status, t.result.as_ref()) {
+                dt { "Failure kind" } dd id="task-failure-kind" { (k.as_str()) }
+            }
             dt { "Worker" } dd { @match &t.worker_id { Some(w) => a href={ "/ui/tasks?worker_id=" (super::urlencode(w)) } { (w) }, None => "—" } }
             dt { "Batch" } dd { @match t.batch_id { Some(b) => a href={ "/ui/batches/" (b) } { code { (b) } }, None => "—" } }
             dt { "Created by" } dd { (t.created_by.as_deref().unwrap_or("—")) }

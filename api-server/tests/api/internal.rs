@@ -103,14 +103,36 @@ async fn simulated_outcomes_end_in_the_right_status(backend: Backend) {
     let hang = app
         .create_task(json!({"problem_id": "h", "parameters": {"timeout": 2, "simulate": {"steps": 1, "step_ms": 10, "outcome": "hang"}}}))
         .await;
+    let infra = app
+        .create_task(json!({"problem_id": "i", "parameters": sim("infrastructure", 2)}))
+        .await;
     let failure = app.wait_status(&failure, &["completed"]).await;
     assert_eq!(
         failure["result"]["success"], false,
         "the agent did not solve it: completed, success false"
     );
+    assert_eq!(failure["failure_kind"], "agent");
     let crash = app.wait_status(&crash, &["failed"]).await;
     assert!(crash["result"]["error"].as_str().unwrap().contains("crash"));
+    assert_eq!(
+        crash["failure_kind"], "agent",
+        "it crashed once the agent ran"
+    );
+    // An infrastructure failure is run again (TASK_MAX_ATTEMPTS is 2), then fails as the infrastructure's.
+    let infra = app.wait_status(&infra, &["failed"]).await;
+    assert_eq!(infra["failure_kind"], "infrastructure", "{infra}");
+    assert_eq!(infra["attempt"], 2, "{infra}");
+    let msgs = app.log_messages(&infra).await;
+    assert_eq!(
+        msgs.iter()
+            .filter(|m| m.contains("an infrastructure failure on worker")
+                && m.contains("retried without counting against the agent"))
+            .count(),
+        1,
+        "{msgs:?}"
+    );
     let hang = app.wait_status(&hang, &["timeout"]).await;
+    assert_eq!(hang["failure_kind"], "timeout");
     assert!(
         hang["result"]["error"]
             .as_str()

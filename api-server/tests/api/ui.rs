@@ -915,6 +915,8 @@ async fn dashboard_in_a_browser(backend: Backend, screenshots: bool) {
         .await;
     b.wait_text("#task-status .badge", "the task failed", |t| t == "failed")
         .await;
+    b.wait_text("#task-failure-kind", "its failure kind", |t| t == "agent")
+        .await;
     let live_rows = b.text("#log tbody").await;
     assert!(
         !live_rows.contains("step 1"),
@@ -938,6 +940,7 @@ async fn dashboard_in_a_browser(backend: Backend, screenshots: bool) {
     b.wait_text("p.notice", "the cancel notice", |t| t.contains("cancelled"))
         .await;
     assert_eq!(b.text("#task-status .badge").await, "cancelled");
+    assert_eq!(b.text("#task-failure-kind").await, "cancelled");
     assert_eq!(status_of(&app, &boss, &long_id).await, "cancelled");
     b.assert_clean("the cancelled task").await;
 

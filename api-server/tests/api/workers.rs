@@ -750,6 +750,223 @@ async fn out_of_attempts_the_task_fails_naming_the_worker(backend: Backend) {
         "{failed}"
     );
     assert_eq!(failed["result"]["success"], false);
+    assert_eq!(
+        failed["failure_kind"], "infrastructure",
+        "a lost worker is the infrastructure's failure"
+    );
+}
+
+/// Every finished task says whose failure it is; a worker's word decides a failed run's, and a failure it does
+/// not qualify counts against the agent. Statistics leave infrastructure failures out of the success rate
+/// unless asked, and the exports carry the kind.
+async fn failures_are_told_apart(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |c| c.task_max_attempts = 1).await;
+    app.register("w", json!({"max_parallel_tasks": 10})).await;
+    let batch = app
+        .post(
+            "/api/v1/batches",
+            json!({"tasks": (0..6).map(|i| json!({"problem_id": format!("p{i}-detection-1")})).collect::<Vec<_>>()}),
+        )
+        .await;
+    assert_eq!(batch.status, StatusCode::CREATED, "{}", batch.body);
+    let batch_id = batch.body["id"].as_str().unwrap().to_owned();
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(app.claim_one("w").await);
+    }
+    held.sort_by_key(|t| t["problem_id"].as_str().unwrap().to_owned());
+    assert_eq!(held[0]["failure_kind"], Value::Null, "not finished yet");
+    let app = &app;
+    let fail = |t: &Value, body: Value| {
+        let id = t["id"].as_str().unwrap().to_owned();
+        let mut body = body;
+        body["attempt"] = json!(1);
+        body["lease_id"] = json!(app.lease(t));
+        async move {
+            app.post(&format!("/api/v1/workers/w/tasks/{id}/fail"), body)
+                .await
+        }
+    };
+    let ok = app
+        .complete("w", &held[0], 1, json!({"success": true}))
+        .await;
+    assert_eq!(ok.body["failure_kind"], "none");
+    let wrong = app
+        .complete("w", &held[1], 1, json!({"success": false}))
+        .await;
+    assert_eq!(wrong.body["failure_kind"], "agent");
+    let agent = fail(
+        &held[2],
+        json!({"error": "the agent crashed", "failure_kind": "agent"}),
+    )
+    .await;
+    assert_eq!(agent.body["failure_kind"], "agent", "{}", agent.body);
+    let unsaid = fail(&held[3], json!({"error": "exit status 1"})).await;
+    assert_eq!(unsaid.body["status"], "failed");
+    assert_eq!(
+        unsaid.body["failure_kind"], "agent",
+        "unqualified: the cautious reading"
+    );
+    let bad = fail(&held[4], json!({"error": "x", "failure_kind": "timeout"})).await;
+    assert_error(&bad, StatusCode::UNPROCESSABLE_ENTITY, "validation_error");
+    assert!(
+        bad.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("failure_kind"),
+        "{}",
+        bad.body
+    );
+    // No attempts left (TASK_MAX_ATTEMPTS=1): the infrastructure failure is final.
+    let infra = fail(
+        &held[4],
+        json!({"error": "kind cluster gone", "failure_kind": "infrastructure"}),
+    )
+    .await;
+    assert_eq!(infra.body["status"], "failed", "{}", infra.body);
+    assert_eq!(infra.body["failure_kind"], "infrastructure");
+    let pending = app
+        .get(&format!("/api/v1/tasks?batch_id={batch_id}&status=pending"))
+        .await
+        .body;
+    let cancelled = app
+        .post(
+            &format!(
+                "/api/v1/tasks/{}/cancel",
+                pending[0]["id"].as_str().unwrap()
+            ),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(cancelled.status, StatusCode::OK, "{}", cancelled.body);
+    assert_eq!(
+        app.task(&pending[0]["id"]).await["failure_kind"],
+        "cancelled"
+    );
+    let listed = app
+        .get(&format!("/api/v1/tasks?batch_id={batch_id}"))
+        .await
+        .body;
+    let mut kinds: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["failure_kind"].as_str().unwrap())
+        .collect();
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        [
+            "agent",
+            "agent",
+            "agent",
+            "cancelled",
+            "infrastructure",
+            "none"
+        ]
+    );
+
+    // By hand: 6 finished, 1 succeeded, 1 infrastructure failure: 1/5 without it, 1/6 with it.
+    let stats = app
+        .get(&format!(
+            "/api/v1/stats?batch_id={batch_id}&group_by=task_type"
+        ))
+        .await;
+    assert_eq!(stats.status, StatusCode::OK, "{}", stats.body);
+    let g = &stats.body["groups"][0];
+    assert_eq!(
+        (
+            g["finished"].as_i64(),
+            g["succeeded"].as_i64(),
+            g["infrastructure_failures"].as_i64()
+        ),
+        (Some(6), Some(1), Some(1))
+    );
+    assert_eq!(g["success_rate"], json!(0.2));
+    let with = app
+        .get(&format!(
+            "/api/v1/stats?batch_id={batch_id}&group_by=task_type&include_infrastructure=true"
+        ))
+        .await;
+    assert!((with.body["groups"][0]["success_rate"].as_f64().unwrap() - 1.0 / 6.0).abs() < 1e-9);
+
+    let text = app
+        .client
+        .get(app.url(&format!("/api/v1/batches/{batch_id}/results?format=csv")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let header: Vec<&str> = text.lines().next().unwrap().split(',').collect();
+    let col = header
+        .iter()
+        .position(|h| *h == "failure_kind")
+        .expect("a failure_kind column");
+    let mut in_csv: Vec<String> = text
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(col).unwrap().to_owned())
+        .collect();
+    in_csv.sort();
+    assert_eq!(
+        in_csv,
+        [
+            "agent",
+            "agent",
+            "agent",
+            "cancelled",
+            "infrastructure",
+            "none"
+        ]
+    );
+}
+
+/// A worker's infrastructure failure goes back to the queue while attempts remain, saying so in the log, and
+/// the next run is the next attempt; once none remain it fails as the infrastructure's.
+async fn infrastructure_failures_are_retried_while_attempts_remain(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |c| c.task_max_attempts = 2).await;
+    app.register("w1", json!({})).await;
+    app.register("w2", json!({})).await;
+    let t = app.create_task(json!({"problem_id": "p"})).await;
+    let id = t["id"].as_str().unwrap().to_owned();
+    app.claim_one("w1").await;
+    let r = app
+        .post(
+            &format!("/api/v1/workers/w1/tasks/{id}/fail"),
+            json!({"attempt": 1, "lease_id": app.lease(&t), "error": "helm install timed out", "failure_kind": "infrastructure"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["status"], "pending", "{}", r.body);
+    assert_eq!(r.body["failure_kind"], Value::Null);
+    let msgs = app.log_messages(&t).await;
+    assert!(
+        msgs.iter().any(
+            |m| m.contains("an infrastructure failure on worker w1 (attempt 1 of 2)")
+                && m.contains("helm install timed out")
+        ),
+        "{msgs:?}"
+    );
+    // The late report of the first run is refused; the second run is attempt 2.
+    let again = app.claim_one("w2").await;
+    assert_eq!(again["attempt"], 2);
+    let r = app
+        .post(
+            &format!("/api/v1/workers/w2/tasks/{id}/fail"),
+            json!({"attempt": 2, "lease_id": app.lease(&t), "error": "cluster gone", "failure_kind": "infrastructure"}),
+        )
+        .await;
+    assert_eq!(r.body["status"], "failed", "{}", r.body);
+    assert_eq!(r.body["failure_kind"], "infrastructure");
+    assert_eq!(r.body["result"]["error"], "cluster gone");
+    assert_eq!(app.get("/api/v1/workers/w2").await.body["tasks_failed"], 1);
+    assert_eq!(
+        app.get("/api/v1/workers/w1").await.body["tasks_failed"],
+        0,
+        "a retried run is not a failure"
+    );
 }
 
 async fn reaper_times_out_an_overdue_task(backend: Backend) {
@@ -1218,6 +1435,8 @@ task_executor_shared::both_backends!(
     waiting_claims_of_one_worker_share_their_looks,
     lost_worker_task_is_requeued_and_the_late_report_refused,
     out_of_attempts_the_task_fails_naming_the_worker,
+    failures_are_told_apart,
+    infrastructure_failures_are_retried_while_attempts_remain,
     reaper_times_out_an_overdue_task,
     reregistering_requeues_held_tasks,
     heartbeat_reconciles_tasks_the_worker_does_not_report,

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
-    LogLevel, Text,
+    FailureKind, LogLevel, Text,
     api::{NewLogEntry, Task},
     params::TaskParams,
 };
@@ -185,7 +185,10 @@ fn embedded_bridge() -> Result<PathBuf, String> {
     if std::fs::read_to_string(&path).ok().as_deref() != Some(EMBEDDED_BRIDGE) {
         std::fs::create_dir_all(&dir)
             .and_then(|()| {
-                let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+                // A name of this call's own: slots of one process may write it at the same time.
+                static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let tmp = path.with_extension(format!("{}-{n}.tmp", std::process::id()));
                 std::fs::write(&tmp, EMBEDDED_BRIDGE)?;
                 std::fs::rename(&tmp, &path)
             })
@@ -364,10 +367,12 @@ pub enum RunOutcome {
     /// The runner finished and produced a result (`success` may still be false: the agent did not solve the
     /// problem). `metrics.duration_seconds` and `metrics.steps_taken` are added.
     Completed { result: Map<String, Value> },
-    /// The run failed (crash, non-zero exit, no result, too many steps).
+    /// The run failed (crash, non-zero exit, no result, too many steps). `kind` is whose failure it is
+    /// (`Agent` or `Infrastructure`): what the runner said, else `Agent` once the agent took a step.
     Failed {
         error: String,
         result: Option<Map<String, Value>>,
+        kind: FailureKind,
     },
     /// The run passed its timeout and was stopped.
     TimedOut { error: String },

@@ -23,7 +23,7 @@ use super::{
     LogSender, RunControl, RunOutcome, TaskSpec, entry,
     protocol::{self, Event},
 };
-use crate::{LogLevel, limits};
+use crate::{FailureKind, LogLevel, limits};
 
 /// Lines of stderr kept for the error of a failed run.
 const STDERR_TAIL: usize = 20;
@@ -146,6 +146,7 @@ pub(crate) async fn run(
             return RunOutcome::Failed {
                 error: format!("cannot write the task's parameters for the runner: {e}"),
                 result: None,
+                kind: FailureKind::Infrastructure,
             };
         }
     };
@@ -198,6 +199,8 @@ pub(crate) async fn run(
     let mut tail: VecDeque<String> = VecDeque::new();
     let mut steps: u64 = 0;
     let mut result: Option<Map<String, Value>> = None;
+    // Whose failure it is, should the run fail: what the runner said, else the agent's once it took a step.
+    let mut said: Option<FailureKind> = None;
     let mut exit: Option<std::process::ExitStatus> = None;
     let mut drain_until = Instant::now() + Duration::from_secs(86400 * 365);
     let max_steps = spec.params.max_steps;
@@ -217,6 +220,10 @@ pub(crate) async fn run(
                             break Some(Stop::TooManySteps);
                         }
                         logs.send(protocol::step_entry(steps, &s));
+                    }
+                    Event::Failure(kind, e) => {
+                        said = Some(kind);
+                        logs.send(e);
                     }
                     Event::Result(r) => {
                         if result.is_some() {
@@ -264,8 +271,9 @@ pub(crate) async fn run(
                 status = &mut stopping => break status,
                 line = stdout.next_line(), if out_open => match line {
                     Ok(Some(line)) => {
-                        if let Event::Log(e) = protocol::parse_line(&line) {
-                            logs.send(e);
+                        match protocol::parse_line(&line) {
+                            Event::Log(e) | Event::Failure(_, e) => logs.send(e),
+                            _ => {}
                         }
                     }
                     _ => out_open = false,
@@ -285,6 +293,11 @@ pub(crate) async fn run(
         exit = child.wait().await.ok();
     }
 
+    let kind = said.unwrap_or(if steps == 0 {
+        FailureKind::Infrastructure
+    } else {
+        FailureKind::Agent
+    });
     let with_tail = |msg: String| {
         if tail.is_empty() {
             msg
@@ -312,6 +325,7 @@ pub(crate) async fn run(
                     "the runner took more than max_steps ({max_steps}) steps and was stopped"
                 ),
                 result,
+                kind: FailureKind::Agent,
             };
         }
         None => {}
@@ -324,6 +338,7 @@ pub(crate) async fn run(
         (Some(s), None) if s.success() => RunOutcome::Failed {
             error: with_tail("the runner exited with status 0 without a result event".to_owned()),
             result: None,
+            kind,
         },
         (Some(s), _) if unusable(program, s.code()) => RunOutcome::Unusable {
             reason: with_tail(format!(
@@ -341,11 +356,13 @@ pub(crate) async fn run(
             RunOutcome::Failed {
                 error: with_tail(how),
                 result,
+                kind,
             }
         }
         (None, result) => RunOutcome::Failed {
             error: with_tail("the runner's exit status could not be read".to_owned()),
             result,
+            kind,
         },
     }
 }

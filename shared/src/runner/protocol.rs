@@ -1,19 +1,23 @@
 //! The runner protocol: JSON lines on the runner's stdout.
 //!
-//! `{"event":"log","level":…,"message":…,"context":…}`, `{"event":"step","step":N,"action":…,…}` and once
-//! `{"event":"result","success":…,"output":…,"metrics":{…}}`. Any other line is an info log entry.
+//! `{"event":"log","level":…,"message":…,"context":…}`, `{"event":"step","step":N,"action":…,…}`, once
+//! `{"event":"result","success":…,"output":…,"metrics":{…}}`, and for a run that fails,
+//! `{"event":"failure","kind":"agent"|"infrastructure","message":…}` before it exits non-zero. Any other line is
+//! an info log entry.
 
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
 use super::entry;
-use crate::{LogLevel, api::NewLogEntry};
+use crate::{FailureKind, LogLevel, api::NewLogEntry};
 
 pub(crate) enum Event {
     Log(NewLogEntry),
     Step(Map<String, Value>),
     Result(Map<String, Value>),
+    /// Whose failure the run's is, should it fail; logged as an error entry.
+    Failure(FailureKind, NewLogEntry),
 }
 
 /// A runner's level name, with the usual aliases; unknown names are info.
@@ -49,6 +53,22 @@ pub(crate) fn parse_line(line: &str) -> Event {
         }
         Some("step") => Event::Step(obj),
         Some("result") => Event::Result(obj),
+        Some("failure") => {
+            let kind = match obj.get("kind").and_then(Value::as_str) {
+                Some("agent") => FailureKind::Agent,
+                Some("infrastructure") => FailureKind::Infrastructure,
+                _ => return plain(),
+            };
+            let message = obj.get("message").and_then(Value::as_str).unwrap_or("");
+            Event::Failure(
+                kind,
+                entry(
+                    LogLevel::Error,
+                    format!("The run failed ({kind} failure): {message}"),
+                    Some(Value::Object(obj)),
+                ),
+            )
+        }
         _ => plain(),
     }
 }

@@ -1,7 +1,8 @@
 //! The built-in simulation (`TASK_RUNNER=simulate`): it deploys nothing and calls no LLM. It walks through
 //! steps with short delays and ends with a result shaped like an AIOpsLab one, so the service can be tried,
 //! tested and benchmarked without a cluster. `parameters.simulate` drives it:
-//! `{"steps": 3, "step_ms": 200, "outcome": "success" | "failure" | "crash" | "hang"}`.
+//! `{"steps": 3, "step_ms": 200, "outcome": "success" | "failure" | "crash" | "infrastructure" | "hang"}`
+//! (`crash` fails once the agent is running, `infrastructure` before its first step).
 
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use serde_json::{Map, Value, json};
 use tokio::time::{Instant, sleep, sleep_until};
 
 use super::{LogSender, RunControl, RunOutcome, TaskSpec, entry, protocol};
-use crate::LogLevel;
+use crate::{FailureKind, LogLevel};
 
 enum Interrupted {
     Deadline,
@@ -77,6 +78,19 @@ pub(crate) async fn run(
         "get_metrics(\"test-hotel-reservation\", 5)",
         "exec_shell(\"kubectl describe svc geo\")",
     ];
+    if outcome == "infrastructure" {
+        logs.send(entry(
+            LogLevel::Error,
+            "[simulation] the application could not be deployed (simulated)",
+            None,
+        ));
+        return RunOutcome::Failed {
+            error: "the application could not be deployed (simulated infrastructure failure)"
+                .to_owned(),
+            result: None,
+            kind: FailureKind::Infrastructure,
+        };
+    }
     for i in 1..=steps {
         if let Err(why) = pause(Duration::from_millis(step_ms), deadline, control).await {
             return ended(why, spec);
@@ -92,6 +106,7 @@ pub(crate) async fn run(
                     "the runner took more than max_steps ({max_steps}) steps and was stopped"
                 ),
                 result: None,
+                kind: FailureKind::Agent,
             };
         }
         let action = actions[(i as usize - 1) % actions.len()];
@@ -109,6 +124,7 @@ pub(crate) async fn run(
             return RunOutcome::Failed {
                 error: "the runner exited with status 1 (simulated crash)".to_owned(),
                 result: None,
+                kind: FailureKind::Agent,
             };
         }
     }

@@ -32,7 +32,7 @@ pub use retry::{backoff, delays, probe_delays, retry};
 pub use spool::{Kept, Report, Spool, Spooled};
 
 use crate::{
-    WorkerStatus,
+    FailureKind, WorkerStatus,
     api::{
         self, ClaimedTask, CompleteTaskRequest, FailTaskRequest, HeartbeatRequest,
         RegisterWorkerRequest, Task,
@@ -64,15 +64,26 @@ fn fit_outcome(outcome: RunOutcome) -> RunOutcome {
         RunOutcome::Completed { result } => RunOutcome::Completed {
             result: fit_result(result),
         },
-        RunOutcome::Failed { error, result } => RunOutcome::Failed {
+        RunOutcome::Failed {
+            error,
+            result,
+            kind,
+        } => RunOutcome::Failed {
             error: fit_error(error),
             result: result.map(fit_result),
+            kind,
         },
         RunOutcome::TimedOut { error } => RunOutcome::TimedOut {
             error: fit_error(error),
         },
         other => other,
     }
+}
+
+/// Whether a slot checks its runner again before its next claim.
+enum Checked {
+    Fine,
+    Again,
 }
 
 /// After a forced stop, how long undelivered reports are still tried.
@@ -407,9 +418,15 @@ impl<Q: Queue> Worker<Q> {
             let e = match claimed {
                 Ok(Some(task)) => {
                     pause = delays();
-                    if let Err(reason) = self.run_task(task, &cluster).await {
-                        usable = false;
-                        self.set_unusable(&cluster, Some(reason));
+                    match self.run_task(task, &cluster).await {
+                        Err(reason) => {
+                            usable = false;
+                            self.set_unusable(&cluster, Some(reason));
+                        }
+                        // After an infrastructure failure the runner is checked again before the next claim,
+                        // so that a slot whose cluster broke does not take the retry itself.
+                        Ok(Checked::Again) => usable = false,
+                        Ok(Checked::Fine) => {}
                     }
                     continue;
                 }
@@ -438,8 +455,8 @@ impl<Q: Queue> Worker<Q> {
     }
 
     /// Runs a claimed task to its reported outcome; `Err` with the reason when the runner could not run here
-    /// at all (the task was given back, uncounted).
-    async fn run_task(&self, claimed: ClaimedTask, cluster: &str) -> Result<(), String> {
+    /// at all (the task was given back, uncounted), `Ok(Checked::Again)` after an infrastructure failure.
+    async fn run_task(&self, claimed: ClaimedTask, cluster: &str) -> Result<Checked, String> {
         let ClaimedTask { task, lease_id } = claimed;
         let run = Run {
             task_id: task.id,
@@ -482,7 +499,19 @@ impl<Q: Queue> Worker<Q> {
                     },
                     _,
                 )) => Err(r.clone()),
-                _ => Ok(()),
+                Some((
+                    _,
+                    Spooled {
+                        report:
+                            Report::Fail(FailTaskRequest {
+                                failure_kind: Some(FailureKind::Infrastructure),
+                                ..
+                            }),
+                        ..
+                    },
+                    _,
+                )) => Ok(Checked::Again),
+                _ => Ok(Checked::Fine),
             };
             if let Some(outcome) = prepared {
                 self.deliver(outcome).await;
@@ -680,7 +709,11 @@ impl<Q: Queue> Worker<Q> {
                     result: result.into_iter().collect(),
                 }),
             ),
-            RunOutcome::Failed { error, result } => (
+            RunOutcome::Failed {
+                error,
+                result,
+                kind,
+            } => (
                 "reporting the failure",
                 Report::Fail(FailTaskRequest {
                     attempt,
@@ -688,6 +721,7 @@ impl<Q: Queue> Worker<Q> {
                     error: error.into(),
                     status: None,
                     result: result.map(|r| r.into_iter().collect()),
+                    failure_kind: Some(kind),
                 }),
             ),
             RunOutcome::TimedOut { error } => (
@@ -698,6 +732,7 @@ impl<Q: Queue> Worker<Q> {
                     error: error.into(),
                     status: Some(api::FailStatus::Timeout),
                     result: None,
+                    failure_kind: None,
                 }),
             ),
             RunOutcome::Cancelled => {

@@ -8,7 +8,7 @@ use std::{
 
 use serde_json::{Value, json};
 use task_executor_shared::{
-    LogLevel,
+    FailureKind, LogLevel,
     api::NewLogEntry,
     params::TaskParams,
     runner::{
@@ -36,6 +36,7 @@ fn args(kind: RunnerKind) -> RunnerArgs {
             "sleeper=fake_agent:Sleeper".to_owned(),
             "chatty=fake_agent:Chatty".to_owned(),
             "fixed=fake_agent:FixedModel".to_owned(),
+            "crasher=fake_agent:Crasher".to_owned(),
         ],
         runner_env_passthrough: Vec::new(),
         runner_kill_grace_seconds: Some(1),
@@ -209,6 +210,45 @@ async fn exec_crash_fails_with_the_signal() {
     assert!(error.contains("killed by signal 9"), "{error}");
 }
 
+/// Whose failure a failed run is: what the runner said (a `failure` event), else the infrastructure's when
+/// the run failed before the agent's first step and the agent's after it; too many steps are the agent's.
+#[tokio::test]
+async fn exec_failures_say_whose_they_are() {
+    let a = args(RunnerKind::Exec);
+    for (mode, expected) in [
+        ("crash_early", FailureKind::Infrastructure),
+        ("fail", FailureKind::Infrastructure),
+        ("crash", FailureKind::Agent),
+        ("says_infrastructure", FailureKind::Infrastructure),
+    ] {
+        let r = run(&a, &spec("p", json!({"mode": mode}))).await;
+        let RunOutcome::Failed { kind, .. } = &r.outcome else {
+            panic!("{mode}: {:?}", r.outcome)
+        };
+        assert_eq!(*kind, expected, "{mode}");
+    }
+    let r = run(&a, &spec("p", json!({"mode": "says_infrastructure"}))).await;
+    assert!(
+        r.logs.iter().any(|e| e.level == LogLevel::Error
+            && e.message.contains("infrastructure failure")
+            && e.message.contains("the cluster stopped answering")),
+        "the runner's word is logged: {:?}",
+        messages(&r)
+    );
+    let r = run(&a, &spec("p", json!({"mode": "steps", "max_steps": 2}))).await;
+    assert!(
+        matches!(
+            r.outcome,
+            RunOutcome::Failed {
+                kind: FailureKind::Agent,
+                ..
+            }
+        ),
+        "{:?}",
+        r.outcome
+    );
+}
+
 #[tokio::test]
 async fn exec_too_many_steps_is_stopped_with_its_children() {
     let dir = tempfile::tempdir().unwrap();
@@ -350,9 +390,29 @@ async fn simulation_outcomes() {
 
     let r = run(&a, &spec("p", sim("crash", 4))).await;
     assert!(
-        matches!(&r.outcome, RunOutcome::Failed { error, .. } if error.contains("crash")),
+        matches!(&r.outcome, RunOutcome::Failed { error, kind: FailureKind::Agent, .. } if error.contains("crash")),
         "{:?}",
         r.outcome
+    );
+    let r = run(&a, &spec("p", sim("infrastructure", 4))).await;
+    assert!(
+        matches!(
+            &r.outcome,
+            RunOutcome::Failed {
+                kind: FailureKind::Infrastructure,
+                ..
+            }
+        ),
+        "{:?}",
+        r.outcome
+    );
+    assert_eq!(
+        r.logs
+            .iter()
+            .filter(|e| e.message.starts_with("step "))
+            .count(),
+        0,
+        "before the agent's first step"
     );
 
     let r = run_with(
@@ -467,6 +527,64 @@ async fn aiopslab_bridge_runs_a_problem_against_the_fake_package() {
         error.contains("exited with status 1") && error.contains("not found"),
         "{error}"
     );
+}
+
+/// The bridge says whose failure a run's is by where it stopped: deployment or fault injection (before the
+/// agent acts) is the infrastructure's; an agent that breaks once it runs, or an agent configuration that
+/// names no agent, is the agent's.
+#[tokio::test]
+async fn aiopslab_bridge_classifies_failures_by_stage() {
+    let a = args(RunnerKind::Aiopslab);
+    for (problem, agent, expected, said) in [
+        (
+            "deployfail-detection-1",
+            "scripted",
+            FailureKind::Infrastructure,
+            "helm install failed",
+        ),
+        (
+            "injectfail-detection-1",
+            "scripted",
+            FailureKind::Infrastructure,
+            "could not be injected",
+        ),
+        (
+            "unknown-problem",
+            "scripted",
+            FailureKind::Infrastructure,
+            "not found",
+        ),
+        (
+            "p-detection-1",
+            "crasher",
+            FailureKind::Agent,
+            "parser choked",
+        ),
+        (
+            "p-detection-1",
+            "not-listed",
+            FailureKind::Agent,
+            "is not registered",
+        ),
+    ] {
+        let r = run(
+            &a,
+            &spec(problem, json!({"agent_config": {"agent": agent}})),
+        )
+        .await;
+        let RunOutcome::Failed { kind, error, .. } = &r.outcome else {
+            panic!("{problem}/{agent}: {:?} {:?}", r.outcome, messages(&r))
+        };
+        assert_eq!(*kind, expected, "{problem}/{agent}: {error}");
+        assert!(
+            r.logs
+                .iter()
+                .any(|e| e.message.contains(&format!("({expected} failure)"))
+                    && e.message.contains(said)),
+            "{problem}/{agent}: {:?}",
+            messages(&r)
+        );
+    }
 }
 
 /// An agent configuration's keys that the named agent does not take (AIOpsLab's `GPTAgent()` takes none) are

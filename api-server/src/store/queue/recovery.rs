@@ -48,7 +48,9 @@ pub async fn release_lost(
         (
             Change::End {
                 status: TaskStatus::Failed,
-                result: Some(json!({"success": false, "error": error, "lost_worker_id": worker})),
+                result: Some(
+                    json!({"success": false, "error": error, "lost_worker_id": worker, "failure_kind": "infrastructure"}),
+                ),
             },
             LogLevel::Error,
             format!(

@@ -8,7 +8,7 @@ use sea_orm::{
     sea_query::{Expr, ExprTrait},
 };
 use serde_json::json;
-use task_executor_shared::{LogLevel, TaskStatus, WorkerStatus, api};
+use task_executor_shared::{FailureKind, LogLevel, TaskStatus, WorkerStatus, api};
 use uuid::Uuid;
 
 use super::{
@@ -467,7 +467,20 @@ pub enum Outcome {
         status: TaskStatus,
         error: String,
         result: Option<api::JsonObject>,
+        /// `Agent` or `Infrastructure`, when the worker says.
+        kind: Option<FailureKind>,
     },
+}
+
+impl From<&api::FailTaskRequest> for Outcome {
+    fn from(req: &api::FailTaskRequest) -> Self {
+        Outcome::Failed {
+            status: req.status.map_or(TaskStatus::Failed, Into::into),
+            error: req.error.to_string(),
+            result: req.result.clone(),
+            kind: req.failure_kind,
+        }
+    }
 }
 
 /// Records the end of a run: the task's final state and result with its log entry, and the worker's
@@ -478,10 +491,21 @@ pub async fn finish(
     task_id: Uuid,
     run: RunRef<'_>,
     outcome: Outcome,
+    policy: &LeasePolicy,
 ) -> StoreResult<task::Model> {
     let RunRef {
         worker_id, attempt, ..
     } = run;
+    if let Outcome::Failed {
+        status: TaskStatus::Failed,
+        kind: Some(FailureKind::Infrastructure),
+        error,
+        ..
+    } = &outcome
+        && attempt < policy.max_attempts
+    {
+        return retry_infrastructure(db, task_id, run, error, policy).await;
+    }
     let (status, result, message, level) = match outcome {
         Outcome::Completed(r) => {
             let msg = match r.get("success").and_then(|v| v.as_bool()) {
@@ -501,11 +525,15 @@ pub async fn finish(
             status,
             error,
             result,
+            kind,
         } => {
             let mut r: serde_json::Map<String, serde_json::Value> =
                 result.unwrap_or_default().into_iter().collect();
             r.entry("success").or_insert(json!(false));
             r.insert("error".to_owned(), json!(error));
+            if let (TaskStatus::Failed, Some(kind)) = (status, kind) {
+                r.insert("failure_kind".to_owned(), json!(kind));
+            }
             let verb = if status == TaskStatus::Timeout {
                 "timed out"
             } else {
@@ -535,6 +563,37 @@ pub async fn finish(
         note_dropped: true,
     };
     match transition::apply_alone(db, guard, change, entry, also).await? {
+        Some(t) => Ok(t),
+        None => Err(refusal(db, task_id, run).await),
+    }
+}
+
+/// An infrastructure failure with attempts left: the run counts (the next claim is attempt + 1), the task goes
+/// back to the queue for another run, and the log says why. The agent never acted, so nothing is held against
+/// it. Fenced like every report.
+async fn retry_infrastructure(
+    db: &DatabaseConnection,
+    task_id: Uuid,
+    run: RunRef<'_>,
+    error: &str,
+    policy: &LeasePolicy,
+) -> StoreResult<task::Model> {
+    let RunRef {
+        worker_id, attempt, ..
+    } = run;
+    let entry = Entry {
+        level: LogLevel::Warning,
+        message: format!(
+            "Task returned to the queue: an infrastructure failure on worker {worker_id} (attempt {attempt} of {}), \
+             retried without counting against the agent: {error}",
+            policy.max_attempts
+        ),
+        context: json!({"event": "requeued", "worker_id": worker_id, "attempt": attempt, "reason": "infrastructure failure"}),
+        attempt: Some(attempt),
+    };
+    let guard = Guard::Run { run, task_id };
+    let change = Change::Requeue { counted: true };
+    match transition::apply_alone(db, guard, change, entry, Also::default()).await? {
         Some(t) => Ok(t),
         None => Err(refusal(db, task_id, run).await),
     }
@@ -597,7 +656,7 @@ async fn requeue_uncounted(
             guard,
             Change::End {
                 status: TaskStatus::Failed,
-                result: Some(json!({"success": false, "error": error})),
+                result: Some(json!({"success": false, "error": error, "failure_kind": "infrastructure"})),
             },
             Entry {
                 level: LogLevel::Error,
