@@ -27,6 +27,7 @@ from ai_ops_lab_task_executor_client.api.tasks import (
     list_batches,
     list_tasks,
     stats,
+    stats_matrix,
 )
 from ai_ops_lab_task_executor_client.api.workers import (
     claim_task,
@@ -209,6 +210,17 @@ def main(base_url, token):
     figures = ok(stats.sync_detailed(client=client), 200)
     check(sum(g.runs for g in figures.groups) >= 9, "stats count every task")
     ok(stats.sync_detailed(client=client, batch_id=matrix.id), 200)
+    board = ok(stats_matrix.sync_detailed(client=client), 200)
+    check(sum(c.successes for c in board.cells) >= 1, "the leaderboard counts the successes")
+    for c in board.cells:
+        if c.runs:
+            check(abs(c.success_rate - c.successes / c.runs) < 1e-9
+                  and c.ci95.low <= c.success_rate <= c.ci95.high, "each rate lies within its interval")
+        else:
+            check(c.success_rate is None and c.ci95 is None, "a cell without runs: no rate, no interval, None")
+    # The CSV form: the generated parser reads JSON, so it is fetched through the client's own httpx.
+    text = client.get_httpx_client().get("/api/v1/stats/matrix", params={"format": "csv"})
+    check(text.status_code == 200 and text.text.startswith("agent,problem_id,runs,successes"), "the CSV leaderboard")
     ok(cancel_batch.sync_detailed(str(matrix.id), client=client), 200)
     ok(cancel_batch.sync_detailed(str(of_tasks.id), client=client), 200)
 

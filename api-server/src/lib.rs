@@ -9,6 +9,7 @@ pub mod error;
 pub mod events;
 pub mod heartbeats;
 pub mod idempotency;
+pub mod leaderboard;
 pub mod metrics;
 pub mod middleware;
 pub mod ratelimit;

@@ -95,7 +95,7 @@ fn metrics(t: &task::Model) -> Option<&Map<String, Value>> {
     t.result.as_ref()?.get("metrics")?.as_object()
 }
 
-fn metric_f64(t: &task::Model, keys: &[&str]) -> Option<f64> {
+pub(crate) fn metric_f64(t: &task::Model, keys: &[&str]) -> Option<f64> {
     let m = metrics(t)?;
     keys.iter().find_map(|k| m.get(*k).and_then(Value::as_f64))
 }
@@ -188,7 +188,7 @@ pub fn row(t: &task::Model) -> Map<String, Value> {
 }
 
 /// A CSV field: quoted when it holds a comma, quote, or line break (RFC 4180).
-fn csv_field(v: &Value) -> String {
+pub(crate) fn csv_field(v: &Value) -> String {
     let s = match v {
         Value::Null => String::new(),
         // Text a spreadsheet would take for a formula (runner output, such as an error, can be anything).
@@ -203,7 +203,7 @@ fn csv_field(v: &Value) -> String {
     }
 }
 
-fn csv_line(fields: impl Iterator<Item = String>) -> String {
+pub(crate) fn csv_line(fields: impl Iterator<Item = String>) -> String {
     let mut line = fields.collect::<Vec<_>>().join(",");
     line.push_str("\r\n");
     line
@@ -356,7 +356,7 @@ pub enum GroupBy {
     Model,
 }
 
-fn key_of(t: &task::Model, by: GroupBy) -> Option<String> {
+pub(crate) fn key_of(t: &task::Model, by: GroupBy) -> Option<String> {
     match by {
         GroupBy::ProblemId => Some(t.problem_id.clone()),
         GroupBy::ProblemFamily => Some(family_and_type(&t.problem_id).0),

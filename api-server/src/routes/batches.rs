@@ -1,5 +1,6 @@
 //! Campaigns: `/api/v1/batches` (create many tasks at once, follow their progress, cancel, export results),
-//! the export of any task filter (`/api/v1/tasks/export`) and statistics (`/api/v1/stats`).
+//! the export of any task filter (`/api/v1/tasks/export`), statistics (`/api/v1/stats`) and the leaderboard
+//! (`/api/v1/stats/matrix`).
 
 use poem::Body;
 use poem_openapi::{
@@ -21,6 +22,7 @@ use crate::{
     auth::{Auth, Read, Submit},
     error::{self, ApiError},
     idempotency::{self, IdempotencyKey},
+    leaderboard::{self, Cols, Matrix, Rows},
     results::{self, Format, GroupBy, Stats},
     state::AppState,
     store::{
@@ -108,6 +110,73 @@ impl ApiResponse for ExportResponse {
     }
 
     fn register(_registry: &mut Registry) {}
+}
+
+/// A leaderboard: JSON, or CSV when asked with `format=csv`.
+enum MatrixResponse {
+    Json(Matrix),
+    Csv(String),
+}
+
+impl poem::IntoResponse for MatrixResponse {
+    fn into_response(self) -> poem::Response {
+        match self {
+            MatrixResponse::Json(m) => Json(m).into_response(),
+            MatrixResponse::Csv(text) => poem::Response::builder()
+                .content_type("text/csv; charset=utf-8")
+                .body(text),
+        }
+    }
+}
+
+impl ApiResponse for MatrixResponse {
+    fn meta() -> MetaResponses {
+        MetaResponses {
+            responses: vec![MetaResponse {
+                description: "The matrix (`format=json`), or as `text/csv` (`format=csv`): a header line (the row \
+                              and column dimensions, runs, successes, success_rate, ci95_low, ci95_high, \
+                              infrastructure_failures, cancelled, the mean and median of TTD, TTL, TTA and TTM, \
+                              mean_tokens), then a line per cell (RFC 4180).",
+                status: Some(200),
+                status_range: None,
+                content: vec![
+                    MetaMediaType {
+                        content_type: "application/json",
+                        schema: <Matrix as poem_openapi::types::Type>::schema_ref(),
+                    },
+                    MetaMediaType {
+                        content_type: "text/csv",
+                        schema: MetaSchemaRef::Inline(Box::new(MetaSchema::new("string"))),
+                    },
+                ],
+                headers: vec![],
+            }],
+        }
+    }
+
+    fn register(registry: &mut Registry) {
+        <Matrix as poem_openapi::types::Type>::register(registry);
+    }
+}
+
+/// The leaderboard's formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, poem_openapi::Enum)]
+#[oai(rename_all = "lowercase")]
+enum MatrixFormat {
+    Json,
+    Csv,
+}
+
+fn default_matrix_format() -> MatrixFormat {
+    MatrixFormat::Json
+}
+
+fn default_rows() -> Rows {
+    Rows::Agent
+}
+
+fn default_cols() -> Cols {
+    Cols::ProblemId
 }
 
 /// A batch id from a path: one that is not a UUID names no batch (404, like an unknown one).
@@ -429,5 +498,48 @@ impl BatchesApi {
             )
             .await?,
         ))
+    }
+
+    /// Leaderboard
+    ///
+    /// Rows (`agent` or `model`) × columns (`problem_id`, `problem_family` or `task_type`) of finished runs.
+    /// Per cell: runs, successes, success rate with its 95 % Wilson interval, infrastructure failures and
+    /// cancelled runs (both left out of the rate; `include_infrastructure=true` counts the former), mean and
+    /// median of AIOpsLab's TTD, TTL, TTA and TTM, mean tokens. Optionally one batch's tasks; as JSON or CSV.
+    #[oai(path = "/stats/matrix", method = "get", operation_id = "stats_matrix")]
+    async fn stats_matrix(
+        &self,
+        _auth: Auth<Read>,
+        /// Only tasks of this batch.
+        batch_id: Query<Option<Uuid>>,
+        /// The rows (default `agent`).
+        #[oai(default = "default_rows")]
+        rows: Query<Rows>,
+        /// The columns (default `problem_id`).
+        #[oai(default = "default_cols")]
+        cols: Query<Cols>,
+        /// Count infrastructure failures in the rates too.
+        #[oai(default)]
+        include_infrastructure: Query<bool>,
+        /// `json` (default) or `csv`.
+        #[oai(default = "default_matrix_format")]
+        format: Query<MatrixFormat>,
+    ) -> Result<MatrixResponse, ApiError> {
+        let filter = ListFilter {
+            batch_id: batch_id.0,
+            ..Default::default()
+        };
+        let m = leaderboard::matrix(
+            &self.state.db,
+            &filter,
+            rows.0,
+            cols.0,
+            include_infrastructure.0,
+        )
+        .await?;
+        Ok(match format.0 {
+            MatrixFormat::Json => MatrixResponse::Json(m),
+            MatrixFormat::Csv => MatrixResponse::Csv(leaderboard::to_csv(&m)),
+        })
     }
 }

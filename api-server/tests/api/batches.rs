@@ -496,9 +496,173 @@ async fn results_export_and_statistics(backend: Backend) {
     assert_eq!(keys, ["detection", "localization"]);
 }
 
+/// The leaderboard against figures computed by hand: 2 agents × 2 problems × 4 runs, with successes, wrong
+/// answers, an infrastructure failure, a timeout and a cancelled run; Wilson intervals, TTD means and
+/// medians, mean tokens; infrastructure failures in or out of the rate; the same cells as CSV.
+async fn the_leaderboard_matches_figures_by_hand(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |c| c.task_max_attempts = 1).await;
+    app.register("w", json!({"max_parallel_tasks": 20})).await;
+    let (a, b) = (
+        "misconfig_app_hotel_res-detection-1",
+        "pod_kill_hotel_res-mitigation-1",
+    );
+    let batch = app
+        .post(
+            "/api/v1/batches",
+            json!({"problems": [a, b], "agent_configs": [{"agent": "gpt"}, {"agent": "qwen"}], "repetitions": 4}),
+        )
+        .await;
+    assert_eq!(batch.status, StatusCode::CREATED, "{}", batch.body);
+    let batch_id = batch.body["id"].as_str().unwrap().to_owned();
+    // Expansion order: problem, agent, repetition. The third run of gpt on b is cancelled before it starts.
+    let cancel = batch.body["task_ids"][10].as_str().unwrap();
+    app.post(&format!("/api/v1/tasks/{cancel}/cancel"), Value::Null)
+        .await;
+    for _ in 0..15 {
+        let t = app.claim_one("w").await;
+        let id = t["id"].as_str().unwrap().to_owned();
+        let agent = t["parameters"]["agent_config"]["agent"].as_str().unwrap();
+        let rep = t["parameters"]["repetition"].as_i64().unwrap();
+        let problem = t["problem_id"].as_str().unwrap();
+        let ttd = 10.0 * rep as f64;
+        let done = |success: bool| json!({"success": success, "metrics": {"TTD": ttd, "in_tokens": 100 * rep, "out_tokens": 10}});
+        let path = format!("/api/v1/workers/w/tasks/{id}/fail");
+        let lease = app.lease(&t);
+        let fail = |body: Value| {
+            let mut body = body;
+            body["attempt"] = json!(1);
+            body["lease_id"] = json!(lease);
+            app.post(&path, body)
+        };
+        let r = match (problem == a, agent, rep) {
+            // gpt on a: 3 of 4.
+            (true, "gpt", 4) => app.complete("w", &t, 1, done(false)).await,
+            (true, "gpt", _) => app.complete("w", &t, 1, done(true)).await,
+            // qwen on a: 0 of 4.
+            (true, _, _) => app.complete("w", &t, 1, done(false)).await,
+            // gpt on b: a success, an infrastructure failure, a timeout (and the cancelled run).
+            (false, "gpt", 1) => app.complete("w", &t, 1, done(true)).await,
+            (false, "gpt", 2) => {
+                fail(json!({"error": "deploy failed", "failure_kind": "infrastructure"})).await
+            }
+            (false, "gpt", _) => fail(json!({"error": "over time", "status": "timeout"})).await,
+            // qwen on b: 4 of 4.
+            (false, _, _) => app.complete("w", &t, 1, done(true)).await,
+        };
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    }
+    let board = app
+        .get(&format!("/api/v1/stats/matrix?batch_id={batch_id}"))
+        .await;
+    assert_eq!(board.status, StatusCode::OK, "{}", board.body);
+    assert_eq!(board.body["rows"], "agent");
+    assert_eq!(board.body["col_keys"], json!([a, b]));
+    let cell = |body: &Value, row: &str, col: &str| -> Value {
+        body["cells"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["row"] == row && c["col"] == col)
+            .unwrap_or_else(|| panic!("no cell {row} × {col}: {body}"))
+            .clone()
+    };
+    let close = |v: &Value, x: f64| (v.as_f64().unwrap() - x).abs() < 5e-4;
+    let c = cell(&board.body, "gpt", a);
+    assert_eq!(
+        (c["runs"].as_i64(), c["successes"].as_i64()),
+        (Some(4), Some(3))
+    );
+    assert!(
+        close(&c["success_rate"], 0.75)
+            && close(&c["ci95"]["low"], 0.3006)
+            && close(&c["ci95"]["high"], 0.9544),
+        "{c}"
+    );
+    // TTD 10, 20, 30, 40: mean and median 25; tokens 110, 210, 310, 410: mean 260.
+    assert!(
+        close(&c["ttd"]["mean"], 25.0) && close(&c["ttd"]["median"], 25.0),
+        "{c}"
+    );
+    assert_eq!(c["ttm"]["count"], 0);
+    assert!(close(&c["mean_tokens"], 260.0), "{c}");
+    let c = cell(&board.body, "qwen", a);
+    assert_eq!(
+        (c["runs"].as_i64(), c["successes"].as_i64()),
+        (Some(4), Some(0))
+    );
+    assert!(
+        close(&c["ci95"]["low"], 0.0) && close(&c["ci95"]["high"], 0.4899),
+        "{c}"
+    );
+    let c = cell(&board.body, "gpt", b);
+    // A success and a timeout count; the infrastructure failure and the cancelled run do not.
+    assert_eq!(
+        (
+            c["runs"].as_i64(),
+            c["successes"].as_i64(),
+            c["infrastructure_failures"].as_i64(),
+            c["cancelled"].as_i64()
+        ),
+        (Some(2), Some(1), Some(1), Some(1)),
+        "{c}"
+    );
+    assert!(
+        close(&c["success_rate"], 0.5)
+            && close(&c["ci95"]["low"], 0.0945)
+            && close(&c["ci95"]["high"], 0.9055),
+        "{c}"
+    );
+    let c = cell(&board.body, "qwen", b);
+    assert!(
+        close(&c["success_rate"], 1.0) && close(&c["ci95"]["low"], 0.5101),
+        "{c}"
+    );
+
+    let with = app
+        .get(&format!(
+            "/api/v1/stats/matrix?batch_id={batch_id}&include_infrastructure=true&cols=task_type"
+        ))
+        .await
+        .body;
+    let c = cell(&with, "gpt", "mitigation");
+    assert_eq!(c["runs"], 3, "{c}");
+    assert!(close(&c["success_rate"], 1.0 / 3.0), "{c}");
+
+    let csv = app
+        .client
+        .get(app.url(&format!(
+            "/api/v1/stats/matrix?batch_id={batch_id}&format=csv"
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        csv.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/csv")
+    );
+    let text = csv.text().await.unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("agent,problem_id,runs,successes,success_rate,ci95_low,ci95_high,infrastructure_failures,cancelled,ttd_mean,ttd_median"), "{}", lines[0]);
+    assert_eq!(lines.len(), 5, "a header and four cells: {text}");
+    let gpt_a = lines
+        .iter()
+        .find(|l| l.starts_with(&format!("gpt,{a},")))
+        .unwrap();
+    assert!(
+        gpt_a.starts_with(&format!("gpt,{a},4,3,0.75,0.3006")),
+        "{gpt_a}"
+    );
+
+    let bad = app.get("/api/v1/stats/matrix?rows=problem_id").await;
+    assert_error(&bad, StatusCode::UNPROCESSABLE_ENTITY, "validation_error");
+}
+
 task_executor_shared::both_backends!(
     a_batch_is_created_all_or_nothing,
     a_matrix_expands_in_order,
     a_batch_is_cancelled_and_followed,
     results_export_and_statistics,
+    the_leaderboard_matches_figures_by_hand,
 );
