@@ -305,6 +305,33 @@ def build_agent(agent_config):
 HISTORY_MAX_BYTES = 160_000
 
 
+def provenance(agent_config, built, ignored):
+    """What the run's result depends on: AIOpsLab's version (and commit, when it is installed from a git
+    checkout), the agent's name, class and model."""
+    import aiopslab
+    try:
+        from importlib.metadata import version
+        aiopslab_version = version("aiopslab")
+    except Exception:  # noqa: BLE001 - not installed as a distribution (a checkout on the path)
+        aiopslab_version = getattr(aiopslab, "__version__", None)
+    root = Path(aiopslab.__file__).resolve().parent.parent
+    commit = None
+    if (root / ".git").exists():
+        try:
+            out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                 timeout=10, check=False)
+            commit = out.stdout.strip() or None
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    model = getattr(built, "model", None) or getattr(getattr(built, "llm", None), "model", None)
+    if not isinstance(model, str) and "model" not in ignored:
+        model = (agent_config or {}).get("model")
+    cls = type(built)
+    return {"event": "provenance", "aiopslab_version": aiopslab_version, "aiopslab_commit": commit,
+            "agent": (agent_config or {}).get("agent") or "chat", "agent_class": f"{cls.__module__}.{cls.__name__}",
+            "model": model if isinstance(model, str) else None}
+
+
 def capped_history(history):
     """The session's history, its first and last entries kept when it is larger than HISTORY_MAX_BYTES."""
     history = list(history or [])
@@ -379,6 +406,7 @@ def main():
 
     enter("agent configuration", "agent")
     built, ignored = build_agent(params.get("agent_config"))
+    emit(provenance(params.get("agent_config"), built, ignored))
     agent = StepReporter(built)
     log("info", f"AIOpsLab run of {problem_id} on kind cluster {cluster or '(default)'}",
         cluster=cluster, max_steps=max_steps)

@@ -39,6 +39,12 @@ pub const COLUMNS: &[&str] = &[
     "out_tokens",
     "tokens",
     "error",
+    "agent_class",
+    "aiopslab_version",
+    "aiopslab_commit",
+    "host",
+    "cluster",
+    "executor_version",
     "created_at",
     "started_at",
     "completed_at",
@@ -172,6 +178,24 @@ pub fn row(t: &task::Model) -> Map<String, Value> {
             .cloned()
             .unwrap_or(Value::Null),
     );
+    let provenance = t.result.as_ref().and_then(|r| r.get("provenance"));
+    for k in [
+        "agent_class",
+        "aiopslab_version",
+        "aiopslab_commit",
+        "host",
+        "cluster",
+        "executor_version",
+    ] {
+        put(
+            k,
+            provenance
+                .and_then(|p| p.get(k))
+                .filter(|v| !v.is_object() && !v.is_array())
+                .cloned()
+                .unwrap_or(Value::Null),
+        );
+    }
     put("created_at", json!(t.created_at));
     put("started_at", json!(t.started_at));
     put("completed_at", json!(t.completed_at));

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod ids;
+pub mod interval;
 pub mod limits;
 pub mod metrics;
 pub mod params;

@@ -117,10 +117,15 @@ pub fn fit_result(r: &mut Map<String, Value>) {
             fit_text(&mut out, MAX_MESSAGE_CHARS);
             kept.insert("output".to_owned(), Value::String(out));
         }
-        if let Some(m) = map.remove("metrics")
-            && json_len(&m) <= MAX_RESULT_BYTES / 4
-        {
-            kept.insert("metrics".to_owned(), m);
+        for (key, most) in [
+            ("metrics", MAX_RESULT_BYTES / 4),
+            ("provenance", MAX_RESULT_BYTES / 8),
+        ] {
+            if let Some(m) = map.remove(key)
+                && json_len(&m) <= most
+            {
+                kept.insert(key.to_owned(), m);
+            }
         }
         let dropped: Vec<Value> = map.keys().cloned().map(Value::String).collect();
         kept.insert(

@@ -47,6 +47,9 @@ pub enum Command {
     },
     /// Cancel a task, or what has not finished of a batch.
     Cancel { id: String },
+    /// Two batches side by side, problem by problem: each one's success rate with its 95 % Wilson
+    /// interval and runs, and the difference (B − A). Infrastructure failures and cancelled runs are left out.
+    Compare { batch_a: String, batch_b: String },
     /// A batch's results: a table, or CSV / JSON lines / JSON (to a file with --output).
     Results {
         batch_id: String,
@@ -256,6 +259,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
             logs(&api, &task_id, level.as_deref()).await.map(|_| true)
         }
         Command::Cancel { id } => cancel(&api, &id).await.map(|_| true),
+        Command::Compare { batch_a, batch_b } => {
+            compare(&api, &batch_a, &batch_b).await.map(|_| true)
+        }
         Command::Results {
             batch_id,
             format,
@@ -693,36 +699,8 @@ async fn results(
             .iter()
             .map(|r| cols.iter().map(|(k, _)| cell(&r[*k])).collect())
             .collect();
-        let widths: Vec<usize> = cols
-            .iter()
-            .enumerate()
-            .map(|(i, (_, h))| {
-                table
-                    .iter()
-                    .map(|r| r[i].len())
-                    .chain([h.len()])
-                    .max()
-                    .unwrap_or(0)
-            })
-            .collect();
-        let line = |cells: Vec<String>| {
-            cells
-                .iter()
-                .zip(&widths)
-                .map(|(c, w)| format!("{c:<w$}"))
-                .collect::<Vec<_>>()
-                .join("  ")
-                .trim_end()
-                .to_owned()
-        };
-        writeln!(
-            sink,
-            "{}",
-            line(cols.iter().map(|(_, h)| h.to_string()).collect())
-        )?;
-        for r in table {
-            writeln!(sink, "{}", line(r))?;
-        }
+        let headers: Vec<&str> = cols.iter().map(|(_, h)| *h).collect();
+        print_table(&mut sink, &headers, &table)?;
     } else {
         let mut body = resp.bytes_stream();
         while let Some(chunk) = body.next().await {
@@ -734,4 +712,108 @@ async fn results(
         eprintln!("results written to {}", p.display());
     }
     Ok(())
+}
+
+/// Columns padded to their widest cell, two spaces apart, under their headers.
+fn print_table(
+    sink: &mut dyn Write,
+    headers: &[&str],
+    rows: &[Vec<String>],
+) -> std::io::Result<()> {
+    let widths: Vec<usize> = headers
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            rows.iter()
+                .map(|r| r[i].chars().count())
+                .chain([h.len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: &[String]| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    writeln!(
+        sink,
+        "{}",
+        line(&headers.iter().map(|h| h.to_string()).collect::<Vec<_>>())
+    )?;
+    for r in rows {
+        writeln!(sink, "{}", line(r))?;
+    }
+    Ok(())
+}
+
+/// Runs and successes per problem of a batch, from its leaderboard (every agent together).
+async fn per_problem(
+    api: &Api,
+    batch: &str,
+) -> anyhow::Result<std::collections::BTreeMap<String, (i64, i64)>> {
+    let m = api
+        .get(&format!(
+            "/api/v1/stats/matrix?batch_id={batch}&rows=agent&cols=problem_id"
+        ))
+        .await?;
+    let mut out = std::collections::BTreeMap::new();
+    for c in m["cells"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        let e = out
+            .entry(c["col"].as_str().unwrap_or("-").to_owned())
+            .or_insert((0, 0));
+        e.0 += c["runs"].as_i64().unwrap_or(0);
+        e.1 += c["successes"].as_i64().unwrap_or(0);
+    }
+    Ok(out)
+}
+
+/// A rate with its interval and runs: `0.75 [0.30, 0.95] n=4`, or `-` without runs.
+fn rate_cell(runs: i64, successes: i64) -> String {
+    match task_executor_shared::interval::wilson(successes, runs) {
+        Some(i) => format!(
+            "{:.2} [{:.2}, {:.2}] n={runs}",
+            successes as f64 / runs as f64,
+            i.low,
+            i.high
+        ),
+        None => "-".to_owned(),
+    }
+}
+
+async fn compare(api: &Api, a: &str, b: &str) -> anyhow::Result<()> {
+    let (pa, pb) = (per_problem(api, a).await?, per_problem(api, b).await?);
+    let problems: std::collections::BTreeSet<&String> = pa.keys().chain(pb.keys()).collect();
+    let mut rows = Vec::new();
+    let (mut all_a, mut all_b) = ((0, 0), (0, 0));
+    for p in problems {
+        let (ra, sa) = pa.get(p).copied().unwrap_or((0, 0));
+        let (rb, sb) = pb.get(p).copied().unwrap_or((0, 0));
+        all_a = (all_a.0 + ra, all_a.1 + sa);
+        all_b = (all_b.0 + rb, all_b.1 + sb);
+        rows.push(compare_row(p, (ra, sa), (rb, sb)));
+    }
+    rows.push(compare_row("(all problems)", all_a, all_b));
+    let mut out = std::io::stdout().lock();
+    print_table(&mut out, &["PROBLEM", "A", "B", "B - A"], &rows)?;
+    Ok(())
+}
+
+fn compare_row(problem: &str, (ra, sa): (i64, i64), (rb, sb): (i64, i64)) -> Vec<String> {
+    let diff = if ra > 0 && rb > 0 {
+        format!("{:+.2}", sb as f64 / rb as f64 - sa as f64 / ra as f64)
+    } else {
+        "-".to_owned()
+    };
+    vec![
+        problem.to_owned(),
+        rate_cell(ra, sa),
+        rate_cell(rb, sb),
+        diff,
+    ]
 }

@@ -89,6 +89,31 @@ async fn simulated_task_runs_with_logs_visible_while_running(backend: Backend) {
     let w = app.get("/api/v1/workers/worker-001-kind").await.body;
     assert_eq!(w["tasks_completed"], 1);
     assert_eq!(w["metadata"]["cluster"], "worker-001");
+    // Where the result came from, in the task and as the export's columns.
+    let p = &done["result"]["provenance"];
+    assert_eq!(p["worker_id"], "worker-001-kind", "{p}");
+    assert_eq!(p["cluster"], "worker-001");
+    assert_eq!(p["runner"], "simulate");
+    assert_eq!(p["executor_version"], env!("CARGO_PKG_VERSION"));
+    let host = p["host"].as_str().expect("the host").to_owned();
+    let rows = app
+        .client
+        .get(app.url("/api/v1/tasks/export?format=json"))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    let row = &rows[0];
+    assert_eq!(row["host"], host.as_str(), "{row}");
+    assert_eq!(row["cluster"], "worker-001");
+    assert_eq!(row["executor_version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(
+        row["aiopslab_version"],
+        Value::Null,
+        "a simulation runs no AIOpsLab"
+    );
 }
 
 async fn simulated_outcomes_end_in_the_right_status(backend: Backend) {

@@ -418,6 +418,10 @@ async fn runner_output_never_makes_a_refused_report(backend: Backend) {
         done["result"]["truncated"]["dropped_keys"],
         json!(["history"])
     );
+    assert_eq!(
+        done["result"]["provenance"]["runner"], "exec",
+        "the provenance survives the cut"
+    );
     assert!(
         done["result"]["output"]
             .as_str()

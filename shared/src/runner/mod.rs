@@ -40,6 +40,17 @@ pub enum RunnerKind {
     Simulate,
 }
 
+impl RunnerKind {
+    /// Its name, as `TASK_RUNNER` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            RunnerKind::Aiopslab => "aiopslab",
+            RunnerKind::Exec => "exec",
+            RunnerKind::Simulate => "simulate",
+        }
+    }
+}
+
 /// Runner settings, shared by the API server (internal workers) and the worker daemon.
 #[derive(Debug, Clone, Args)]
 pub struct RunnerArgs {
@@ -375,7 +386,11 @@ pub enum RunOutcome {
         kind: FailureKind,
     },
     /// The run passed its timeout and was stopped.
-    TimedOut { error: String },
+    TimedOut {
+        error: String,
+        /// What the run left to keep (its provenance).
+        result: Option<Map<String, Value>>,
+    },
     /// The task was cancelled (or is no longer this worker's) and the run was stopped.
     Cancelled,
     /// The worker is shutting down: the run was stopped and the task should go back to the queue.
@@ -413,7 +428,49 @@ pub(crate) fn entry(
 }
 
 /// Runs one task to its outcome. `deadline` is when the task's timeout expires (counted from its start).
+/// The result of a run that ended (completed, failed, timed out) carries `provenance`: what the runner said
+/// (a `provenance` event: for AIOpsLab its version and commit, the agent's class and model) and where it ran
+/// (the worker, host, cluster, runner and this executor's version).
 pub async fn execute(
+    args: &RunnerArgs,
+    spec: &TaskSpec,
+    deadline: Instant,
+    control: &RunControl,
+    logs: &LogSender,
+) -> RunOutcome {
+    let mut outcome = run_with(args, spec, deadline, control, logs).await;
+    let result = match &mut outcome {
+        RunOutcome::Completed { result } => Some(result),
+        RunOutcome::Failed { result, .. } | RunOutcome::TimedOut { result, .. } => {
+            Some(result.get_or_insert_with(Map::new))
+        }
+        _ => None,
+    };
+    if let Some(result) = result {
+        let p = result
+            .entry("provenance")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if !p.is_object() {
+            *p = Value::Object(Map::new());
+        }
+        let p = p.as_object_mut().expect("made an object above");
+        let host = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok());
+        for (k, v) in [
+            ("executor_version", Value::from(env!("CARGO_PKG_VERSION"))),
+            ("worker_id", Value::from(spec.worker_id.as_str())),
+            ("host", Value::from(host)),
+            ("cluster", Value::from(spec.cluster.as_str())),
+            ("runner", Value::from(args.runner.name())),
+        ] {
+            p.insert(k.to_owned(), v);
+        }
+    }
+    outcome
+}
+
+async fn run_with(
     args: &RunnerArgs,
     spec: &TaskSpec,
     deadline: Instant,

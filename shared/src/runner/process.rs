@@ -201,6 +201,8 @@ pub(crate) async fn run(
     let mut result: Option<Map<String, Value>> = None;
     // Whose failure it is, should the run fail: what the runner said, else the agent's once it took a step.
     let mut said: Option<FailureKind> = None;
+    // What the runner said its results depend on (a `provenance` event), kept in the result.
+    let mut provenance: Map<String, Value> = Map::new();
     let mut exit: Option<std::process::ExitStatus> = None;
     let mut drain_until = Instant::now() + Duration::from_secs(86400 * 365);
     let max_steps = spec.params.max_steps;
@@ -225,6 +227,7 @@ pub(crate) async fn run(
                         said = Some(kind);
                         logs.send(e);
                     }
+                    Event::Provenance(p) => provenance.extend(p),
                     Event::Result(r) => {
                         if result.is_some() {
                             logs.send(entry(LogLevel::Warning, "A second result event was ignored", None));
@@ -293,6 +296,20 @@ pub(crate) async fn run(
         exit = child.wait().await.ok();
     }
 
+    let said_provenance = || {
+        (!provenance.is_empty()).then(|| {
+            let mut m = Map::new();
+            m.insert("provenance".to_owned(), Value::Object(provenance.clone()));
+            m
+        })
+    };
+    let with_provenance = |r: Option<Map<String, Value>>| {
+        let mut r = r.unwrap_or_default();
+        if !provenance.is_empty() {
+            r.insert("provenance".to_owned(), Value::Object(provenance.clone()));
+        }
+        (!r.is_empty()).then_some(r)
+    };
     let kind = said.unwrap_or(if steps == 0 {
         FailureKind::Infrastructure
     } else {
@@ -317,6 +334,7 @@ pub(crate) async fn run(
                     "the run exceeded its timeout of {} s and was stopped",
                     spec.params.timeout.as_secs()
                 ),
+                result: said_provenance(),
             };
         }
         Some(Stop::TooManySteps) => {
@@ -324,20 +342,21 @@ pub(crate) async fn run(
                 error: format!(
                     "the runner took more than max_steps ({max_steps}) steps and was stopped"
                 ),
-                result,
+                result: with_provenance(result),
                 kind: FailureKind::Agent,
             };
         }
         None => {}
     }
     match (exit, result) {
-        (Some(s), Some(mut r)) if s.success() => {
+        (Some(s), Some(r)) if s.success() => {
+            let mut r = with_provenance(Some(r)).unwrap_or_default();
             protocol::finish_result(&mut r, steps, started.elapsed());
             RunOutcome::Completed { result: r }
         }
         (Some(s), None) if s.success() => RunOutcome::Failed {
             error: with_tail("the runner exited with status 0 without a result event".to_owned()),
-            result: None,
+            result: said_provenance(),
             kind,
         },
         (Some(s), _) if unusable(program, s.code()) => RunOutcome::Unusable {
@@ -355,13 +374,13 @@ pub(crate) async fn run(
             };
             RunOutcome::Failed {
                 error: with_tail(how),
-                result,
+                result: with_provenance(result),
                 kind,
             }
         }
         (None, result) => RunOutcome::Failed {
             error: with_tail("the runner's exit status could not be read".to_owned()),
-            result,
+            result: with_provenance(result),
             kind,
         },
     }

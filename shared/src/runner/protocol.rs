@@ -2,8 +2,9 @@
 //!
 //! `{"event":"log","level":…,"message":…,"context":…}`, `{"event":"step","step":N,"action":…,…}`, once
 //! `{"event":"result","success":…,"output":…,"metrics":{…}}`, and for a run that fails,
-//! `{"event":"failure","kind":"agent"|"infrastructure","message":…}` before it exits non-zero. Any other line is
-//! an info log entry.
+//! `{"event":"failure","kind":"agent"|"infrastructure","message":…}` before it exits non-zero, and
+//! `{"event":"provenance",…}` (what the results depend on: versions, the agent). Any other line is an info log
+//! entry.
 
 use std::time::Duration;
 
@@ -18,6 +19,8 @@ pub(crate) enum Event {
     Result(Map<String, Value>),
     /// Whose failure the run's is, should it fail; logged as an error entry.
     Failure(FailureKind, NewLogEntry),
+    /// What the run's results depend on (versions, the agent's class and model): kept in the result.
+    Provenance(Map<String, Value>),
 }
 
 /// A runner's level name, with the usual aliases; unknown names are info.
@@ -53,6 +56,7 @@ pub(crate) fn parse_line(line: &str) -> Event {
         }
         Some("step") => Event::Step(obj),
         Some("result") => Event::Result(obj),
+        Some("provenance") => Event::Provenance(obj),
         Some("failure") => {
             let kind = match obj.get("kind").and_then(Value::as_str) {
                 Some("agent") => FailureKind::Agent,

@@ -34,6 +34,7 @@ fn ended(why: Interrupted, spec: &TaskSpec) -> RunOutcome {
                 "the run exceeded its timeout of {} s and was stopped",
                 spec.params.timeout.as_secs()
             ),
+            result: None,
         },
         Interrupted::Cancel => RunOutcome::Cancelled,
         Interrupted::Stop => RunOutcome::Interrupted,

@@ -73,8 +73,9 @@ fn fit_outcome(outcome: RunOutcome) -> RunOutcome {
             result: result.map(fit_result),
             kind,
         },
-        RunOutcome::TimedOut { error } => RunOutcome::TimedOut {
+        RunOutcome::TimedOut { error, result } => RunOutcome::TimedOut {
             error: fit_error(error),
+            result: result.map(fit_result),
         },
         other => other,
     }
@@ -724,14 +725,14 @@ impl<Q: Queue> Worker<Q> {
                     failure_kind: Some(kind),
                 }),
             ),
-            RunOutcome::TimedOut { error } => (
+            RunOutcome::TimedOut { error, result } => (
                 "reporting the timeout",
                 Report::Fail(FailTaskRequest {
                     attempt,
                     lease_id,
                     error: error.into(),
                     status: Some(api::FailStatus::Timeout),
-                    result: None,
+                    result: result.map(|r| r.into_iter().collect()),
                     failure_kind: None,
                 }),
             ),

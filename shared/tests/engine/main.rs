@@ -492,6 +492,18 @@ async fn aiopslab_bridge_runs_a_problem_against_the_fake_package() {
     assert_eq!(result["history"].as_array().unwrap().len(), 3);
     assert_eq!(result["history"][2]["content"], "submit(\"Yes\")");
     assert_eq!(steps[2], "step 3: submit(\"Yes\")");
+    // What the result depends on: AIOpsLab's version (no git checkout here: no commit), the agent, and where
+    // it ran.
+    let p = &result["provenance"];
+    assert_eq!(p["aiopslab_version"], "0.0.0+fake", "{p}");
+    assert_eq!(p["aiopslab_commit"], Value::Null);
+    assert_eq!(p["agent"], "scripted");
+    assert_eq!(p["agent_class"], "fake_agent.ScriptedAgent");
+    assert_eq!(p["runner"], "aiopslab");
+    assert_eq!(p["cluster"], s.cluster.as_str());
+    assert_eq!(p["worker_id"], s.worker_id.as_str());
+    assert_eq!(p["executor_version"], env!("CARGO_PKG_VERSION"));
+    assert!(p["host"].as_str().is_some_and(|h| !h.is_empty()), "{p}");
 
     let wrong = spec(
         "p-detection-1",
@@ -601,6 +613,11 @@ async fn aiopslab_bridge_names_the_agent_config_keys_an_agent_does_not_take() {
     assert_eq!(
         result["ignored_agent_config"],
         json!(["model", "temperature"])
+    );
+    assert_eq!(
+        result["provenance"]["model"],
+        Value::Null,
+        "an ignored model is not the run's model"
     );
     let warning = r
         .logs

@@ -157,6 +157,58 @@ async fn a_campaign_from_submit_to_csv(backend: Backend) {
             .all(|r| r[col("status")] == "completed" && r[col("steps")] == "3")
     );
 
+    // A second campaign in which the agent never solves one problem (2 problems × 1 agent × 2 runs), compared
+    // with the first problem by problem: rates, 95 % Wilson intervals, runs, differences, by hand.
+    let (a, b) = (
+        "misconfig_app_hotel_res-detection-1",
+        "pod_kill_hotel_res-localization-1",
+    );
+    let file = dir.path().join("second.json");
+    std::fs::write(
+        &file,
+        serde_json::json!({"name": "second", "tasks": [
+            {"problem_id": a, "parameters": {"simulate": {"steps": 1, "step_ms": 10}}},
+            {"problem_id": a, "parameters": {"simulate": {"steps": 1, "step_ms": 10}}},
+            {"problem_id": b, "parameters": {"simulate": {"steps": 1, "step_ms": 10, "outcome": "failure"}}},
+            {"problem_id": b, "parameters": {"simulate": {"steps": 1, "step_ms": 10, "outcome": "failure"}}},
+        ]})
+        .to_string(),
+    )
+    .unwrap();
+    let second = cli(&server, me, &["submit", "--file", file.to_str().unwrap()]).await;
+    assert_eq!(second.code, 0, "{}", second.stderr);
+    let second = second.stdout.trim().to_owned();
+    let watched = cli(&server, me, &["watch", &second]).await;
+    assert_eq!(watched.code, 1, "not all succeeded: {}", watched.stdout);
+    let cmp = cli(&server, me, &["compare", &batch, &second]).await;
+    assert_eq!(cmp.code, 0, "{}", cmp.stderr);
+    let line = |p: &str| {
+        cmp.stdout
+            .lines()
+            .find(|l| l.starts_with(p))
+            .unwrap_or_else(|| panic!("no line for {p}: {}", cmp.stdout))
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    // First: 4 of 4 (both agents, two runs each) → [0.51, 1.00]; second: 2 of 2 → [0.34, 1.00] and 0 of 2.
+    assert_eq!(
+        line(a),
+        format!("{a} 1.00 [0.51, 1.00] n=4 1.00 [0.34, 1.00] n=2 +0.00")
+    );
+    assert_eq!(
+        line(b),
+        format!("{b} 1.00 [0.51, 1.00] n=4 0.00 [0.00, 0.66] n=2 -1.00")
+    );
+    assert_eq!(
+        line("revoke_auth_mongodb-analysis-2"),
+        "revoke_auth_mongodb-analysis-2 1.00 [0.51, 1.00] n=4 - -"
+    );
+    assert_eq!(
+        line("(all problems)"),
+        "(all problems) 1.00 [0.76, 1.00] n=12 0.50 [0.15, 0.85] n=4 -0.50"
+    );
+
     // One task, followed live to its end; its log; a cancel; the latest batches.
     let follow = cli(
         &server,
