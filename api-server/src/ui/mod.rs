@@ -291,6 +291,7 @@ pub fn routes(state: &AppState) -> impl Endpoint + 'static {
         .at("/workers", poem::get(workers_page))
         .at("/workers/internal/:action", poem::post(internal_action))
         .at("/batches", poem::get(batches_page))
+        .at("/leaderboard", poem::get(leaderboard_page))
         .at("/batches/:id", poem::get(batch_page))
         .at("/batches/:id/cancel", poem::post(cancel_batch))
         .at("/login", poem::get(login_form).post(login))
@@ -544,6 +545,32 @@ async fn batches_page(req: &Request, state: Data<&AppState>, q: Query<PageQuery>
     let page = q.0.page.min(1_000_000);
     let data = try_page!(pages::BatchesData::load(&state, page).await, v);
     render(req, &v, pages::batches(&data, page))
+}
+
+#[derive(Deserialize)]
+struct BoardQuery {
+    rows: Option<String>,
+    cols: Option<String>,
+}
+
+#[poem::handler]
+async fn leaderboard_page(req: &Request, state: Data<&AppState>, q: Query<BoardQuery>) -> Response {
+    use crate::leaderboard::{Cols, Rows};
+    let v = match viewer(req) {
+        Ok(v) => v,
+        Err(r) => return *r,
+    };
+    let rows = match q.0.rows.as_deref() {
+        Some("model") => Rows::Model,
+        _ => Rows::Agent,
+    };
+    let cols = match q.0.cols.as_deref() {
+        Some("problem_family") => Cols::ProblemFamily,
+        Some("task_type") => Cols::TaskType,
+        _ => Cols::ProblemId,
+    };
+    let data = try_page!(pages::BoardData::load(&state, rows, cols).await, v);
+    render(req, &v, pages::board(&data))
 }
 
 #[poem::handler]

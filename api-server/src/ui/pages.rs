@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use super::{BATCHES_PER_PAGE, TASKS_PER_PAGE, Viewer, charts};
 use crate::{
+    leaderboard::{self, Cols, Rows},
     results,
     state::AppState,
     store::{
@@ -191,6 +192,7 @@ pub fn layout(v: &Viewer, page: &Page) -> Markup {
         ("tasks", "/ui/tasks", "Tasks"),
         ("workers", "/ui/workers", "Workers"),
         ("batches", "/ui/batches", "Batches"),
+        ("leaderboard", "/ui/leaderboard", "Leaderboard"),
     ];
     html! {
         (DOCTYPE)
@@ -622,6 +624,15 @@ pub fn task(d: &TaskData, v: &Viewer, level: Option<LogLevel>, notice: Option<&s
                     }
                     @if let Some(e) = first_error_line(t) { p class="error" { (e) } }
                     (metrics_table(r))
+                    @if let Some(Value::Object(p)) = r.get("provenance") {
+                        h3 { "Provenance" }
+                        dl class="facts" id="task-provenance" {
+                            @for (k, v) in p {
+                                dt { (k) }
+                                dd { @match v { Value::String(s) => (s), Value::Null => "—", other => (other.to_string()) } }
+                            }
+                        }
+                    }
                     @if let Some(out) = r.get("output").and_then(Value::as_str) { h3 { "Output" } pre { (out) } }
                     details { summary { "Whole result (JSON)" } pre { (pretty(r)) } }
                 }
@@ -903,8 +914,85 @@ pub fn batches(d: &BatchesData, page: u64) -> Page {
     page
 }
 
+/// A leaderboard as a heat map: rows × columns, each cell coloured by its success rate (in tenths, through
+/// classes: the Content-Security-Policy allows no inline style), its interval and runs on hover.
+fn heat_map(m: &leaderboard::Matrix) -> Markup {
+    let cells: BTreeMap<(&Option<String>, &Option<String>), &leaderboard::Cell> =
+        m.cells.iter().map(|c| ((&c.row, &c.col), c)).collect();
+    let name = |k: &Option<String>| k.clone().unwrap_or_else(|| "(none)".to_owned());
+    html! {
+        @if m.cells.iter().all(|c| c.runs == 0) {
+            p class="empty" { "No finished runs yet." }
+        } @else {
+            div class="scroll" {
+                table class="heat-map" {
+                    thead { tr { th { (m.rows.as_str()) " ↓ / " (m.cols.as_str()) " →" } @for c in &m.col_keys { th scope="col" { (name(c)) } } } }
+                    tbody {
+                        @for r in &m.row_keys {
+                            tr {
+                                th scope="row" { (name(r)) }
+                                @for c in &m.col_keys {
+                                    @match cells.get(&(r, c)).filter(|x| x.runs > 0) {
+                                        Some(x) => {
+                                            @let rate = x.success_rate.unwrap_or(0.0);
+                                            @let ci = x.ci95.map(|i| format!("[{:.2}, {:.2}]", i.low, i.high)).unwrap_or_default();
+                                            td class={ "heat heat-" ((rate * 10.0).round() as u32) }
+                                                title={ (percent(rate)) " of " (x.runs) ", 95 % interval " (ci)
+                                                        @if x.infrastructure_failures > 0 { "; " (x.infrastructure_failures) " infrastructure failures left out" } } {
+                                                (percent(rate)) small { " n=" (x.runs) }
+                                            }
+                                        }
+                                        None => td class="heat" { "—" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            p class="hint" { "Cancelled runs and infrastructure failures are left out; hover a cell for its 95 % Wilson interval." }
+        }
+    }
+}
+
+/// The leaderboard across every batch.
+pub struct BoardData {
+    board: leaderboard::Matrix,
+}
+
+impl BoardData {
+    pub async fn load(state: &AppState, rows: Rows, cols: Cols) -> StoreResult<Self> {
+        Ok(BoardData {
+            board: leaderboard::matrix(&state.db, &ListFilter::default(), rows, cols, false)
+                .await?,
+        })
+    }
+}
+
+pub fn board(d: &BoardData) -> Page {
+    let (rows, cols) = (d.board.rows, d.board.cols);
+    let live = html! {
+        form method="get" class="filters" data-autosubmit {
+            label { "Rows "
+                select name="rows" { @for r in [Rows::Agent, Rows::Model] { option value=(r.as_str()) selected[r == rows] { (r.as_str()) } } }
+            }
+            label { "Columns "
+                select name="cols" { @for c in [Cols::ProblemId, Cols::ProblemFamily, Cols::TaskType] { option value=(c.as_str()) selected[c == cols] { (c.as_str()) } } }
+            }
+            noscript { button type="submit" { "Show" } }
+        }
+        (heat_map(&d.board))
+        p class="exports" { "Export: " a href={ "/api/v1/stats/matrix?format=csv&rows=" (rows.as_str()) "&cols=" (cols.as_str()) } id="board-csv" { "CSV" } }
+    };
+    let mut page = Page::new("Leaderboard", "leaderboard", live);
+    page.events = Some("/api/v1/events".to_owned());
+    page.throttle_ms = 5000;
+    page
+}
+
 pub struct BatchData {
     batch: api::Batch,
+    board: leaderboard::Matrix,
     per_problem: BTreeMap<String, ProblemFigures>,
     durations: Vec<f64>,
     rows: Vec<task::Model>,
@@ -926,6 +1014,7 @@ impl BatchData {
             ..Default::default()
         };
         Ok(BatchData {
+            board: leaderboard::matrix(db, &filter, Rows::Agent, Cols::ProblemId, false).await?,
             batch,
             per_problem: batches::per_problem(db, id).await?,
             durations: batches::durations(db, id).await?,
@@ -976,6 +1065,10 @@ pub fn batch(d: &BatchData, v: &Viewer, notice: Option<&str>) -> Page {
                 figcaption { "Run durations" }
                 (charts::histogram(&d.durations))
             }
+        }
+        section aria-labelledby="h-board" {
+            h2 id="h-board" { "Success rate by agent and problem" }
+            (heat_map(&d.board))
         }
         section aria-labelledby="h-results" {
             h2 id="h-results" { "Results" }

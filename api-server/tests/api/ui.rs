@@ -828,6 +828,10 @@ async fn dashboard_in_a_browser(backend: Backend, screenshots: bool) {
         t == "completed"
     })
     .await;
+    b.wait_text("#task-provenance", "the result's provenance", |t| {
+        t.contains("executor_version") && t.contains(env!("CARGO_PKG_VERSION"))
+    })
+    .await;
     b.wait_text("#following", "the log's end", |t| t == "finished")
         .await;
     let mark = b
@@ -1012,8 +1016,42 @@ async fn dashboard_in_a_browser(backend: Backend, screenshots: bool) {
     }
     assert_eq!(per_problem.len(), 3);
     assert!(per_problem.values().all(|n| *n == 4));
+    // The heat map: 2 agents × 3 problems, every run a success (the simulation): each cell 100 % of 2, its
+    // interval on hover, coloured through a class (no inline style under the page's CSP).
+    assert_eq!(b.count("table.heat-map tbody tr").await, 2);
+    assert_eq!(b.count("table.heat-map td.heat-10").await, 6);
+    let title = b
+        .wait_css("table.heat-map td.heat-10")
+        .await
+        .attr("title")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(title, "100 % of 2, 95 % interval [0.34, 1.00]");
     b.assert_clean("the batch page").await;
     shot("batch").await;
+    // Across batches: the leaderboard page, which also counts the failing task's agent-less run.
+    b.open(&app.url("/ui/leaderboard?cols=task_type")).await;
+    b.wait_text(
+        "table.heat-map thead",
+        "the leaderboard by task type",
+        |t| t.contains("detection"),
+    )
+    .await;
+    assert!(
+        b.text("table.heat-map tbody").await.contains("(none)"),
+        "runs without an agent have a row of their own"
+    );
+    assert!(
+        b.wait_css("a#board-csv")
+            .await
+            .attr("href")
+            .await
+            .unwrap()
+            .unwrap()
+            .contains("format=csv")
+    );
+    b.assert_clean("the leaderboard").await;
 
     // The overview agrees with the API, and shows the failure with its error's first line.
     wait_for("the crash to fail", Duration::from_secs(20), || async {
