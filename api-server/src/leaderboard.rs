@@ -120,9 +120,12 @@ pub struct Matrix {
     pub rows: Rows,
     pub cols: Cols,
     pub include_infrastructure: bool,
-    /// The rows' values, in order (`null`: runs without one).
+    /// The rows' and the columns' values, in order (`None`: runs without one), for drawing; the cells say them.
+    #[oai(skip)]
+    #[serde(skip)]
     pub row_keys: Vec<Option<String>>,
-    /// The columns' values, in order.
+    #[oai(skip)]
+    #[serde(skip)]
     pub col_keys: Vec<Option<String>>,
     /// The cells that have runs, row by row.
     pub cells: Vec<Cell>,

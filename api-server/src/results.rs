@@ -39,6 +39,7 @@ pub const COLUMNS: &[&str] = &[
     "out_tokens",
     "tokens",
     "error",
+    // PROVENANCE, in its order:
     "agent_class",
     "aiopslab_version",
     "aiopslab_commit",
@@ -49,6 +50,13 @@ pub const COLUMNS: &[&str] = &[
     "started_at",
     "completed_at",
 ];
+
+/// The columns taken from the result's `provenance`: the fixed columns from `agent_class` on.
+const PROVENANCE: &[&str] = {
+    let (start, n) = (19, 6);
+    assert!(matches!(COLUMNS[start].as_bytes(), b"agent_class"));
+    COLUMNS.split_at(start).1.split_at(n).0
+};
 
 /// Metrics that have a column of their own (not repeated as `metrics.*`).
 const OWN_COLUMNS: &[&str] = &[
@@ -179,14 +187,7 @@ pub fn row(t: &task::Model) -> Map<String, Value> {
             .unwrap_or(Value::Null),
     );
     let provenance = t.result.as_ref().and_then(|r| r.get("provenance"));
-    for k in [
-        "agent_class",
-        "aiopslab_version",
-        "aiopslab_commit",
-        "host",
-        "cluster",
-        "executor_version",
-    ] {
+    for k in PROVENANCE {
         put(
             k,
             provenance

@@ -9,8 +9,8 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::{
-    FailureKind, InstanceId, LogLevel, ProblemGlob, ProblemId, TaskStatus, Text, WorkerId,
-    WorkerStatus,
+    FailedBy, FailureKind, InstanceId, LogLevel, ProblemGlob, ProblemId, TaskStatus, Text,
+    WorkerId, WorkerStatus,
 };
 
 /// A free-form JSON object.
@@ -330,7 +330,7 @@ pub struct FailTaskRequest {
     /// (`TASK_MAX_ATTEMPTS`); without it, the failure counts against the agent.
     #[oai(nullable)]
     #[serde(default)]
-    pub failure_kind: Option<FailureKind>,
+    pub failure_kind: Option<FailedBy>,
 }
 
 /// A run given back by a worker that stops: the task goes back to the queue without using an attempt.

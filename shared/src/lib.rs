@@ -18,4 +18,4 @@ pub mod validate;
 pub mod worker;
 
 pub use ids::{InstanceId, ProblemGlob, ProblemId, Text, WorkerId};
-pub use status::{FailureKind, LogLevel, Role, TaskStatus, WorkerStatus};
+pub use status::{FailedBy, FailureKind, LogLevel, Role, TaskStatus, WorkerStatus};

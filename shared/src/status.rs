@@ -69,7 +69,32 @@ state_enum! {
     }
 }
 
+state_enum! {
+    /// Whose failure a failed run is, as its worker reports it (`failure_kind` of a failure report).
+    pub enum FailedBy {
+        Agent,
+        Infrastructure,
+    }
+}
+
+impl From<FailedBy> for FailureKind {
+    fn from(f: FailedBy) -> Self {
+        match f {
+            FailedBy::Agent => FailureKind::Agent,
+            FailedBy::Infrastructure => FailureKind::Infrastructure,
+        }
+    }
+}
+
 impl FailureKind {
+    /// What a worker reports of a failed run of this kind: only `Agent` is the agent's.
+    pub fn failed_by(self) -> FailedBy {
+        match self {
+            FailureKind::Agent => FailedBy::Agent,
+            _ => FailedBy::Infrastructure,
+        }
+    }
+
     /// The kind of a task in `status` with `result`; `None` while it is not finished. A failed run is the
     /// infrastructure's when its worker said so, or when the server failed it itself (a worker lost, a run
     /// never reported): `result.failure_kind`. Otherwise it counts against the agent, which is the cautious

@@ -10,8 +10,11 @@ use poem_openapi::{
 };
 use serde_json::{Map, Value};
 use task_executor_shared::{
-    ProblemId, Text,
-    api::{BatchMatrix, BatchOfTasks, CreateBatchRequest, CreateTaskRequest, JsonObject},
+    FailedBy, ProblemId, Text,
+    api::{
+        BatchMatrix, BatchOfTasks, CreateBatchRequest, CreateTaskRequest, FailStatus,
+        FailTaskRequest, JsonObject,
+    },
     validate::{json_kind as kind, plain_reason},
 };
 
@@ -65,6 +68,24 @@ impl Check for CreateTaskRequest {
             return Err(fault);
         }
         parsed(value)
+    }
+}
+
+impl Check for FailTaskRequest {
+    fn check(value: Value) -> Result<Self, String> {
+        let Value::Object(o) = &value else {
+            return Err(format!("expected an object, found {}", kind(&value)));
+        };
+        let fault = field::<i32>(o, "attempt", "", true)
+            .or_else(|| field::<uuid::Uuid>(o, "lease_id", "", true))
+            .or_else(|| field::<Text>(o, "error", "", true))
+            .or_else(|| field::<FailStatus>(o, "status", "", false))
+            .or_else(|| field::<JsonObject>(o, "result", "", false))
+            .or_else(|| field::<FailedBy>(o, "failure_kind", "", false));
+        match fault {
+            Some(fault) => Err(fault),
+            None => parsed(value),
+        }
     }
 }
 

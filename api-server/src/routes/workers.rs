@@ -9,7 +9,7 @@ use poem_openapi::{
     payload::Json,
 };
 use task_executor_shared::{
-    FailureKind, WorkerId, WorkerStatus,
+    WorkerId, WorkerStatus,
     api::{
         ClaimedTask, CompleteTaskRequest, FailTaskRequest, HeartbeatRequest, HeartbeatResponse,
         RegisterWorkerRequest, RegisterWorkerResponse, ReleaseTaskRequest, ReportLogsRequest,
@@ -19,7 +19,7 @@ use task_executor_shared::{
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::ApiTags;
+use super::{ApiTags, body::Checked};
 use crate::auth::{Auth, Read, Work};
 use crate::{
     error::ApiError,
@@ -273,17 +273,10 @@ impl WorkersApi {
         auth: Auth<Work>,
         worker_id: Path<WorkerId>,
         task_id: Path<Uuid>,
-        body: Json<FailTaskRequest>,
+        body: Json<Checked<FailTaskRequest>>,
     ) -> Result<Json<Task>, ApiError> {
         auth.may_act_as(worker_id.0.as_str())?;
-        let req = body.0;
-        if let Some(k) = req.failure_kind
-            && !matches!(k, FailureKind::Agent | FailureKind::Infrastructure)
-        {
-            return Err(ApiError::validation(format!(
-                "failure_kind: `{k}` is not a kind a worker reports (agent or infrastructure)"
-            )));
-        }
+        let req = body.0.0;
         let outcome = Outcome::from(&req);
         let run = RunRef::reported(worker_id.0.as_str(), req.attempt, req.lease_id);
         let t = self

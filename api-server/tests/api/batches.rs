@@ -556,7 +556,12 @@ async fn the_leaderboard_matches_figures_by_hand(backend: Backend) {
         .await;
     assert_eq!(board.status, StatusCode::OK, "{}", board.body);
     assert_eq!(board.body["rows"], "agent");
-    assert_eq!(board.body["col_keys"], json!([a, b]));
+    assert_eq!(
+        board.body["cells"].as_array().unwrap().len(),
+        4,
+        "{}",
+        board.body
+    );
     let cell = |body: &Value, row: &str, col: &str| -> Value {
         body["cells"]
             .as_array()

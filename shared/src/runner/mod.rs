@@ -438,7 +438,23 @@ pub async fn execute(
     control: &RunControl,
     logs: &LogSender,
 ) -> RunOutcome {
-    let mut outcome = run_with(args, spec, deadline, control, logs).await;
+    let mut outcome = match args.program() {
+        Err(e) => RunOutcome::Unusable { reason: e },
+        Ok(None) => simulate::run(spec, deadline, control, logs).await,
+        Ok(Some(program)) => {
+            let env = args.runner_env();
+            process::run(
+                &program,
+                &env,
+                spec,
+                deadline,
+                control,
+                logs,
+                args.kill_grace(),
+            )
+            .await
+        }
+    };
     let result = match &mut outcome {
         RunOutcome::Completed { result } => Some(result),
         RunOutcome::Failed { result, .. } | RunOutcome::TimedOut { result, .. } => {
@@ -468,32 +484,6 @@ pub async fn execute(
         }
     }
     outcome
-}
-
-async fn run_with(
-    args: &RunnerArgs,
-    spec: &TaskSpec,
-    deadline: Instant,
-    control: &RunControl,
-    logs: &LogSender,
-) -> RunOutcome {
-    match args.program() {
-        Err(e) => RunOutcome::Unusable { reason: e },
-        Ok(None) => simulate::run(spec, deadline, control, logs).await,
-        Ok(Some(program)) => {
-            let env = args.runner_env();
-            process::run(
-                &program,
-                &env,
-                spec,
-                deadline,
-                control,
-                logs,
-                args.kill_grace(),
-            )
-            .await
-        }
-    }
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ pub use retry::{backoff, delays, probe_delays, retry};
 pub use spool::{Kept, Report, Spool, Spooled};
 
 use crate::{
-    FailureKind, WorkerStatus,
+    FailedBy, WorkerStatus,
     api::{
         self, ClaimedTask, CompleteTaskRequest, FailTaskRequest, HeartbeatRequest,
         RegisterWorkerRequest, Task,
@@ -505,7 +505,7 @@ impl<Q: Queue> Worker<Q> {
                     Spooled {
                         report:
                             Report::Fail(FailTaskRequest {
-                                failure_kind: Some(FailureKind::Infrastructure),
+                                failure_kind: Some(FailedBy::Infrastructure),
                                 ..
                             }),
                         ..
@@ -722,7 +722,7 @@ impl<Q: Queue> Worker<Q> {
                     error: error.into(),
                     status: None,
                     result: result.map(|r| r.into_iter().collect()),
-                    failure_kind: Some(kind),
+                    failure_kind: Some(kind.failed_by()),
                 }),
             ),
             RunOutcome::TimedOut { error, result } => (

@@ -478,7 +478,7 @@ impl From<&api::FailTaskRequest> for Outcome {
             status: req.status.map_or(TaskStatus::Failed, Into::into),
             error: req.error.to_string(),
             result: req.result.clone(),
-            kind: req.failure_kind,
+            kind: req.failure_kind.map(Into::into),
         }
     }
 }
