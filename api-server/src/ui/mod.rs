@@ -236,13 +236,16 @@ fn page_response_for(
     resp
 }
 
+/// Whether the request asks for a page's live part only (`?fragment=1`, what the live updates fetch).
+fn is_fragment(req: &Request) -> bool {
+    req.uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|p| p == "fragment=1"))
+}
+
 /// A whole page, or (`?fragment=1`, what the live updates fetch) only its live part.
 fn render(req: &Request, viewer: &Viewer, page: pages::Page) -> Response {
-    let fragment = req
-        .uri()
-        .query()
-        .is_some_and(|q| q.split('&').any(|p| p == "fragment=1"));
-    let body = if fragment {
+    let body = if is_fragment(req) {
         page.live
     } else {
         pages::layout(viewer, &page)
@@ -588,7 +591,11 @@ async fn batch_page(
         Ok(id) => id,
         Err(e) => return error_page(e, Some(&v)),
     };
-    let data = try_page!(pages::BatchData::load(&state, id).await, v);
+    // The heat map reads every finished run of the batch: drawn with the page, not at each live refresh.
+    let data = try_page!(
+        pages::BatchData::load(&state, id, !is_fragment(req)).await,
+        v
+    );
     render(
         req,
         &v,

@@ -984,15 +984,13 @@ pub fn board(d: &BoardData) -> Page {
         (heat_map(&d.board))
         p class="exports" { "Export: " a href={ "/api/v1/stats/matrix?format=csv&rows=" (rows.as_str()) "&cols=" (cols.as_str()) } id="board-csv" { "CSV" } }
     };
-    let mut page = Page::new("Leaderboard", "leaderboard", live);
-    page.events = Some("/api/v1/events".to_owned());
-    page.throttle_ms = 5000;
-    page
+    // It reads every finished run: drawn when the page is loaded, not refreshed live.
+    Page::new("Leaderboard", "leaderboard", live)
 }
 
 pub struct BatchData {
     batch: api::Batch,
-    board: leaderboard::Matrix,
+    board: Option<leaderboard::Matrix>,
     per_problem: BTreeMap<String, ProblemFigures>,
     durations: Vec<f64>,
     rows: Vec<task::Model>,
@@ -1004,7 +1002,8 @@ const BATCH_ROWS_SHOWN: u64 = 200;
 impl BatchData {
     /// Grouped and narrow reads: the figures per problem and the durations in SQL, and only the rows shown,
     /// however large the batch.
-    pub async fn load(state: &AppState, id: Uuid) -> StoreResult<Self> {
+    /// `with_board`: also the heat map, which reads every finished run of the batch (not at live refreshes).
+    pub async fn load(state: &AppState, id: Uuid, with_board: bool) -> StoreResult<Self> {
         let db = &state.db;
         let b = batches::get(db, id).await?;
         let mut progress = batches::progress(db, &[id]).await?;
@@ -1014,7 +1013,12 @@ impl BatchData {
             ..Default::default()
         };
         Ok(BatchData {
-            board: leaderboard::matrix(db, &filter, Rows::Agent, Cols::ProblemId, false).await?,
+            board: match with_board {
+                true => Some(
+                    leaderboard::matrix(db, &filter, Rows::Agent, Cols::ProblemId, false).await?,
+                ),
+                false => None,
+            },
             batch,
             per_problem: batches::per_problem(db, id).await?,
             durations: batches::durations(db, id).await?,
@@ -1066,10 +1070,6 @@ pub fn batch(d: &BatchData, v: &Viewer, notice: Option<&str>) -> Page {
                 (charts::histogram(&d.durations))
             }
         }
-        section aria-labelledby="h-board" {
-            h2 id="h-board" { "Success rate by agent and problem" }
-            (heat_map(&d.board))
-        }
         section aria-labelledby="h-results" {
             h2 id="h-results" { "Results" }
             p class="exports" {
@@ -1110,5 +1110,14 @@ pub fn batch(d: &BatchData, v: &Viewer, notice: Option<&str>) -> Page {
     );
     page.events = Some(format!("/api/v1/events?batch_id={}", b.id));
     page.throttle_ms = 2000;
+    if let Some(board) = &d.board {
+        page.tail = html! {
+            section aria-labelledby="h-board" {
+                h2 id="h-board" { "Success rate by agent and problem" }
+                (heat_map(board))
+                @if unfinished { p class="muted" { "As the page was loaded: reload it for the runs finished since." } }
+            }
+        };
+    }
     page
 }
