@@ -44,16 +44,14 @@ pub enum Cols {
 }
 
 impl Rows {
-    pub fn as_str(self) -> &'static str {
-        self.name()
-    }
     fn group(self) -> GroupBy {
         match self {
             Rows::Agent => GroupBy::Agent,
             Rows::Model => GroupBy::Model,
         }
     }
-    fn name(self) -> &'static str {
+    /// Its name, as the query takes it.
+    pub fn as_str(self) -> &'static str {
         match self {
             Rows::Agent => "agent",
             Rows::Model => "model",
@@ -62,9 +60,6 @@ impl Rows {
 }
 
 impl Cols {
-    pub fn as_str(self) -> &'static str {
-        self.name()
-    }
     fn group(self) -> GroupBy {
         match self {
             Cols::ProblemId => GroupBy::ProblemId,
@@ -72,7 +67,8 @@ impl Cols {
             Cols::TaskType => GroupBy::TaskType,
         }
     }
-    fn name(self) -> &'static str {
+    /// Its name, as the query takes it.
+    pub fn as_str(self) -> &'static str {
         match self {
             Cols::ProblemId => "problem_id",
             Cols::ProblemFamily => "problem_family",
@@ -231,8 +227,8 @@ pub async fn matrix(
 /// The matrix as CSV: a header line, then a line per cell (RFC 4180).
 pub fn to_csv(m: &Matrix) -> String {
     let mut header = vec![
-        m.rows.name().to_owned(),
-        m.cols.name().to_owned(),
+        m.rows.as_str().to_owned(),
+        m.cols.as_str().to_owned(),
         "runs".into(),
         "successes".into(),
         "success_rate".into(),

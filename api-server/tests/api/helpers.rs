@@ -113,6 +113,13 @@ impl TestApp {
         self.send(self.client.get(self.url(path))).await
     }
 
+    /// A GET's body as text (CSV, JSON lines, Prometheus), asserting 200.
+    pub async fn get_text(&self, path: &str) -> String {
+        let r = self.client.get(self.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "GET {path}");
+        r.text().await.unwrap()
+    }
+
     pub async fn post(&self, path: &str, body: Value) -> Reply {
         self.send(self.client.post(self.url(path)).json(&body))
             .await

@@ -96,15 +96,8 @@ async fn simulated_task_runs_with_logs_visible_while_running(backend: Backend) {
     assert_eq!(p["runner"], "simulate");
     assert_eq!(p["executor_version"], env!("CARGO_PKG_VERSION"));
     let host = p["host"].as_str().expect("the host").to_owned();
-    let rows = app
-        .client
-        .get(app.url("/api/v1/tasks/export?format=json"))
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap();
+    let rows: Value =
+        serde_json::from_str(&app.get_text("/api/v1/tasks/export?format=json").await).unwrap();
     let row = &rows[0];
     assert_eq!(row["host"], host.as_str(), "{row}");
     assert_eq!(row["cluster"], "worker-001");

@@ -891,14 +891,8 @@ async fn failures_are_told_apart(backend: Backend) {
     assert!((with.body["groups"][0]["success_rate"].as_f64().unwrap() - 1.0 / 6.0).abs() < 1e-9);
 
     let text = app
-        .client
-        .get(app.url(&format!("/api/v1/batches/{batch_id}/results?format=csv")))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .get_text(&format!("/api/v1/batches/{batch_id}/results?format=csv"))
+        .await;
     let header: Vec<&str> = text.lines().next().unwrap().split(',').collect();
     let col = header
         .iter()
