@@ -76,15 +76,12 @@ pub struct Task {
     pub completed_at: Option<DateTime<Utc>>,
     /// The name of the API token that created the task (null when authentication was off).
     #[oai(nullable)]
-    #[serde(default)]
     pub created_by: Option<String>,
     /// The batch (campaign) the task was submitted in, if any.
     #[oai(nullable)]
-    #[serde(default)]
     pub batch_id: Option<Uuid>,
     /// Why it ended as it did, once finished: `none`, `agent`, `infrastructure`, `timeout` or `cancelled`.
     #[oai(nullable)]
-    #[serde(default)]
     pub failure_kind: Option<FailureKind>,
 }
 
@@ -113,11 +110,9 @@ pub struct TaskSummary {
     pub updated_at: DateTime<Utc>,
     /// The batch the task was submitted in, if any.
     #[oai(nullable)]
-    #[serde(default)]
     pub batch_id: Option<Uuid>,
     /// Why it ended as it did, once finished.
     #[oai(nullable)]
-    #[serde(default)]
     pub failure_kind: Option<FailureKind>,
 }
 
@@ -191,7 +186,6 @@ pub struct RegisterWorkerRequest {
     /// process of another instance holds is refused (409 `worker_id_in_use`); the same instance takes over
     /// at once. Without one, registration always takes over.
     #[oai(nullable)]
-    #[serde(default)]
     pub instance_id: Option<InstanceId>,
 }
 
@@ -238,7 +232,6 @@ pub struct HeartbeatRequest {
     pub current_task_id: Option<Uuid>,
     /// With `status: "degraded"`: why the worker's runner cannot run problems now.
     #[oai(nullable, validator(max_length = 2000))]
-    #[serde(default)]
     pub reason: Option<Text>,
     /// Every task the worker runs, for a worker of several slots (`null` is none).
     #[oai(default, nullable)]
@@ -329,7 +322,6 @@ pub struct FailTaskRequest {
     /// An infrastructure failure goes back to the queue while the task has attempts left
     /// (`TASK_MAX_ATTEMPTS`); without it, the failure counts against the agent.
     #[oai(nullable)]
-    #[serde(default)]
     pub failure_kind: Option<FailedBy>,
 }
 
@@ -341,7 +333,6 @@ pub struct ReleaseTaskRequest {
     pub lease_id: Uuid,
     /// Why the run is given back, when not because the worker stops (e.g. its runner cannot run here).
     #[oai(nullable, validator(max_length = 2000))]
-    #[serde(default)]
     pub reason: Option<Text>,
 }
 
@@ -386,24 +377,18 @@ pub struct TaskEvent {
     pub timestamp: DateTime<Utc>,
     /// The state the task entered (`status`), or is in (`end`).
     #[oai(nullable)]
-    #[serde(default)]
     pub status: Option<TaskStatus>,
     #[oai(nullable)]
-    #[serde(default)]
     pub level: Option<LogLevel>,
     #[oai(nullable)]
-    #[serde(default)]
     pub message: Option<String>,
     #[oai(nullable)]
-    #[serde(default)]
     pub context: Option<Value>,
     /// The run the entry concerns.
     #[oai(nullable)]
-    #[serde(default)]
     pub attempt: Option<i32>,
     /// The whole task: in the first event of a task's stream only.
     #[oai(nullable)]
-    #[serde(default)]
     pub task: Option<Box<Task>>,
 }
 
@@ -415,7 +400,6 @@ pub type BatchTask = CreateTaskRequest;
 pub struct BatchOfTasks {
     /// A name to find the batch by.
     #[oai(validator(min_length = 1, max_length = 255), nullable)]
-    #[serde(default)]
     pub name: Option<Text>,
     /// The tasks.
     #[oai(validator(min_items = 1, max_items = 10000))]
@@ -428,7 +412,6 @@ pub struct BatchOfTasks {
 pub struct BatchMatrix {
     /// A name to find the batch by.
     #[oai(validator(min_length = 1, max_length = 255), nullable)]
-    #[serde(default)]
     pub name: Option<Text>,
     /// The problems.
     #[oai(validator(min_items = 1, max_items = 10000))]
@@ -436,19 +419,15 @@ pub struct BatchMatrix {
     /// The agent configurations (each becomes a task's `parameters.agent_config`); none: the parameters'
     /// own.
     #[oai(validator(max_items = 1000), nullable)]
-    #[serde(default)]
     pub agent_configs: Option<Vec<JsonObject>>,
     /// Runs of each problem × agent configuration (1-1000, default 1), numbered in `parameters.repetition`.
     #[oai(validator(minimum(value = "1"), maximum(value = "1000")), nullable)]
-    #[serde(default)]
     pub repetitions: Option<u32>,
     /// The parameters every task starts from.
     #[oai(nullable)]
-    #[serde(default)]
     pub parameters: Option<JsonObject>,
     /// Every task's priority (default 0).
     #[oai(nullable)]
-    #[serde(default)]
     pub priority: Option<i32>,
 }
 
