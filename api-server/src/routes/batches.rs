@@ -17,7 +17,11 @@ use task_executor_shared::{
 };
 use uuid::Uuid;
 
-use super::{ApiTags, body::Checked};
+use super::{
+    ApiTags,
+    body::Checked,
+    paging::{Limit, Offset},
+};
 use crate::{
     auth::{Auth, Read, Submit},
     error::{self, ApiError},
@@ -185,10 +189,6 @@ fn batch_uuid(s: &str) -> Result<Uuid, ApiError> {
         .map_err(|_| ApiError::not_found("batch_not_found", format!("batch {s} not found")))
 }
 
-fn default_limit() -> u64 {
-    100
-}
-
 fn default_format() -> Format {
     Format::Csv
 }
@@ -337,19 +337,11 @@ impl BatchesApi {
         &self,
         _auth: Auth<Read>,
         /// Most batches returned (1-1000).
-        #[oai(
-            default = "default_limit",
-            validator(minimum(value = "1"), maximum(value = "1000"))
-        )]
-        limit: Query<u64>,
+        limit: Query<Limit>,
         /// Batches skipped first, for paging.
-        #[oai(
-            default,
-            validator(minimum(value = "0"), maximum(value = "1000000000"))
-        )]
-        offset: Query<u64>,
+        offset: Query<Offset>,
     ) -> Result<Json<Vec<Batch>>, ApiError> {
-        let list = batches::list(&self.state.db, limit.0, offset.0).await?;
+        let list = batches::list(&self.state.db, limit.get(), offset.get()).await?;
         let ids: Vec<Uuid> = list.iter().map(|b| b.id).collect();
         let mut progress = batches::progress(&self.state.db, &ids).await?;
         Ok(Json(

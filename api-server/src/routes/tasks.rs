@@ -12,7 +12,11 @@ use task_executor_shared::{
 };
 use uuid::Uuid;
 
-use super::{ApiTags, body::Checked};
+use super::{
+    ApiTags,
+    body::Checked,
+    paging::{Limit, LogLimit, Offset},
+};
 use crate::auth::{Auth, Read, Submit};
 use crate::{
     error::ApiError,
@@ -36,14 +40,6 @@ enum CreateResponse {
     /// A task was already created with this `Idempotency-Key` and the same body: that task.
     #[oai(status = 200)]
     Existing(Json<Task>),
-}
-
-fn default_limit() -> u64 {
-    100
-}
-
-fn default_log_limit() -> u64 {
-    1000
 }
 
 #[OpenApi(prefix_path = "/api/v1", tag = "ApiTags::Tasks")]
@@ -111,25 +107,17 @@ impl TasksApi {
         /// Only tasks of this batch.
         batch_id: Query<Option<Uuid>>,
         /// Most tasks returned (1-1000).
-        #[oai(
-            default = "default_limit",
-            validator(minimum(value = "1"), maximum(value = "1000"))
-        )]
-        limit: Query<u64>,
+        limit: Query<Limit>,
         /// Tasks skipped first, for paging.
-        #[oai(
-            default,
-            validator(minimum(value = "0"), maximum(value = "1000000000"))
-        )]
-        offset: Query<u64>,
+        offset: Query<Offset>,
     ) -> Result<Json<Vec<TaskSummary>>, ApiError> {
         let filter = ListFilter {
             status: status.0,
             problem_id: problem_id.0,
             worker_id: worker_id.0,
             batch_id: batch_id.0,
-            limit: limit.0,
-            offset: offset.0,
+            limit: limit.get(),
+            offset: offset.get(),
         };
         let rows = tasks::list(&self.state.db, &filter).await?;
         Ok(Json(rows.into_iter().map(Into::into).collect()))
@@ -181,20 +169,19 @@ impl TasksApi {
         /// Only entries of this level and more severe.
         level: Query<Option<LogLevel>>,
         /// Most entries returned (1-10000).
-        #[oai(
-            default = "default_log_limit",
-            validator(minimum(value = "1"), maximum(value = "10000"))
-        )]
-        limit: Query<u64>,
+        limit: Query<LogLimit>,
         /// Entries skipped first, for paging: ask again with `offset` + `limit` until fewer than `limit`
         /// come back.
-        #[oai(
-            default,
-            validator(minimum(value = "0"), maximum(value = "1000000000"))
-        )]
-        offset: Query<u64>,
+        offset: Query<Offset>,
     ) -> Result<Json<Vec<LogEntry>>, ApiError> {
-        let rows = logs::list(&self.state.db, task_id.0, level.0, limit.0, offset.0).await?;
+        let rows = logs::list(
+            &self.state.db,
+            task_id.0,
+            level.0,
+            limit.get(),
+            offset.get(),
+        )
+        .await?;
         Ok(Json(rows.into_iter().map(Into::into).collect()))
     }
 }

@@ -145,6 +145,25 @@ async fn bad_paths_queries_and_methods(backend: Backend) {
         let r = app.get(&format!("/api/v1/tasks/{id}/logs?{q}")).await;
         assert_error(&r, StatusCode::UNPROCESSABLE_ENTITY, "validation_error");
     }
+    // A paging parameter out of bounds is told its bounds.
+    for (path, detail) in [
+        (
+            "/api/v1/tasks?limit=1001".to_owned(),
+            "parameter `limit`: an integer from 1 to 1000 is expected",
+        ),
+        (
+            format!("/api/v1/tasks/{id}/logs?limit=abc"),
+            "parameter `limit`: an integer from 1 to 10000 is expected",
+        ),
+        (
+            "/api/v1/batches?offset=-1".to_owned(),
+            "parameter `offset`: an integer from 0 to 1000000000 is expected",
+        ),
+    ] {
+        let r = app.get(&path).await;
+        assert_error(&r, StatusCode::UNPROCESSABLE_ENTITY, "validation_error");
+        assert_eq!(r.body["detail"], detail, "{path}");
+    }
     let allow = |r: &crate::helpers::Reply| {
         r.headers
             .get("allow")

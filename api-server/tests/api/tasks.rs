@@ -103,6 +103,15 @@ async fn list_filters_orders_and_pages(backend: Backend) {
     assert_eq!(ids(&pending.body), vec![c["id"].clone(), a["id"].clone()]);
     let none = app.get("/api/v1/tasks?worker_id=nobody").await;
     assert_eq!(none.body, json!([]));
+
+    // Without `limit`, a page holds 100.
+    let many: Vec<_> = (0..110).map(|_| json!({"problem_id": "gamma"})).collect();
+    let r = app.post("/api/v1/batches", json!({"tasks": many})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let first = app.get("/api/v1/tasks?problem_id=gamma").await;
+    assert_eq!(first.body.as_array().map(Vec::len), Some(100));
+    let rest = app.get("/api/v1/tasks?problem_id=gamma&offset=100").await;
+    assert_eq!(rest.body.as_array().map(Vec::len), Some(10));
 }
 
 async fn cancel_pending_then_conflict_then_unknown(backend: Backend) {
