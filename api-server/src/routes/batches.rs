@@ -20,7 +20,7 @@ use uuid::Uuid;
 use super::{
     ApiTags,
     body::Checked,
-    paging::{Limit, Offset},
+    query::{Limit, Offset, ProblemFilter, WorkerFilter},
 };
 use crate::{
     auth::{Auth, Read, Submit},
@@ -435,18 +435,16 @@ impl BatchesApi {
         /// Only tasks in this state.
         status: Query<Option<TaskStatus>>,
         /// Only tasks of this problem.
-        #[oai(validator(min_length = 1, max_length = 255))]
-        problem_id: Query<Option<String>>,
+        problem_id: Query<ProblemFilter>,
         /// Only tasks held (or last held) by this worker.
-        #[oai(validator(min_length = 1, max_length = 128))]
-        worker_id: Query<Option<String>>,
+        worker_id: Query<WorkerFilter>,
         /// Only tasks of this batch.
         batch_id: Query<Option<Uuid>>,
     ) -> Result<ExportResponse, ApiError> {
         let filter = ListFilter {
             status: status.0,
-            problem_id: problem_id.0,
-            worker_id: worker_id.0,
+            problem_id: problem_id.0.into_inner(),
+            worker_id: worker_id.0.into_inner(),
             batch_id: batch_id.0,
             ..Default::default()
         };
@@ -466,8 +464,7 @@ impl BatchesApi {
         /// Only tasks of this batch.
         batch_id: Query<Option<Uuid>>,
         /// Only tasks of this problem.
-        #[oai(validator(min_length = 1, max_length = 255))]
-        problem_id: Query<Option<String>>,
+        problem_id: Query<ProblemFilter>,
         /// What to group by (default `problem_id`).
         #[oai(default = "default_group_by")]
         group_by: Query<GroupBy>,
@@ -478,7 +475,7 @@ impl BatchesApi {
     ) -> Result<Json<Stats>, ApiError> {
         let filter = ListFilter {
             batch_id: batch_id.0,
-            problem_id: problem_id.0,
+            problem_id: problem_id.0.into_inner(),
             ..Default::default()
         };
         Ok(Json(

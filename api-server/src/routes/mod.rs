@@ -7,7 +7,7 @@ pub mod document;
 pub mod events;
 pub mod health;
 pub mod internal;
-pub mod paging;
+pub mod query;
 pub mod tasks;
 pub mod workers;
 

@@ -15,7 +15,7 @@ use uuid::Uuid;
 use super::{
     ApiTags,
     body::Checked,
-    paging::{Limit, LogLimit, Offset},
+    query::{Limit, LogLimit, Offset, ProblemFilter, WorkerFilter},
 };
 use crate::auth::{Auth, Read, Submit};
 use crate::{
@@ -99,11 +99,9 @@ impl TasksApi {
         /// Only tasks in this state.
         status: Query<Option<TaskStatus>>,
         /// Only tasks of this problem.
-        #[oai(validator(min_length = 1, max_length = 255))]
-        problem_id: Query<Option<String>>,
+        problem_id: Query<ProblemFilter>,
         /// Only tasks held (or last held) by this worker.
-        #[oai(validator(min_length = 1, max_length = 128))]
-        worker_id: Query<Option<String>>,
+        worker_id: Query<WorkerFilter>,
         /// Only tasks of this batch.
         batch_id: Query<Option<Uuid>>,
         /// Most tasks returned (1-1000).
@@ -113,8 +111,8 @@ impl TasksApi {
     ) -> Result<Json<Vec<TaskSummary>>, ApiError> {
         let filter = ListFilter {
             status: status.0,
-            problem_id: problem_id.0,
-            worker_id: worker_id.0,
+            problem_id: problem_id.0.into_inner(),
+            worker_id: worker_id.0.into_inner(),
             batch_id: batch_id.0,
             limit: limit.get(),
             offset: offset.get(),

@@ -145,8 +145,16 @@ async fn bad_paths_queries_and_methods(backend: Backend) {
         let r = app.get(&format!("/api/v1/tasks/{id}/logs?{q}")).await;
         assert_error(&r, StatusCode::UNPROCESSABLE_ENTITY, "validation_error");
     }
-    // A paging parameter out of bounds is told its bounds.
+    // A parameter out of bounds is told its bounds.
     for (path, detail) in [
+        (
+            "/api/v1/tasks?problem_id=".to_owned(),
+            "parameter `problem_id`: 1 to 255 characters are expected",
+        ),
+        (
+            format!("/api/v1/tasks/export?worker_id={}", "w".repeat(129)),
+            "parameter `worker_id`: 1 to 128 characters are expected",
+        ),
         (
             "/api/v1/tasks?limit=1001".to_owned(),
             "parameter `limit`: an integer from 1 to 1000 is expected",

@@ -1,5 +1,6 @@
-//! The paging parameters of the list operations, `limit` and `offset`: an optional integer within bounds,
-//! which the OpenAPI schema states (minimum, maximum, default) and the parser holds to.
+//! Optional query parameters within bounds, which the OpenAPI schema states and the parser holds to, with a
+//! short error when a value is outside them: the paging of the list operations (`limit`, `offset`) and the
+//! text filters of the task lists (`problem_id`, `worker_id`).
 
 use std::borrow::Cow;
 
@@ -70,6 +71,68 @@ impl<const MIN: u64, const MAX: u64, const DEFAULT: u64> ParseFromParameter
         match iter.into_iter().next() {
             Some(value) => Self::parse_from_parameter(value.as_ref()),
             None => Ok(Self(DEFAULT)),
+        }
+    }
+}
+
+/// Text of `MIN` to `MAX` characters; `None` when the parameter is absent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Text<const MIN: usize, const MAX: usize>(pub Option<String>);
+
+/// A problem id to filter tasks by.
+pub type ProblemFilter = Text<1, 255>;
+/// A worker id to filter tasks by.
+pub type WorkerFilter = Text<1, 128>;
+
+impl<const MIN: usize, const MAX: usize> Text<MIN, MAX> {
+    pub fn into_inner(self) -> Option<String> {
+        self.0
+    }
+}
+
+impl<const MIN: usize, const MAX: usize> Type for Text<MIN, MAX> {
+    const IS_REQUIRED: bool = false;
+    type RawValueType = String;
+    type RawElementValueType = String;
+
+    fn name() -> Cow<'static, str> {
+        format!("string_{MIN}_{MAX}").into()
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        MetaSchemaRef::Inline(Box::new(MetaSchema {
+            min_length: Some(MIN),
+            max_length: Some(MAX),
+            ..MetaSchema::new("string")
+        }))
+    }
+
+    fn as_raw_value(&self) -> Option<&String> {
+        self.0.as_ref()
+    }
+
+    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a String> + 'a> {
+        Box::new(self.as_raw_value().into_iter())
+    }
+}
+
+impl<const MIN: usize, const MAX: usize> ParseFromParameter for Text<MIN, MAX> {
+    fn parse_from_parameter(value: &str) -> ParseResult<Self> {
+        if (MIN..=MAX).contains(&value.chars().count()) {
+            Ok(Self(Some(value.to_owned())))
+        } else {
+            Err(ParseError::custom(format!(
+                "{MIN} to {MAX} characters are expected"
+            )))
+        }
+    }
+
+    fn parse_from_parameters<I: IntoIterator<Item = A>, A: AsRef<str>>(
+        iter: I,
+    ) -> ParseResult<Self> {
+        match iter.into_iter().next() {
+            Some(value) => Self::parse_from_parameter(value.as_ref()),
+            None => Ok(Self(None)),
         }
     }
 }
