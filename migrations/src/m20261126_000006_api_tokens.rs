@@ -3,7 +3,9 @@
 
 use sea_orm_migration::prelude::*;
 
-use crate::steps::{add_column, create_table, drop_column, drop_table, run_sql, string_key};
+use crate::steps::{
+    add_column, create_table, drop_column, drop_table, run_sql, string_key, text_null,
+};
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
@@ -51,11 +53,7 @@ impl MigrationTrait for Migration {
                 ),
         )
         .await?;
-        let created_by = ColumnDef::new(Tasks::CreatedBy)
-            .string_len(64)
-            .null()
-            .take();
-        add_column(manager, Tasks::Table, created_by).await?;
+        add_column(manager, Tasks::Table, text_null(Tasks::CreatedBy, 64)).await?;
         // The active tasks of one token (MAX_ACTIVE_TASKS_PER_TOKEN), counted at each create.
         run_sql(
             manager,

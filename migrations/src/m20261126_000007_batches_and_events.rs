@@ -4,7 +4,9 @@
 
 use sea_orm_migration::prelude::*;
 
-use crate::steps::{add_column, create_table, drop_column, drop_table, run_sql, uuid_key};
+use crate::steps::{
+    add_column, create_table, drop_column, drop_table, run_sql, text_null, uuid_key,
+};
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
@@ -63,11 +65,7 @@ impl MigrationTrait for Migration {
             ColumnDef::new(Tasks::BatchId).uuid().null(),
         )
         .await?;
-        let status = ColumnDef::new(TaskLogs::Status)
-            .string_len(16)
-            .null()
-            .take();
-        add_column(manager, TaskLogs::Table, status).await?;
+        add_column(manager, TaskLogs::Table, text_null(TaskLogs::Status, 16)).await?;
         run_sql(
             manager,
             &[

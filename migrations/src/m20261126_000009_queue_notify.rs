@@ -4,36 +4,19 @@
 //! completions (the other updates of `tasks`) notify nobody; PostgreSQL folds identical notifications of one
 //! transaction into one, so a batch of 10,000 tasks is one wake-up, sent at commit.
 
-use sea_orm_migration::prelude::*;
+use crate::steps::Sql;
 
-use crate::steps::postgres_sql;
-
-#[derive(DeriveMigrationName)]
-pub struct Migration;
-
-#[async_trait::async_trait]
-impl MigrationTrait for Migration {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        postgres_sql(
-            manager,
-            &[
-                "CREATE OR REPLACE FUNCTION task_executor_queue_notify() RETURNS trigger LANGUAGE plpgsql AS $$ \
-                 BEGIN PERFORM pg_notify('task_executor_queue', ''); RETURN NULL; END $$",
-                "CREATE TRIGGER tasks_queue_notify AFTER INSERT OR UPDATE OF status ON tasks FOR EACH ROW \
-                 WHEN (NEW.status = 'pending') EXECUTE FUNCTION task_executor_queue_notify()",
-            ],
-        )
-        .await
-    }
-
-    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        postgres_sql(
-            manager,
-            &[
-                "DROP TRIGGER IF EXISTS tasks_queue_notify ON tasks",
-                "DROP FUNCTION IF EXISTS task_executor_queue_notify()",
-            ],
-        )
-        .await
-    }
-}
+pub(crate) const MIGRATION: Sql = Sql {
+    file: file!(),
+    postgres_only: true,
+    up: &[
+        "CREATE OR REPLACE FUNCTION task_executor_queue_notify() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN PERFORM pg_notify('task_executor_queue', ''); RETURN NULL; END $$",
+        "CREATE TRIGGER tasks_queue_notify AFTER INSERT OR UPDATE OF status ON tasks FOR EACH ROW \
+         WHEN (NEW.status = 'pending') EXECUTE FUNCTION task_executor_queue_notify()",
+    ],
+    down: &[
+        "DROP TRIGGER IF EXISTS tasks_queue_notify ON tasks",
+        "DROP FUNCTION IF EXISTS task_executor_queue_notify()",
+    ],
+};

@@ -9,35 +9,18 @@
 //! From here on the rule is the code's to keep: a new path writing entries must write them under its task's
 //! row, and whatever deletes tasks must delete their entries (a `DELETE FROM tasks` by hand leaves them).
 
-use sea_orm_migration::prelude::*;
+use crate::steps::Sql;
 
-use crate::steps::postgres_sql;
-
-#[derive(DeriveMigrationName)]
-pub struct Migration;
-
-#[async_trait::async_trait]
-impl MigrationTrait for Migration {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        postgres_sql(
-            manager,
-            &["ALTER TABLE task_logs DROP CONSTRAINT IF EXISTS fk_task_logs_task"],
-        )
-        .await
-    }
-
-    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        postgres_sql(
-            manager,
-            &[
-                // Entries of tasks deleted while the key was away would make the key fail: they go first.
-                "DELETE FROM task_logs AS l WHERE NOT EXISTS (SELECT 1 FROM tasks AS t WHERE t.id = l.task_id)",
-                // Added unchecked, then checked without blocking writes meanwhile (a large log takes a while).
-                "ALTER TABLE task_logs ADD CONSTRAINT fk_task_logs_task FOREIGN KEY (task_id) \
-                 REFERENCES tasks (id) ON DELETE CASCADE NOT VALID",
-                "ALTER TABLE task_logs VALIDATE CONSTRAINT fk_task_logs_task",
-            ],
-        )
-        .await
-    }
-}
+pub(crate) const MIGRATION: Sql = Sql {
+    file: file!(),
+    postgres_only: true,
+    up: &["ALTER TABLE task_logs DROP CONSTRAINT IF EXISTS fk_task_logs_task"],
+    down: &[
+        // Entries of tasks deleted while the key was away would make the key fail: they go first.
+        "DELETE FROM task_logs AS l WHERE NOT EXISTS (SELECT 1 FROM tasks AS t WHERE t.id = l.task_id)",
+        // Added unchecked, then checked without blocking writes meanwhile (a large log takes a while).
+        "ALTER TABLE task_logs ADD CONSTRAINT fk_task_logs_task FOREIGN KEY (task_id) \
+         REFERENCES tasks (id) ON DELETE CASCADE NOT VALID",
+        "ALTER TABLE task_logs VALIDATE CONSTRAINT fk_task_logs_task",
+    ],
+};

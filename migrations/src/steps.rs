@@ -86,3 +86,45 @@ pub(crate) fn string_key(column: impl IntoIden, len: u32) -> ColumnDef {
         .primary_key()
         .take()
 }
+
+/// A text column of up to `len` characters that may be NULL.
+pub(crate) fn text_null(column: impl IntoIden, len: u32) -> ColumnDef {
+    ColumnDef::new(column).string_len(len).null().take()
+}
+
+/// A migration made only of statements sent as they are, up and down: an index, a trigger, a setting.
+pub(crate) struct Sql {
+    /// The module's `file!()`: its stem names the migration, as `DeriveMigrationName` does.
+    pub file: &'static str,
+    /// The statements are PostgreSQL's only; SQLite gets none.
+    pub postgres_only: bool,
+    pub up: &'static [&'static str],
+    pub down: &'static [&'static str],
+}
+
+impl Sql {
+    async fn send(&self, manager: &SchemaManager<'_>, statements: &[&str]) -> Result<(), DbErr> {
+        if self.postgres_only {
+            postgres_sql(manager, statements).await
+        } else {
+            run_sql(manager, statements).await
+        }
+    }
+}
+
+impl MigrationName for Sql {
+    fn name(&self) -> &str {
+        sea_orm_migration::util::get_file_stem(self.file)
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for Sql {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        self.send(manager, self.up).await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        self.send(manager, self.down).await
+    }
+}
