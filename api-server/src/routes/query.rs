@@ -75,22 +75,22 @@ impl<const MIN: u64, const MAX: u64, const DEFAULT: u64> ParseFromParameter
     }
 }
 
-/// Text of `MIN` to `MAX` characters; `None` when the parameter is absent.
+/// A text filter of `MIN` to `MAX` characters; `None` when the parameter is absent.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Text<const MIN: usize, const MAX: usize>(pub Option<String>);
+pub struct Filter<const MIN: usize, const MAX: usize>(pub Option<String>);
 
 /// A problem id to filter tasks by.
-pub type ProblemFilter = Text<1, 255>;
+pub type ProblemFilter = Filter<1, 255>;
 /// A worker id to filter tasks by.
-pub type WorkerFilter = Text<1, 128>;
+pub type WorkerFilter = Filter<1, 128>;
 
-impl<const MIN: usize, const MAX: usize> Text<MIN, MAX> {
+impl<const MIN: usize, const MAX: usize> Filter<MIN, MAX> {
     pub fn into_inner(self) -> Option<String> {
         self.0
     }
 }
 
-impl<const MIN: usize, const MAX: usize> Type for Text<MIN, MAX> {
+impl<const MIN: usize, const MAX: usize> Type for Filter<MIN, MAX> {
     const IS_REQUIRED: bool = false;
     type RawValueType = String;
     type RawElementValueType = String;
@@ -116,7 +116,7 @@ impl<const MIN: usize, const MAX: usize> Type for Text<MIN, MAX> {
     }
 }
 
-impl<const MIN: usize, const MAX: usize> ParseFromParameter for Text<MIN, MAX> {
+impl<const MIN: usize, const MAX: usize> ParseFromParameter for Filter<MIN, MAX> {
     fn parse_from_parameter(value: &str) -> ParseResult<Self> {
         if (MIN..=MAX).contains(&value.chars().count()) {
             Ok(Self(Some(value.to_owned())))
