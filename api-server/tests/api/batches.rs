@@ -42,12 +42,7 @@ pub fn parse_csv(text: &str) -> Vec<Vec<String>> {
 }
 
 async fn task_count(app: &TestApp) -> usize {
-    app.get("/api/v1/tasks?limit=1000")
-        .await
-        .body
-        .as_array()
-        .unwrap()
-        .len()
+    app.count("/api/v1/tasks?limit=1000").await
 }
 
 async fn a_batch_is_created_all_or_nothing(backend: Backend) {
@@ -172,15 +167,7 @@ async fn a_batch_is_created_all_or_nothing(backend: Backend) {
         "repetitions: expected an integer (uint32), found a string"
     );
     assert_eq!(task_count(&app).await, 1000);
-    assert_eq!(
-        app.get("/api/v1/batches")
-            .await
-            .body
-            .as_array()
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(app.count("/api/v1/batches").await, 1);
     for body in [
         json!({"tasks": []}),
         json!({}),
@@ -520,20 +507,12 @@ async fn the_leaderboard_matches_figures_by_hand(backend: Backend) {
         .await;
     for _ in 0..15 {
         let t = app.claim_one("w").await;
-        let id = t["id"].as_str().unwrap().to_owned();
         let agent = t["parameters"]["agent_config"]["agent"].as_str().unwrap();
         let rep = t["parameters"]["repetition"].as_i64().unwrap();
         let problem = t["problem_id"].as_str().unwrap();
         let ttd = 10.0 * rep as f64;
         let done = |success: bool| json!({"success": success, "metrics": {"TTD": ttd, "in_tokens": 100 * rep, "out_tokens": 10}});
-        let path = format!("/api/v1/workers/w/tasks/{id}/fail");
-        let lease = app.lease(&t);
-        let fail = |body: Value| {
-            let mut body = body;
-            body["attempt"] = json!(1);
-            body["lease_id"] = json!(lease);
-            app.post(&path, body)
-        };
+        let fail = |body| app.fail("w", &t, 1, body);
         let r = match (problem == a, agent, rep) {
             // gpt on a: 3 of 4.
             (true, "gpt", 4) => app.complete("w", &t, 1, done(false)).await,

@@ -9,11 +9,7 @@ async fn health_reports_database_and_queue(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     app.create_task(json!({"problem_id": "p1"})).await;
     let t = app.create_task(json!({"problem_id": "p2"})).await;
-    app.post(
-        &format!("/api/v1/tasks/{}/cancel", t["id"].as_str().unwrap()),
-        json!({}),
-    )
-    .await;
+    app.cancel(&t).await;
     let h = app.get("/health").await;
     assert_eq!(h.status, StatusCode::OK);
     assert_eq!(h.body["status"], "healthy");

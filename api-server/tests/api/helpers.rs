@@ -125,6 +125,16 @@ impl TestApp {
             .await
     }
 
+    /// Cancels a task (`task` is the task, or anything with its `id`), sending no body.
+    pub async fn cancel(&self, task: &Value) -> Reply {
+        let id = task["id"].as_str().unwrap();
+        self.send(
+            self.client
+                .post(self.url(&format!("/api/v1/tasks/{id}/cancel"))),
+        )
+        .await
+    }
+
     /// Creates a task and returns it, asserting the 201.
     pub async fn create_task(&self, body: Value) -> Value {
         let r = self.post("/api/v1/tasks", body).await;
@@ -237,6 +247,26 @@ impl TestApp {
             serde_json::json!({"attempt": attempt, "lease_id": self.lease(task), "result": result}),
         )
         .await
+    }
+
+    /// Reports a failure: `body` holds the error and any other fields; the attempt and lease are added.
+    pub async fn fail(&self, worker_id: &str, task: &Value, attempt: i64, body: Value) -> Reply {
+        let id = task["id"].as_str().unwrap();
+        let mut body = body;
+        body["attempt"] = serde_json::json!(attempt);
+        body["lease_id"] = serde_json::json!(self.lease(task));
+        self.post(
+            &format!("/api/v1/workers/{worker_id}/tasks/{id}/fail"),
+            body,
+        )
+        .await
+    }
+
+    /// How many items a listing answers (asserting it answered 200).
+    pub async fn count(&self, path: &str) -> usize {
+        let r = self.get(path).await;
+        assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.body);
+        r.body.as_array().expect("a list").len()
     }
 
     /// A task's log entries, in order (`task` is the task, or anything with its `id`).

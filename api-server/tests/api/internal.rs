@@ -180,12 +180,7 @@ async fn simulated_outcomes_end_in_the_right_status(backend: Backend) {
             .then_some(())
     })
     .await;
-    let r = app
-        .post(
-            &format!("/api/v1/tasks/{}/cancel", cancel["id"].as_str().unwrap()),
-            json!({}),
-        )
-        .await;
+    let r = app.cancel(&cancel).await;
     assert_eq!(r.status, StatusCode::OK);
     app.eventually("the worker let the cancelled task go", || async {
         let (_, ws) = internal_status(&app).await;
@@ -259,11 +254,7 @@ async fn exec_runner_outcomes_leave_no_process(backend: Backend) {
         pid("stubborn").exists().then_some(())
     })
     .await;
-    app.post(
-        &format!("/api/v1/tasks/{}/cancel", stubborn["id"].as_str().unwrap()),
-        json!({}),
-    )
-    .await;
+    app.cancel(&stubborn).await;
     assert_no_leftover(&app, &pid("stubborn")).await;
     assert_eq!(app.task(&stubborn["id"]).await["status"], "cancelled");
 }

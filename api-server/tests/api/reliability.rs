@@ -154,25 +154,12 @@ async fn a_start_during_a_stop_waits_for_it(backend: Backend) {
         again["attempt"], 1,
         "the interrupted run was not charged: {again}"
     );
-    let logs = app
-        .get(&format!("/api/v1/tasks/{}/logs", t["id"].as_str().unwrap()))
-        .await
-        .body;
-    let messages: Vec<&str> = logs
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["message"].as_str().unwrap())
-        .collect();
+    let messages = app.log_messages(&t).await;
     assert!(
         !messages.iter().any(|m| m.contains("registered again")),
         "no second worker took over the id while the first still ran: {messages:?}"
     );
-    app.post(
-        &format!("/api/v1/tasks/{}/cancel", t["id"].as_str().unwrap()),
-        Value::Null,
-    )
-    .await;
+    app.cancel(&t).await;
 }
 
 /// Every claim has a lease id no earlier claim of the task had: when a run is given back uncounted and the
@@ -312,15 +299,7 @@ async fn nul_is_refused_at_the_edge(backend: Backend) {
         "running",
         "nothing changed"
     );
-    assert_eq!(
-        app.get("/api/v1/tasks")
-            .await
-            .body
-            .as_array()
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(app.count("/api/v1/tasks").await, 1);
 }
 
 fn exec_workers(c: &mut api_server::Config) {

@@ -275,15 +275,7 @@ async fn retention_deletes_only_what_is_due(backend: Backend) {
     finish(&app, "ret-1", &recent).await;
     let old_pending = app.create_task(mk("old-pending")).await;
     let old_cancelled = app.create_task(mk("old-cancelled")).await;
-    let r = app
-        .post(
-            &format!(
-                "/api/v1/tasks/{}/cancel",
-                old_cancelled["id"].as_str().unwrap()
-            ),
-            Value::Null,
-        )
-        .await;
+    let r = app.cancel(&old_cancelled).await;
     assert_eq!(r.status, StatusCode::OK);
     for t in [&old_done, &old_running, &old_pending, &old_cancelled] {
         age(&db, &t["id"], 40).await;
@@ -366,12 +358,7 @@ async fn the_reaper_applies_retention(backend: Backend) {
     let keep = app
         .create_task(json!({"problem_id": "misconfig_app_hotel_res-detection-2"}))
         .await;
-    let r = app
-        .post(
-            &format!("/api/v1/tasks/{}/cancel", t["id"].as_str().unwrap()),
-            Value::Null,
-        )
-        .await;
+    let r = app.cancel(&t).await;
     assert_eq!(r.status, StatusCode::OK);
     age(&db, &t["id"], 8).await;
     age(&db, &keep["id"], 8).await;
@@ -430,12 +417,7 @@ async fn health_counts_are_exact_across_old_and_new_finishes(backend: Backend) {
     let t = app
         .create_task(json!({"problem_id": "misconfig_app_hotel_res-detection-c"}))
         .await;
-    let r = app
-        .post(
-            &format!("/api/v1/tasks/{}/cancel", t["id"].as_str().unwrap()),
-            Value::Null,
-        )
-        .await;
+    let r = app.cancel(&t).await;
     assert_eq!(r.status, StatusCode::OK);
     app.create_task(json!({"problem_id": "misconfig_app_hotel_res-detection-p"}))
         .await;
@@ -461,12 +443,7 @@ async fn state_change_entries_name_the_run_and_holder(backend: Backend) {
     let cb = app.claim_one("e-1").await;
     assert_eq!((&ca["id"], &cb["id"]), (&a["id"], &b["id"]));
     finish(&app, "e-1", &ca).await;
-    let r = app
-        .post(
-            &format!("/api/v1/tasks/{}/cancel", b["id"].as_str().unwrap()),
-            Value::Null,
-        )
-        .await;
+    let r = app.cancel(&b).await;
     assert_eq!(r.status, StatusCode::OK);
     let entries = |t: &Value| {
         let path = format!("/api/v1/tasks/{}/logs", t["id"].as_str().unwrap());

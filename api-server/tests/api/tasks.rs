@@ -90,12 +90,7 @@ async fn list_filters_orders_and_pages(backend: Backend) {
     let page = app.get("/api/v1/tasks?limit=1&offset=1").await;
     assert_eq!(ids(&page.body), vec![b["id"].clone()]);
 
-    let r = app
-        .post(
-            &format!("/api/v1/tasks/{}/cancel", b["id"].as_str().unwrap()),
-            json!({}),
-        )
-        .await;
+    let r = app.cancel(&b).await;
     assert_eq!(r.status, StatusCode::OK);
     let cancelled = app.get("/api/v1/tasks?status=cancelled").await;
     assert_eq!(ids(&cancelled.body), vec![b["id"].clone()]);
@@ -157,13 +152,7 @@ async fn cancel_pending_then_conflict_then_unknown(backend: Backend) {
         .await;
     assert_error(&unknown_logs, StatusCode::NOT_FOUND, "task_not_found");
 
-    let logs = app.get(&format!("/api/v1/tasks/{id}/logs")).await.body;
-    let messages: Vec<&str> = logs
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["message"].as_str().unwrap())
-        .collect();
+    let messages = app.log_messages(&t).await;
     assert_eq!(messages, vec!["Task created", "Task cancelled"]);
 }
 
@@ -229,15 +218,7 @@ async fn concurrent_creates_with_one_key_make_one_task(backend: Backend) {
     }
     assert_eq!(created, 1, "exactly one request created the task");
     assert_eq!(ids.len(), 1, "every request got the same task");
-    assert_eq!(
-        app.get("/api/v1/tasks")
-            .await
-            .body
-            .as_array()
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(app.count("/api/v1/tasks").await, 1);
 }
 
 async fn logs_filter_by_level_and_limit(backend: Backend) {

@@ -68,28 +68,12 @@ async fn register_list_and_get(backend: Backend) {
     );
 
     assert_eq!(app.get("/api/v1/workers?status=busy").await.body, json!([]));
-    assert_eq!(
-        app.get("/api/v1/workers?status=idle")
-            .await
-            .body
-            .as_array()
-            .unwrap()
-            .len(),
-        2
-    );
+    assert_eq!(app.count("/api/v1/workers?status=idle").await, 2);
     assert_eq!(
         app.get("/api/v1/workers?backend_type=docker").await.body,
         json!([])
     );
-    assert_eq!(
-        app.get("/api/v1/workers?backend_type=kind")
-            .await
-            .body
-            .as_array()
-            .unwrap()
-            .len(),
-        2
-    );
+    assert_eq!(app.count("/api/v1/workers?backend_type=kind").await, 2);
     let health = app.get("/health").await.body;
     assert_eq!(
         health["workers"],
@@ -208,9 +192,11 @@ async fn fail_keeps_the_error_and_counts(backend: Backend) {
     app.claim_one("w1").await;
     app.claim_one("w1").await;
     let fa = app
-        .post(
-            &format!("/api/v1/workers/w1/tasks/{}/fail", a["id"].as_str().unwrap()),
-            json!({"attempt": 1, "lease_id": app.lease(&a), "error": "runner exited with status 1", "result": {"stderr_tail": "boom"}}),
+        .fail(
+            "w1",
+            &a,
+            1,
+            json!({"error": "runner exited with status 1", "result": {"stderr_tail": "boom"}}),
         )
         .await;
     assert_eq!(fa.status, StatusCode::OK, "{}", fa.body);
@@ -220,12 +206,11 @@ async fn fail_keeps_the_error_and_counts(backend: Backend) {
         json!({"success": false, "error": "runner exited with status 1", "stderr_tail": "boom"})
     );
     let fb = app
-        .post(
-            &format!(
-                "/api/v1/workers/w1/tasks/{}/fail",
-                b["id"].as_str().unwrap()
-            ),
-            json!({"attempt": 1, "lease_id": app.lease(&b), "error": "over time", "status": "timeout"}),
+        .fail(
+            "w1",
+            &b,
+            1,
+            json!({"error": "over time", "status": "timeout"}),
         )
         .await;
     assert_eq!(fb.body["status"], "timeout");
@@ -234,13 +219,7 @@ async fn fail_keeps_the_error_and_counts(backend: Backend) {
     assert_eq!(w["tasks_failed"], 2);
     assert_eq!(w["tasks_completed"], 0);
     let bad = app
-        .post(
-            &format!(
-                "/api/v1/workers/w1/tasks/{}/fail",
-                b["id"].as_str().unwrap()
-            ),
-            json!({"attempt": 1, "lease_id": app.lease(&b), "error": "x", "status": "completed"}),
-        )
+        .fail("w1", &b, 1, json!({"error": "x", "status": "completed"}))
         .await;
     assert_error(&bad, StatusCode::UNPROCESSABLE_ENTITY, "validation_error");
 }
@@ -271,12 +250,7 @@ async fn reports_are_fenced_by_holder_and_attempt(backend: Backend) {
         )
         .await;
     assert_error(&logs, StatusCode::CONFLICT, "task_not_held");
-    let fail = app
-        .post(
-            &format!("/api/v1/workers/w1/tasks/{id}/fail"),
-            json!({"attempt": 0, "lease_id": app.lease(&t), "error": "x"}),
-        )
-        .await;
+    let fail = app.fail("w1", &t, 0, json!({"error": "x"})).await;
     assert_error(&fail, StatusCode::CONFLICT, "stale_attempt");
     assert_eq!(
         app.task(&t["id"]).await,
@@ -489,13 +463,7 @@ async fn max_parallel_tasks_holds_under_racing_claims(backend: Backend) {
         StatusCode::OK
     );
     let b = held.pop().unwrap();
-    let id = b["id"].as_str().unwrap();
-    let r = app
-        .post(
-            &format!("/api/v1/workers/w/tasks/{id}/fail"),
-            json!({"attempt": 1, "lease_id": app.lease(&b), "error": "boom"}),
-        )
-        .await;
+    let r = app.fail("w", &b, 1, json!({"error": "boom"})).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     held.extend(race(5).await);
     assert_eq!(held.len(), 3, "a completion and a failure free two slots");
@@ -510,12 +478,7 @@ async fn max_parallel_tasks_holds_under_racing_claims(backend: Backend) {
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     let d = held.pop().unwrap();
-    let r = app
-        .post(
-            &format!("/api/v1/tasks/{}/cancel", d["id"].as_str().unwrap()),
-            json!({}),
-        )
-        .await;
+    let r = app.cancel(&d).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     held.extend(race(5).await);
     assert_eq!(held.len(), 3, "a release and a cancellation free two slots");
@@ -777,16 +740,7 @@ async fn failures_are_told_apart(backend: Backend) {
     held.sort_by_key(|t| t["problem_id"].as_str().unwrap().to_owned());
     assert_eq!(held[0]["failure_kind"], Value::Null, "not finished yet");
     let app = &app;
-    let fail = |t: &Value, body: Value| {
-        let id = t["id"].as_str().unwrap().to_owned();
-        let mut body = body;
-        body["attempt"] = json!(1);
-        body["lease_id"] = json!(app.lease(t));
-        async move {
-            app.post(&format!("/api/v1/workers/w/tasks/{id}/fail"), body)
-                .await
-        }
-    };
+    let fail = |t, body| app.fail("w", t, 1, body);
     let ok = app
         .complete("w", &held[0], 1, json!({"success": true}))
         .await;
@@ -924,12 +878,13 @@ async fn infrastructure_failures_are_retried_while_attempts_remain(backend: Back
     app.register("w1", json!({})).await;
     app.register("w2", json!({})).await;
     let t = app.create_task(json!({"problem_id": "p"})).await;
-    let id = t["id"].as_str().unwrap().to_owned();
     app.claim_one("w1").await;
     let r = app
-        .post(
-            &format!("/api/v1/workers/w1/tasks/{id}/fail"),
-            json!({"attempt": 1, "lease_id": app.lease(&t), "error": "helm install timed out", "failure_kind": "infrastructure"}),
+        .fail(
+            "w1",
+            &t,
+            1,
+            json!({"error": "helm install timed out", "failure_kind": "infrastructure"}),
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
@@ -947,9 +902,11 @@ async fn infrastructure_failures_are_retried_while_attempts_remain(backend: Back
     let again = app.claim_one("w2").await;
     assert_eq!(again["attempt"], 2);
     let r = app
-        .post(
-            &format!("/api/v1/workers/w2/tasks/{id}/fail"),
-            json!({"attempt": 2, "lease_id": app.lease(&t), "error": "cluster gone", "failure_kind": "infrastructure"}),
+        .fail(
+            "w2",
+            &t,
+            2,
+            json!({"error": "cluster gone", "failure_kind": "infrastructure"}),
         )
         .await;
     assert_eq!(r.body["status"], "failed", "{}", r.body);
@@ -1260,16 +1217,7 @@ async fn bad_input_on_worker_routes(backend: Backend) {
         );
         assert_error(&r, StatusCode::UNPROCESSABLE_ENTITY, "validation_error");
     }
-    assert_eq!(
-        app.get("/api/v1/workers")
-            .await
-            .body
-            .as_array()
-            .unwrap()
-            .len(),
-        1,
-        "nothing registered"
-    );
+    assert_eq!(app.count("/api/v1/workers").await, 1, "nothing registered");
     assert_error(
         &app.send(
             app.client

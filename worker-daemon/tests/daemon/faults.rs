@@ -10,17 +10,6 @@ use tokio::process::Command;
 
 use crate::harness::{Server, daemon, daemon_bin, daemon_in, free_port, server_bin, signal, sim};
 
-async fn log_messages(server: &Server, t: &Value) -> Vec<String> {
-    server
-        .get(&format!("/api/v1/tasks/{}/logs", t["id"].as_str().unwrap()))
-        .await
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["message"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 /// A daemon killed (SIGKILL) while the outcome of a finished run could not be delivered delivers it when it
 /// starts again, before registering: the run is not repeated.
 async fn a_restarted_daemon_delivers_a_kept_outcome_instead_of_running_again(backend: Backend) {
@@ -52,15 +41,11 @@ async fn a_restarted_daemon_delivers_a_kept_outcome_instead_of_running_again(bac
     let _ = first.wait().await;
     signal(&server.child, Signal::SIGCONT);
     let _again = daemon_in(&server, "spooler", &env, first.state.clone());
-    let done = server
-        .until("the kept outcome was delivered", || async {
-            let cur = server.task(&t).await;
-            (cur["status"] == "completed").then_some(cur)
-        })
-        .await;
+    let done = server.completed("the kept outcome was delivered", &t).await;
     assert_eq!(done["attempt"], 1, "not run again: {done}");
     assert_eq!(done["result"]["success"], true);
-    let claims = log_messages(&server, &t)
+    let claims = server
+        .log_messages(&t)
         .await
         .iter()
         .filter(|m| m.starts_with("Task claimed"))
@@ -254,7 +239,7 @@ async fn each_completed_exactly_once(server: &Server, tasks: &[Value]) {
         })
         .await;
         assert_eq!(done["attempt"], 1, "{done}");
-        let messages = log_messages(server, t).await;
+        let messages = server.log_messages(t).await;
         let count = |prefix: &str| messages.iter().filter(|m| m.starts_with(prefix)).count();
         assert_eq!(
             count("[simulation] Simulated run"),
@@ -492,12 +477,7 @@ env-host worker {worker} env-*
     let t = server
         .create(json!({"problem_id": "env-internal", "parameters": {"mode": "env"}}))
         .await;
-    let done = server
-        .until("the internal worker ran it", || async {
-            let cur = server.task(&t).await;
-            (cur["status"] == "completed").then_some(cur)
-        })
-        .await;
+    let done = server.completed("the internal worker ran it", &t).await;
     assert_eq!(done["worker_id"], "worker-001-kind");
     check(&done["result"], "from-server");
 
@@ -523,12 +503,7 @@ env-host worker {worker} env-*
     let t = server
         .create(json!({"problem_id": "env-daemon", "parameters": {"mode": "env"}}))
         .await;
-    let done = server
-        .until("the daemon ran it", || async {
-            let cur = server.task(&t).await;
-            (cur["status"] == "completed").then_some(cur)
-        })
-        .await;
+    let done = server.completed("the daemon ran it", &t).await;
     assert_eq!(done["worker_id"], "env-daemon");
     check(&done["result"], "from-daemon");
 }

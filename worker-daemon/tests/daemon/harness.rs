@@ -147,6 +147,26 @@ impl Server {
             .await
     }
 
+    /// The messages of a task's log, in order.
+    pub async fn log_messages(&self, t: &Value) -> Vec<String> {
+        self.get(&format!("/api/v1/tasks/{}/logs", t["id"].as_str().unwrap()))
+            .await
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["message"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// Polls until the task has completed (`what` names the wait in a timeout's panic) and returns it.
+    pub async fn completed(&self, what: &str, t: &Value) -> Value {
+        self.until(what, || async {
+            let cur = self.task(t).await;
+            (cur["status"] == "completed").then_some(cur)
+        })
+        .await
+    }
+
     /// Polls until `check` holds, for up to 60 s (processes start slower than in-process servers).
     pub async fn until<T, F, Fut>(&self, what: &str, check: F) -> T
     where

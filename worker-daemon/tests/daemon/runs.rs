@@ -24,12 +24,7 @@ async fn daemons_share_a_batch_and_complete_each_task_once(backend: Backend) {
         );
     }
     for t in &tasks {
-        let done = server
-            .until("the task completed", || async {
-                let cur = server.task(t).await;
-                (cur["status"] == "completed").then_some(cur)
-            })
-            .await;
+        let done = server.completed("the task completed", t).await;
         assert_eq!(done["attempt"], 1);
         assert!(done["worker_id"] == "host-a-kind" || done["worker_id"] == "host-b-kind");
     }
@@ -64,10 +59,7 @@ async fn a_killed_daemons_task_is_finished_by_another(backend: Backend) {
     signal(&a, Signal::SIGKILL);
     let _ = a.wait().await;
     let done = server
-        .until("the survivor completed the task", || async {
-            let cur = server.task(&t).await;
-            (cur["status"] == "completed").then_some(cur)
-        })
+        .completed("the survivor completed the task", &t)
         .await;
     assert_eq!(done["worker_id"], "survivor");
     assert_eq!(
@@ -106,10 +98,7 @@ async fn a_server_restart_loses_nothing(backend: Backend) {
     server.spawn().await;
     for t in &tasks {
         let done = server
-            .until("every task completed after the restart", || async {
-                let cur = server.task(t).await;
-                (cur["status"] == "completed").then_some(cur)
-            })
+            .completed("every task completed after the restart", t)
             .await;
         assert_eq!(done["result"]["success"], true);
     }
@@ -367,12 +356,7 @@ viewer read {reader}
         .create(json!({"problem_id": "p", "parameters": sim(2, 20)}))
         .await;
     assert_eq!(t["created_by"], "root");
-    let done = server
-        .until("the daemon ran it", || async {
-            let cur = server.task(&t).await;
-            (cur["status"] == "completed").then_some(cur)
-        })
-        .await;
+    let done = server.completed("the daemon ran it", &t).await;
     assert_eq!(done["worker_id"], "host-a-kind");
 }
 
@@ -395,22 +379,9 @@ async fn a_long_run_stays_held(backend: Backend) {
         })
         .await;
     assert_eq!(held["current_task_ids"][0], t["id"]);
-    let done = server
-        .until("completed", || async {
-            let cur = server.task(&t).await;
-            (cur["status"] == "completed").then_some(cur)
-        })
-        .await;
+    let done = server.completed("completed", &t).await;
     assert_eq!(done["attempt"], 1);
-    let logs = server
-        .get(&format!("/api/v1/tasks/{}/logs", t["id"].as_str().unwrap()))
-        .await;
-    let messages: Vec<&str> = logs
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["message"].as_str().unwrap())
-        .collect();
+    let messages = server.log_messages(&t).await;
     assert!(
         !messages.iter().any(|m| m.contains("returned to the queue")),
         "{messages:?}"
